@@ -1,0 +1,24 @@
+"""extrap: extrapolated SGD for large-batch training (Lin, Kong, Stich, Jaggi, ICML 2020).
+
+    from extrap import ExtrapolatedSGD
+    opt = ExtrapolatedSGD(model.parameters(), lr=0.4, lr_scale=8, perturbation="extrap", comm=comm)
+    for x, y in loader:
+        opt.zero_grad()
+        opt.perturb()                    # to this worker's x̃ = x_t − γ g_{t-1}^k
+        loss_fn(model(x), y).backward()
+        opt.step()                       # restore x_t, average gradients, Nesterov update
+"""
+
+from .local_sgd import PostLocalSGD
+from .optim import DIRECTIONS, PERTURBATIONS, ExtrapolatedAdam, ExtrapolatedSGD, extrap_adam, extrap_sgd
+from .param_groups import no_decay_names, weight_decay_groups
+from .schedules import Schedule, scaled_lr
+from .smoothness import SmoothnessProbe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExtrapolatedSGD", "ExtrapolatedAdam", "PERTURBATIONS", "DIRECTIONS", "extrap_sgd",
+    "extrap_adam", "PostLocalSGD", "Schedule", "scaled_lr", "SmoothnessProbe",
+    "weight_decay_groups", "no_decay_names", "__version__",
+]

@@ -1,0 +1,108 @@
+"""One ``init_distributed()`` for every launcher: torchrun, mpirun (Open MPI, MPICH), Slurm's
+srun, or plain environment variables; one process when none of them is present.
+
+Under ``mpirun`` torch.distributed still needs a rendezvous address. If ``MASTER_ADDR`` is unset,
+rank 0 picks its address and a free port and shares them with the other ranks through mpi4py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+__all__ = ["DistInfo", "world_info_from_env", "init_distributed", "under_launcher"]
+
+# (rank, world size, local rank, local size) variables, by launcher; first match wins.
+_LAUNCHERS = {
+    "torchrun": ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
+    "openmpi": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    "mpich": ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
+    "slurm": ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
+}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    launcher: str = "none"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_info_from_env(environ=None) -> DistInfo:
+    """Read rank and world size from the first launcher whose variables are set."""
+    env = os.environ if environ is None else environ
+    for launcher, (r, w, lr, ls) in _LAUNCHERS.items():
+        if r in env and w in env:
+            try:
+                local_size = int(str(env.get(ls, "1")).split("(")[0].split(",")[0])
+                return DistInfo(int(env[r]), int(env[w]), int(env.get(lr, 0)), local_size, launcher)
+            except ValueError as e:
+                raise ValueError(f"{r}/{w}: {launcher} launcher variables are not integers ({e})") from None
+    return DistInfo()
+
+
+def under_launcher(environ=None) -> bool:
+    """True when this process is one of several started by a launcher."""
+    return world_info_from_env(environ).world_size > 1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _share_rendezvous(info: DistInfo) -> None:
+    """Under MPI with no MASTER_ADDR: rank 0's address and a free port, broadcast with mpi4py."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise RuntimeError(
+            f"launched by {info.launcher} without MASTER_ADDR: set MASTER_ADDR/MASTER_PORT, or "
+            f"install mpi4py so rank 0 can share them ({e})") from None
+    addr = port = None
+    if info.rank == 0:
+        # One node: loopback. Several: this host's address, which the others must reach.
+        addr = "127.0.0.1" if info.local_size == info.world_size else socket.gethostbyname(socket.getfqdn())
+        port = _free_port()
+    addr, port = MPI.COMM_WORLD.bcast((addr, port), root=0)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> DistInfo:
+    """Initialise torch.distributed from the launcher's variables (no-op for one process).
+
+    ``backend``: ``nccl`` when CUDA is available, else ``gloo``. On GPU each rank takes the
+    device of its local rank. Failures raise: there is no silent fall-back to one process.
+    """
+    info = world_info_from_env()
+    if info.world_size == 1:
+        return info
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return info
+    if "MASTER_ADDR" not in os.environ:
+        if info.launcher in ("openmpi", "mpich", "slurm"):
+            _share_rendezvous(info)
+        else:
+            raise RuntimeError(f"{info.launcher}: MASTER_ADDR is not set")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method="env://", rank=info.rank,
+                            world_size=info.world_size, timeout=timedelta(seconds=timeout_s))
+    return info

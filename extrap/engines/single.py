@@ -1,0 +1,81 @@
+"""One worker per process: the model is the worker. Used alone (K = 1) and by each rank of the
+processes engine."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .comm import LocalComm
+
+__all__ = ["ModuleWorkers", "SingleEngine"]
+
+
+class ModuleWorkers:
+    """This process's one worker: ``forward_backward`` takes its batch ``[b, ...]``."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def named_parameters(self):
+        return self.model.named_parameters()
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.model.parameters())
+
+    def train(self, mode: bool = True) -> "ModuleWorkers":
+        self.model.train(mode)
+        return self
+
+    def forward_backward(self, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs, targets) -> Tensor:
+        """Loss of this worker's batch, backpropagated into ``.grad``; returns it as a [1] tensor."""
+        loss = loss_fn(self.model(inputs), targets)
+        loss.backward()
+        return loss.detach().reshape(1)
+
+    def eval_module(self, worker: int = 0) -> nn.Module:
+        """The module at x_t (call outside perturb/step)."""
+        return self.model
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
+
+class SingleEngine:
+    """K = 1: plain single-device training."""
+
+    kind = "single"
+
+    def __init__(self, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.comm = LocalComm()
+        self.world_size = 1
+        self.rank = 0
+        self.is_main = True
+
+    @property
+    def worker_ids(self) -> tuple[int, ...]:
+        return self.comm.worker_ids
+
+    def prepare(self, model: nn.Module) -> ModuleWorkers:
+        return ModuleWorkers(model.to(self.device))
+
+    def stack(self, per_worker: list):
+        """This process's batch from the list of its workers' batches (here: one)."""
+        (batch,) = per_worker
+        return batch
+
+    def mean_over_workers(self, values: Tensor) -> Tensor:
+        """Mean of per-worker metric values across all workers (metrics, not gradients)."""
+        return values.float().mean()
+
+    def barrier(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

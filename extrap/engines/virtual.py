@@ -1,0 +1,113 @@
+"""K virtual workers in one process on one device (SPEC §5.2).
+
+Each worker has its own parameters (equal to the others' x_t while training is synchronous, its
+own x̃ when perturbed, its own model in post-local SGD's local phase), its own BatchNorm buffers,
+random stream and data shard. All of it lives in stacked tensors ``[K, ...]`` that one optimizer
+updates elementwise; ``VirtualComm`` averages over the worker axis.
+
+Two ways to run the K forwards and backwards:
+- batched (default): ``torch.func.functional_call`` under ``torch.func.vmap`` — one pass over the
+  model for all K workers, so K workers cost one model's Python overhead;
+- loop: the same functional call once per worker, the reference the batched path is tested
+  against.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from .comm import VirtualComm
+from .single import SingleEngine
+
+__all__ = ["VirtualWorkers", "VirtualEngine"]
+
+
+class VirtualWorkers:
+    """K copies of a model as stacked leaf tensors; ``forward_backward`` takes ``[K, b, ...]``."""
+
+    def __init__(self, model: nn.Module, num_workers: int, batched: bool = True):
+        self.num_workers = num_workers
+        self.batched = batched
+        self.template = copy.deepcopy(model)  # structure only: its tensors are swapped in
+        k = num_workers
+        self.params = {n: p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())).requires_grad_(p.requires_grad)
+                       for n, p in model.named_parameters()}
+        self.buffers = {n: b.detach().unsqueeze(0).repeat(k, *([1] * b.dim())).clone()
+                        for n, b in model.named_buffers()}
+        self._eval = None
+
+    def named_parameters(self):
+        return iter(self.params.items())
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.params.values())
+
+    def train(self, mode: bool = True) -> "VirtualWorkers":
+        self.template.train(mode)
+        return self
+
+    def _worker_loss(self, params, buffers, inputs, targets, loss_fn):
+        out = functional_call(self.template, (params, buffers), (inputs,), tie_weights=False)
+        return loss_fn(out, targets)
+
+    def forward_backward(self, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs, targets) -> Tensor:
+        """Each worker's loss on its own batch (``inputs[k]``), summed and backpropagated: worker
+        k's slice of every ``.grad`` is the gradient of its own loss. Returns the K losses."""
+        if self.batched:
+            fn = lambda p, b, x, y: self._worker_loss(p, b, x, y, loss_fn)  # noqa: E731
+            losses = vmap(fn, randomness="different")(self.params, self.buffers, inputs, targets)
+        else:
+            losses = torch.stack([
+                self._worker_loss({n: p[k] for n, p in self.params.items()},
+                                  {n: b[k] for n, b in self.buffers.items()}, inputs[k], targets[k], loss_fn)
+                for k in range(self.num_workers)])
+        losses.sum().backward()
+        return losses.detach()
+
+    @torch.no_grad()
+    def eval_module(self, worker: int = 0) -> nn.Module:
+        """A module holding worker ``worker``'s parameters and buffers (call outside perturb/step)."""
+        if self._eval is None:
+            self._eval = copy.deepcopy(self.template)
+        for n, t in self._eval.named_parameters():
+            t.copy_(self.params[n][worker])
+        for n, t in self._eval.named_buffers():
+            t.copy_(self.buffers[n][worker])
+        return self._eval
+
+    def state_dict(self) -> dict:
+        return {"params": {n: p.detach() for n, p in self.params.items()}, "buffers": dict(self.buffers)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for n, p in self.params.items():
+            p.copy_(state["params"][n])
+        for n, b in self.buffers.items():
+            b.copy_(state["buffers"][n])
+
+
+class VirtualEngine(SingleEngine):
+    """K workers simulated in this process; rank 0 of one, so it alone prints and writes."""
+
+    kind = "virtual"
+
+    def __init__(self, num_workers: int, device: str | torch.device | None = None, batched: bool = True):
+        super().__init__(device)
+        self.comm = VirtualComm(num_workers)
+        self.world_size = num_workers
+        self.batched = batched
+
+    def prepare(self, model: nn.Module) -> VirtualWorkers:
+        return VirtualWorkers(model.to(self.device), self.world_size, batched=self.batched)
+
+    def stack(self, per_worker: list):
+        """Stack the K workers' batches along a new leading axis."""
+        return tuple(torch.stack(parts) for parts in zip(*per_worker))
+
+    def mean_over_workers(self, values: Tensor) -> Tensor:
+        return values.float().mean()
