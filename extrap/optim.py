@@ -156,7 +156,7 @@ def _multi_tensor_sgd(params, grads, bufs, *, lr, momentum, nesterov, weight_dec
                       trust, stacked):
     if not params:
         return
-    ds = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay != 0 else list(grads)
+    ds = list(torch._foreach_add(grads, params, alpha=weight_decay)) if weight_decay != 0 else list(grads)
     if lars_mask is not None and any(lars_mask):
         idx = [i for i, m in enumerate(lars_mask) if m]
         ps, gs = [params[i] for i in idx], [grads[i] for i in idx]

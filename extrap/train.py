@@ -1,0 +1,175 @@
+"""One training run: a config in, a record out — the same loop under every engine.
+
+The task object supplies the data and the evaluation (``extrap`` imports nothing from ``data/``
+or ``models/``); it needs:
+
+- ``loss(outputs, targets) -> Tensor``
+- ``steps_per_epoch(num_workers, local_batch) -> int``
+- ``train_batch(worker, epoch, step, local_batch, num_workers) -> (inputs, targets)``: worker's
+  batch from its own shard
+- ``evaluate(module) -> dict`` with ``train_loss`` and the task's metric (``task.metric``)
+- ``probe_batch() -> (inputs, targets)``, only for the smoothness probe.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .local_sgd import PostLocalSGD
+from .optim import _FRESH_GRADIENT, PERTURBATIONS, ExtrapolatedSGD
+from .param_groups import weight_decay_groups
+from .schedules import KINDS, SCALINGS, Schedule, scaled_lr
+from .smoothness import SmoothnessProbe
+
+__all__ = ["TrainConfig", "train"]
+
+# perturbations whose γ is a step size and so follows the unscaled learning-rate schedule
+_STEP_SIZE = frozenset({"extrap", "stochastic", "extragradient"})
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one run (one cell and seed).
+
+    ``base_lr`` is the small-batch rate for ``base_batch``; the run's rate is scaled to the global
+    batch K·``local_batch`` by ``lr_scaling`` and warmed up over ``warmup_epochs``. ``gamma=None``
+    lets γ follow the unscaled schedule (× ``gamma_multiplier``) for step-size perturbations.
+    """
+
+    perturbation: str = "none"
+    gamma: float | None = None
+    gamma_multiplier: float = 1.0
+    local_batch: int = 32
+    base_batch: int = 32
+    base_lr: float = 0.1
+    lr_scaling: str = "linear"
+    schedule: str = "step"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    warmup_epochs: float = 0.0
+    epochs: int = 10
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    lars: bool = False
+    trust: float = 0.02
+    post_local: bool = False
+    switch_epoch: float | None = None  # None: the first learning-rate decay
+    local_steps: int = 16
+    seed: int = 0
+    eval_every: int = 1  # epochs
+    loss_bound: float = 1e3  # a mean training loss above this is divergence
+    probe_every: int = 0  # steps; 0: no smoothness probe
+
+    def __post_init__(self):
+        checks = {
+            "perturbation": (self.perturbation in PERTURBATIONS, "one of " + ", ".join(PERTURBATIONS)),
+            "lr_scaling": (self.lr_scaling in SCALINGS, "one of " + ", ".join(SCALINGS)),
+            "schedule": (self.schedule in KINDS, "one of " + ", ".join(KINDS)),
+            "local_batch": (self.local_batch >= 1, "an integer >= 1"),
+            "base_batch": (self.base_batch >= 1, "an integer >= 1"),
+            "epochs": (self.epochs >= 1, "an integer >= 1"),
+            "eval_every": (self.eval_every >= 1, "an integer >= 1"),
+            "warmup_epochs": (self.warmup_epochs >= 0, "a number >= 0"),
+            "local_steps": (self.local_steps >= 1, "an integer >= 1"),
+        }
+        for key, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+
+
+def train(cfg: TrainConfig, engine, model: nn.Module, task, log: Callable[[str], None] | None = None,
+          on_eval: Callable[[dict], None] | None = None) -> dict:
+    """Train ``model`` with ``cfg`` on ``engine``'s K workers; return the run's record.
+
+    The record holds ``status`` (``completed`` or ``diverged``), ``steps``, ``final`` (the last
+    evaluation), ``curve`` (one dict per evaluation: epoch, step, lr, train_loss at x_t,
+    batch_loss — the mean mini-batch loss at the workers' x̃ — and the task's metric),
+    ``smoothness`` when probed, and timing. Every rank returns it; rank 0 writes it.
+    """
+    say = log if (log is not None and engine.is_main) else (lambda _: None)
+    k = engine.world_size
+    workers = engine.prepare(model)
+    global_batch = k * cfg.local_batch
+    peak_lr, lr_scale = scaled_lr(cfg.base_lr, global_batch, cfg.base_batch, cfg.lr_scaling)
+    steps_per_epoch = task.steps_per_epoch(k, cfg.local_batch)
+    total = cfg.epochs * steps_per_epoch
+    schedule = Schedule(cfg.base_lr, lr_scale, total, cfg.schedule,
+                        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                        milestones=tuple(cfg.milestones), gamma_multiplier=cfg.gamma_multiplier)
+    groups = weight_decay_groups(model, cfg.weight_decay, workers.named_parameters(), log=say)
+    opt = ExtrapolatedSGD(groups, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          perturbation=cfg.perturbation, gamma=cfg.gamma, lr_scale=lr_scale,
+                          lars=cfg.lars, trust=cfg.trust, comm=engine.comm, seed=cfg.seed)
+    stepper = opt
+    if cfg.post_local:
+        switch = (round(cfg.switch_epoch * steps_per_epoch) if cfg.switch_epoch is not None
+                  else round(min(cfg.milestones, default=1.0) * total))
+        stepper = PostLocalSGD(opt, switch_step=switch, local_steps=cfg.local_steps)
+    scheduled_gamma = cfg.gamma is None and cfg.perturbation in _STEP_SIZE
+    probe = SmoothnessProbe(task.loss, task.probe_batch(), cfg.probe_every) if cfg.probe_every else None
+    say(f"{engine.kind} engine, K={k} workers × b={cfg.local_batch} = B={global_batch}; "
+        f"η={peak_lr:g} (η_base={cfg.base_lr:g} × {lr_scale:g}), {total} steps, "
+        f"perturbation={cfg.perturbation}{' + post-local SGD' if cfg.post_local else ''}")
+
+    curve, status, step, start = [], "completed", 0, time.perf_counter()
+    workers.train()
+    for epoch in range(cfg.epochs):
+        loss_sum = torch.zeros((), device=engine.device)
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            lr = schedule.apply(opt, step, gamma=scheduled_gamma)
+            inputs, targets = engine.stack([task.train_batch(w, epoch, i, cfg.local_batch, k)
+                                            for w in engine.worker_ids])
+
+            def closure():
+                stepper.zero_grad()
+                return workers.forward_backward(task.loss, inputs, targets)
+
+            stepper.zero_grad()
+            stepper.perturb(closure if cfg.perturbation in _FRESH_GRADIENT else None)
+            loss_sum += workers.forward_backward(task.loss, inputs, targets).sum()
+            stepper.step()
+            if probe is not None:
+                probe.observe(step + 1, workers.eval_module(0))
+        step = (epoch + 1) * steps_per_epoch
+        batch_loss = float(engine.mean_over_workers(loss_sum / (steps_per_epoch * len(engine.worker_ids))))
+        if not math.isfinite(batch_loss) or batch_loss > cfg.loss_bound:
+            status = "diverged"
+            curve.append({"epoch": epoch + 1, "step": step, "lr": lr, "batch_loss": batch_loss})
+            say(f"diverged at step {step} (mean mini-batch loss {batch_loss:g})")
+            break
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            point = {"epoch": epoch + 1, "step": step, "lr": lr, "batch_loss": batch_loss,
+                     **task.evaluate(workers.eval_module(0)), "time_s": time.perf_counter() - start}
+            curve.append(point)
+            if on_eval is not None and engine.is_main:
+                on_eval(point)
+    record = {
+        "status": status,
+        "steps": step,
+        "workers": k,
+        "local_batch": cfg.local_batch,
+        "global_batch": global_batch,
+        "engine": engine.kind,
+        "final": {key: v for key, v in curve[-1].items() if key not in ("epoch", "step", "lr")} if curve else {},
+        "curve": curve,
+        "config": asdict(cfg),
+        "time_s": time.perf_counter() - start,
+    }
+    if probe is not None:
+        record["smoothness"] = probe.history
+    return record
+
+
+def steps_to_target(curve: list[dict], target: float, key: str = "train_loss") -> int | None:
+    """The first evaluated step at which ``key`` is at or below ``target`` (None: never)."""
+    for point in curve:
+        if key in point and point[key] <= target:
+            return point["step"]
+    return None
