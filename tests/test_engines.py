@@ -1,0 +1,113 @@
+"""The three engines give one trajectory: mpirun, torchrun and virtual workers (batched and loop)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, launcher_env
+from extrap.engines import DistInfo, make_engine, world_info_from_env
+
+RUN = str(ROOT / "tests" / "engine_run.py")
+STEPS = 20
+
+
+def launch(cmd, timeout=240):
+    proc = subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def max_rel(a: dict, b: dict) -> float:
+    return max(((a[n] - b[n]).norm() / b[n].norm()).item() for n in b)
+
+
+@pytest.fixture(scope="module")
+def virtual_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("virtual") / "virtual.pt"
+    launch([sys.executable, RUN, str(out), "--engine", "virtual", "--workers", "2", "--steps", str(STEPS)])
+    return load(out)
+
+
+@pytest.mark.slow
+def test_mpirun_matches_virtual_workers(mpirun, virtual_run, tmp_path):
+    out = tmp_path / "mpi.pt"
+    launch([mpirun, "-np", "2", sys.executable, RUN, str(out), "--steps", str(STEPS)])
+    got = load(out)
+    assert got["engine"] == "processes" and got["world_size"] == 2
+    assert max_rel(got["params"], virtual_run["params"]) <= 1e-5
+    # one all-reduce of the parameters' size per step, in both engines
+    numel = sum(t.numel() for t in got["params"].values())
+    assert got["calls"] == virtual_run["calls"] == {"gradients": STEPS}
+    assert got["values"] == virtual_run["values"] == {"gradients": STEPS * numel}
+
+
+@pytest.mark.slow
+def test_torchrun_matches_virtual_workers(virtual_run, tmp_path):
+    out = tmp_path / "torchrun.pt"
+    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            RUN, str(out), "--steps", str(STEPS)])
+    got = load(out)
+    assert got["engine"] == "processes" and got["world_size"] == 2
+    assert max_rel(got["params"], virtual_run["params"]) <= 1e-5
+
+
+def test_batched_virtual_path_equals_the_loop(virtual_run, tmp_path):
+    out = tmp_path / "loop.pt"
+    launch([sys.executable, RUN, str(out), "--engine", "virtual", "--workers", "2", "--loop",
+            "--steps", str(STEPS)])
+    assert max_rel(load(out)["params"], virtual_run["params"]) <= 1e-5
+
+
+def test_virtual_workers_keep_their_own_batchnorm_statistics():
+    from data import DigitsTask
+    from models import build_model
+
+    torch.manual_seed(0)
+    engine = make_engine("virtual", 3)
+    workers = engine.prepare(build_model("digits_cnn"))
+    task = DigitsTask()
+    x, y = engine.stack([task.train_batch(w, 0, 0, 16, 3) for w in engine.worker_ids])
+    losses = workers.forward_backward(task.loss, x, y)
+    assert losses.shape == (3,)
+    mean = workers.buffers["features.1.running_mean"]
+    assert not torch.allclose(mean[0], mean[1]) and not torch.allclose(mean[1], mean[2])
+    # worker k's gradient is the gradient of its own loss alone
+    ref = build_model("digits_cnn")
+    ref.load_state_dict({**{n: p[1].detach() for n, p in workers.params.items()},
+                         **{n: b[1] for n, b in workers.buffers.items()}})
+    ref.train()
+    task.loss(ref(x[1]), y[1]).backward()
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(workers.params[n].grad[1], p.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, DistInfo()),
+    ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"},
+     DistInfo(1, 4, 1, 2, "torchrun")),
+    ({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+      "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, DistInfo(3, 8, 1, 4, "openmpi")),
+    ({"PMI_RANK": "2", "PMI_SIZE": "4", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "2"},
+     DistInfo(2, 4, 0, 2, "mpich")),
+    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "4(x4)"},
+     DistInfo(5, 16, 1, 4, "slurm")),
+])
+def test_world_info_from_each_launcher(env, expected):
+    assert world_info_from_env(env) == expected
+
+
+def test_make_engine_rejects_bad_choices():
+    with pytest.raises(ValueError, match="^engine:"):
+        make_engine("gpu-farm")
+    with pytest.raises(ValueError, match="^workers:"):
+        make_engine("single", workers=2)
+    with pytest.raises(ValueError, match="^workers:"):
+        make_engine("virtual", workers=0)
+    assert make_engine("auto", workers=4).kind == "virtual"
+    assert make_engine("auto").kind == "single"
