@@ -36,17 +36,18 @@ def weight_decay_groups(
     tensors of virtual workers, named as in the model). ``log`` reports the counts.
     """
     skip = no_decay_names(model)
-    named = list(model.named_parameters() if named_parameters is None else named_parameters)
-    unknown = [n for n, _ in named if n not in dict(model.named_parameters())]
+    own = dict(model.named_parameters())
+    named = list(own.items() if named_parameters is None else named_parameters)
+    unknown = [n for n, _ in named if n not in own]
     if unknown:
         raise ValueError(f"named_parameters: {unknown[0]!r} is not a parameter of the model")
-    decay = [p for n, p in named if p.requires_grad and n not in skip]
-    plain = [p for n, p in named if p.requires_grad and n in skip]
-    if log is not None:
-        count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
+    decay = [(n, p) for n, p in named if p.requires_grad and n not in skip]
+    plain = [(n, p) for n, p in named if p.requires_grad and n in skip]
+    if log is not None:  # counted on the model: one worker's values, however they are stored
+        count = lambda ps: sum(own[n].numel() for n, _ in ps)  # noqa: E731
         log(f"weight decay {weight_decay:g} on {len(decay)} tensors ({count(decay):,} values); "
             f"none on {len(plain)} BatchNorm/bias tensors ({count(plain):,} values)")
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": plain, "weight_decay": 0.0, "lars": False},
+        {"params": [p for _, p in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in plain], "weight_decay": 0.0, "lars": False},
     ]
