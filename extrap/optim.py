@@ -72,6 +72,14 @@ def _check(name: str, ok: bool, value, expected: str) -> None:
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
+def _check_common(*, weight_decay, gamma, lr_scale) -> None:
+    """The arguments ExtrapolatedSGD and ExtrapolatedAdam share."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    _check("weight_decay", number(weight_decay) and weight_decay >= 0, weight_decay, "a float >= 0")
+    _check("gamma", gamma is None or (number(gamma) and gamma >= 0), gamma, "None or a float >= 0")
+    _check("lr_scale", number(lr_scale) and lr_scale > 0, lr_scale, "a float > 0")
+
+
 def _worker_view(scale: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-worker vector [K] so that it broadcasts over a stacked tensor [K, ...]."""
     return scale.reshape(-1, *([1] * (like.dim() - 1)))
@@ -536,12 +544,7 @@ class ExtrapolatedSGD(_Extrapolated):
                "a float in [0, 1)")
         _check("nesterov", not (nesterov and momentum == 0), nesterov,
                "False when momentum is 0 (Nesterov needs momentum)")
-        _check("weight_decay", isinstance(weight_decay, (int, float)) and weight_decay >= 0,
-               weight_decay, "a float >= 0")
-        _check("gamma", gamma is None or (isinstance(gamma, (int, float)) and gamma >= 0), gamma,
-               "None or a float >= 0")
-        _check("lr_scale", isinstance(lr_scale, (int, float)) and lr_scale > 0, lr_scale,
-               "a float > 0")
+        _check_common(weight_decay=weight_decay, gamma=gamma, lr_scale=lr_scale)
         _check("trust", isinstance(trust, (int, float)) and trust > 0, trust, "a float > 0")
         defaults = dict(lr=float(lr), momentum=float(momentum), nesterov=bool(nesterov),
                         weight_decay=float(weight_decay), gamma=gamma, lr_scale=float(lr_scale),
@@ -578,12 +581,7 @@ class ExtrapolatedAdam(_Extrapolated):
         _check("betas", len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1
                                                 for b in betas), betas, "two floats in [0, 1)")
         _check("eps", isinstance(eps, (int, float)) and eps >= 0, eps, "a float >= 0")
-        _check("weight_decay", isinstance(weight_decay, (int, float)) and weight_decay >= 0,
-               weight_decay, "a float >= 0")
-        _check("gamma", gamma is None or (isinstance(gamma, (int, float)) and gamma >= 0), gamma,
-               "None or a float >= 0")
-        _check("lr_scale", isinstance(lr_scale, (int, float)) and lr_scale > 0, lr_scale,
-               "a float > 0")
+        _check_common(weight_decay=weight_decay, gamma=gamma, lr_scale=lr_scale)
         defaults = dict(lr=float(lr), betas=tuple(float(b) for b in betas), eps=float(eps),
                         weight_decay=float(weight_decay), gamma=gamma, lr_scale=float(lr_scale),
                         precondition=bool(precondition))

@@ -64,8 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _mpirun() -> list[str] | None:
-    """mpirun's argument list (root and oversubscription flags as needed), or None if absent."""
-    exe = shutil.which("mpirun", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    """mpirun's argument list (root and oversubscription flags as needed), or None if absent.
+    ``$MPIRUN`` names another launcher; otherwise the one beside this Python (.venv), or PATH's."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    exe = shutil.which(os.environ.get("MPIRUN", "mpirun"), path=search)
     if exe is None:
         return None
     cmd = [exe, "--oversubscribe"]

@@ -47,3 +47,10 @@ def test_demo_rejects_bad_arguments(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "reproduce.demo", "--workers", "0"], env=launcher_env(),
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--workers" in proc.stderr
+
+
+def test_demo_falls_back_to_virtual_workers_when_mpi_cannot_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPIRUN", "false")  # a launcher that always fails
+    out, stdout = run_demo(tmp_path, "--workers", "2")
+    assert "MPI could not start" in stdout and "falling back to 2 virtual workers" in stdout
+    check_outputs(out, "virtual", 2)

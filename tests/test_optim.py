@@ -38,16 +38,29 @@ def max_rel(ps, qs):
     return max(rel(p.detach(), q.detach()) for p, q in zip(ps, qs))
 
 
-def run(model, opt, data, closure_ok=True):
+def perturb(model, opt, x, y):
+    """opt.perturb(), with the closure the fresh-gradient perturbations need."""
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+    opt.perturb(closure if opt.perturbation in FRESH else None)
+
+
+def run(model, opt, data):
     """The SPEC §7 loop for one worker."""
     for x, y in data:
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
         opt.zero_grad()
-        opt.perturb(closure if opt.perturbation in FRESH else None)
+        perturb(model, opt, x, y)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def run_plain(model, opt, data):
+    """The usual torch.optim loop, for the reference optimizers."""
+    for x, y in data:
+        opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
@@ -62,13 +75,8 @@ def test_sgd_matches_torch_nesterov(perturbation, foreach):
     ours = ExtrapolatedSGD(a.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
                            perturbation=perturbation, gamma=0.0, foreach=foreach)
     ref = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    for x, y in data:
-        for model, opt in ((a, ours), (b, ref)):
-            opt.zero_grad()
-            if opt is ours:
-                ours.perturb()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
+    run(a, ours, data)
+    run_plain(b, ref, data)
     assert max_rel(a.parameters(), b.parameters()) <= 1e-6
     assert max_rel(a.buffers(), b.buffers()) <= 1e-6  # BatchNorm statistics too
 
@@ -79,13 +87,8 @@ def test_adam_gamma_zero_matches_torch_adam(foreach):
     a, b = small_model(), small_model()
     ours = ExtrapolatedAdam(a.parameters(), lr=1e-2, weight_decay=1e-3, gamma=0.0, foreach=foreach)
     ref = torch.optim.Adam(b.parameters(), lr=1e-2, weight_decay=1e-3)
-    for x, y in data:
-        for model, opt in ((a, ours), (b, ref)):
-            opt.zero_grad()
-            if opt is ours:
-                ours.perturb()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
+    run(a, ours, data)
+    run_plain(b, ref, data)
     assert max_rel(a.parameters(), b.parameters()) <= 1e-6
 
 
@@ -236,14 +239,8 @@ def test_every_perturbation_restores_x_t_bit_for_bit(perturbation):
     run(model, opt, data[:2])  # so the past-gradient buffers are filled
     x_t = [p.detach().clone() for p in model.parameters()]
     x, y = data[2]
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
     opt.zero_grad()
-    opt.perturb(closure if perturbation in FRESH else None)
+    perturb(model, opt, x, y)
     moved = any(not torch.equal(p, q) for p, q in zip(model.parameters(), x_t))
     assert moved == (perturbation not in ("none", "stochastic"))  # stochastic: 0 for one worker
     F.cross_entropy(model(x), y).backward()
