@@ -29,10 +29,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--perturbation", default="extrap")
     ap.add_argument("--loop", action="store_true", help="virtual workers by the reference loop")
+    ap.add_argument("--bucket-mb", type=float, default=None, help="bucketed all-reduce (processes)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     engine = make_engine(args.engine, args.workers, device="cpu", batched=not args.loop)
+    if args.bucket_mb is not None:
+        engine.comm.bucket_bytes = int(args.bucket_mb * 2**20)
     task = DigitsTask()
     workers = engine.prepare(build_model("digits_cnn"))
     comm = CountingComm(engine.comm)

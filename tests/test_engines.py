@@ -48,10 +48,12 @@ def test_mpirun_matches_virtual_workers(mpirun, virtual_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_matches_virtual_workers(virtual_run, tmp_path):
+@pytest.mark.parametrize("bucket_mb", [None, 0.01])  # one flat all-reduce / ~10 KB buckets
+def test_torchrun_matches_virtual_workers(virtual_run, tmp_path, bucket_mb):
     out = tmp_path / "torchrun.pt"
+    buckets = [] if bucket_mb is None else ["--bucket-mb", str(bucket_mb)]
     launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            RUN, str(out), "--steps", str(STEPS)])
+            RUN, str(out), "--steps", str(STEPS), *buckets])
     got = load(out)
     assert got["engine"] == "processes" and got["world_size"] == 2
     assert max_rel(got["params"], virtual_run["params"]) <= 1e-5
@@ -111,3 +113,12 @@ def test_make_engine_rejects_bad_choices():
         make_engine("virtual", workers=0)
     assert make_engine("auto", workers=4).kind == "virtual"
     assert make_engine("auto").kind == "single"
+
+
+def test_buckets_group_consecutive_tensors_up_to_the_cap():
+    from extrap.engines.comm import _flat_buckets
+
+    ts = [torch.zeros(1000), torch.zeros(1000), torch.zeros(3000), torch.zeros(10, dtype=torch.float64)]
+    sizes = lambda buckets: [[t.numel() for t in b] for b in buckets]  # noqa: E731
+    assert sizes(_flat_buckets(ts, None)) == [[1000, 1000, 3000], [10]]  # one per dtype
+    assert sizes(_flat_buckets(ts, 8000)) == [[1000, 1000], [3000], [10]]
