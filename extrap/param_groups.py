@@ -14,11 +14,12 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalRe
 
 def no_decay_names(model: nn.Module) -> set[str]:
     """Names of the parameters that take no weight decay: every parameter of a normalisation
-    layer (BatchNorm, LayerNorm, GroupNorm) and every bias (``bias``, ``bias_ih_l0``, ...)."""
+    layer (BatchNorm, LayerNorm, GroupNorm) and every bias (``bias``, ``bias_ih_l0``,
+    ``in_proj_bias``, ...)."""
     names = set()
     for mod_name, module in model.named_modules():
         for p_name, _ in module.named_parameters(recurse=False):
-            if isinstance(module, _NORMS) or p_name.startswith("bias"):
+            if isinstance(module, _NORMS) or "bias" in p_name:
                 names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
     return names
 

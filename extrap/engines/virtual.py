@@ -32,7 +32,8 @@ class VirtualWorkers:
 
     def __init__(self, model: nn.Module, num_workers: int, batched: bool = True):
         self.num_workers = num_workers
-        self.batched = batched
+        # a model may declare ``vmap_compatible = False`` (no batching rule for one of its kernels)
+        self.batched = batched and getattr(model, "vmap_compatible", True)
         self.template = copy.deepcopy(model)  # structure only: its tensors are swapped in
         k = num_workers
         self.params = {n: p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())).requires_grad_(p.requires_grad)
