@@ -4,10 +4,8 @@ ships inside scikit-learn, so the demo and tests run offline."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from .sharding import shard_indices
+from .tasks import ClassificationTask
 
 __all__ = ["load_digits_split", "DigitsTask"]
 
@@ -26,45 +24,11 @@ def load_digits_split(test_fraction: float = 0.2, seed: int = 0):
     return ((x_tr - mean) / std, torch.tensor(y_tr), (x_te - mean) / std, torch.tensor(y_te))
 
 
-class DigitsTask:
-    """Classification on digits for ``extrap.train``: shards, batches and evaluation."""
-
-    metric = "test_top1"
+class DigitsTask(ClassificationTask):
+    """Classification on digits for ``extrap.train``: the whole set on ``device``, no augmentation."""
 
     def __init__(self, device="cpu", seed: int = 0):
         x_tr, y_tr, x_te, y_te = load_digits_split(seed=0)
-        self.device = torch.device(device)
-        self.x_train, self.y_train = x_tr.to(self.device), y_tr.to(self.device)
-        self.x_test, self.y_test = x_te.to(self.device), y_te.to(self.device)
-        self.seed = seed
-        self._shards: dict = {}
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(logits, targets)
-
-    def steps_per_epoch(self, num_workers: int, local_batch: int) -> int:
-        steps = (len(self.y_train) // num_workers) // local_batch
-        if steps < 1:
-            raise ValueError(f"local_batch: {local_batch} × {num_workers} workers exceeds the "
-                             f"{len(self.y_train)} training images")
-        return steps
-
-    def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
-        key = (worker, epoch, num_workers)
-        if key not in self._shards:
-            self._shards = {key: shard_indices(len(self.y_train), num_workers, worker, epoch, self.seed)}
-        idx = self._shards[key][step * local_batch:(step + 1) * local_batch].to(self.device)
-        return self.x_train[idx], self.y_train[idx]
-
-    def probe_batch(self, size: int = 256):
-        return self.x_train[:size], self.y_train[:size]
-
-    @torch.no_grad()
-    def evaluate(self, module: nn.Module) -> dict:
-        """Full training-set loss and test top-1 (%) at x_t, in eval mode."""
-        was_training = module.training
-        module.eval()
-        train_loss = F.cross_entropy(module(self.x_train), self.y_train).item()
-        top1 = (module(self.x_test).argmax(1) == self.y_test).float().mean().item() * 100
-        module.train(was_training)
-        return {"train_loss": train_loss, "test_top1": top1}
+        device = torch.device(device)
+        super().__init__(x_tr.to(device), y_tr.to(device), x_te.to(device), y_te.to(device), seed=seed)
+        self.device = device

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .init import he_init_
+
 __all__ = ["DigitsCNN"]
 
 
@@ -17,9 +19,7 @@ class DigitsCNN(nn.Module):
             nn.MaxPool2d(2),
         )
         self.head = nn.Linear(2 * width * 16, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        he_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1))
