@@ -5,12 +5,12 @@ from .augment import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Au
                       random_crop_flip, step_seed, worker_generator)
 from .cifar import cifar_classes, load_cifar
 from .digits import DigitsTask, load_digits_split
-from .tasks import CifarTask, ClassificationTask
+from .tasks import CifarTask, ClassificationTask, LanguageModelTask, TranslationTask
 from .multi30k import bleu, bucket_batches, collate, load_multi30k, pad_batch, prepare_multi30k
 from .sharding import shard_indices
 from .wikitext import batchify, get_batch, load_wikitext, worker_stream
 
-__all__ = ["DigitsTask", "load_digits_split", "shard_indices", "ClassificationTask", "CifarTask",
+__all__ = ["DigitsTask", "load_digits_split", "shard_indices", "ClassificationTask", "CifarTask", "LanguageModelTask", "TranslationTask",
            "load_cifar", "cifar_classes",
            "Augment", "random_crop_flip", "step_seed", "worker_generator",
            "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",

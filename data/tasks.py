@@ -1,9 +1,10 @@
-"""Image-classification tasks for ``extrap.train``: the data resident on the training device,
-each worker's shard (``shard_indices``), on-device augmentation, and evaluation at x_t."""
+"""The paper's tasks for ``extrap.train``: image classification (CIFAR, digits), language
+modelling (WikiText-2) and translation (Multi30k) — each worker's shard, batches on the training
+device, and evaluation at x_t."""
 
 from __future__ import annotations
 
-from typing import Callable
+import math
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from .augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Aug
 from .cifar import load_cifar
 from .sharding import shard_indices
 
-__all__ = ["ClassificationTask", "CifarTask"]
+__all__ = ["ClassificationTask", "CifarTask", "LanguageModelTask", "TranslationTask"]
 
 
 class ClassificationTask:
@@ -105,3 +106,184 @@ class CifarTask(ClassificationTask):
 
     def prepare(self, images):
         return self.augment.normalize(images)
+
+
+class LanguageModelTask:
+    """WikiText-2 language modelling for ``extrap.train`` (Figure 2).
+
+    Each worker reads its own contiguous stream of the training split, batchified to
+    ``[T, b]`` and cut into BPTT windows; its LSTM hidden state is carried from window to window
+    (truncated BPTT: ``loss`` returns the detached next state, ``after_step`` keeps it) and reset at
+    each epoch. The metric is perplexity on ``eval_split`` at x_t (named ``val_ppl``, whatever
+    split it is: the shared slice trains on ``valid`` and evaluates on ``test``).
+    """
+
+    metric = "val_ppl"
+    metric_higher = False
+
+    def __init__(self, root, num_layers: int, hidden_size: int, device="cpu", bptt: int = 35,
+                 vocab_split: str = "train", train_split: str = "train", eval_split: str = "valid",
+                 eval_batch: int = 10, max_train_tokens: int | None = None,
+                 max_eval_tokens: int | None = None, seed: int = 0):
+        from .wikitext import load_wikitext
+
+        splits = tuple(dict.fromkeys((train_split, eval_split)))
+        wt = load_wikitext(root, vocab_split, splits)
+        self.device = torch.device(device)
+        self.vocab_size = len(wt.vocab)
+        self.bptt, self.num_layers, self.hidden_size = bptt, num_layers, hidden_size
+        self.train_ids = wt.ids[train_split][:max_train_tokens].to(self.device)
+        eval_ids = wt.ids[eval_split][:max_eval_tokens]
+        from .wikitext import batchify
+
+        self.eval_data = batchify(eval_ids, eval_batch).to(self.device)
+        self._streams: dict = {}
+        self._hidden: dict = {}
+
+    def _stream(self, worker: int, num_workers: int, local_batch: int) -> Tensor:
+        from .wikitext import batchify, worker_stream
+
+        key = (worker, num_workers, local_batch)
+        if key not in self._streams:
+            self._streams[key] = batchify(worker_stream(self.train_ids, num_workers, worker), local_batch)
+        return self._streams[key]
+
+    def steps_per_epoch(self, num_workers: int, local_batch: int) -> int:
+        steps = (self._stream(0, num_workers, local_batch).size(0) - 1) // self.bptt
+        if steps < 1:
+            raise ValueError(f"local_batch: {local_batch} streams × {num_workers} workers leave "
+                             f"no full BPTT window of {self.bptt} tokens")
+        return steps
+
+    def _zeros(self, local_batch: int):
+        shape = (self.num_layers, local_batch, self.hidden_size)
+        return (torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device))
+
+    def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
+        from .wikitext import get_batch
+
+        x, y = get_batch(self._stream(worker, num_workers, local_batch), step * self.bptt, self.bptt)
+        hidden = self._hidden.get(worker) if step > 0 else None
+        return (x, hidden if hidden is not None else self._zeros(local_batch)), y
+
+    def loss(self, outputs, targets):
+        logits, hidden = outputs
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return loss, tuple(h.detach() for h in hidden)
+
+    def after_step(self, aux, worker_ids, stacked: bool) -> None:
+        """Keep each worker's next hidden state (stacked [K, ...] for virtual workers)."""
+        for pos, w in enumerate(worker_ids):
+            self._hidden[w] = tuple(h[pos] for h in aux) if stacked else aux
+
+    def probe_batch(self):
+        raise NotImplementedError("the smoothness probe is for image classification (Figure 1b)")
+
+    @torch.no_grad()
+    def evaluate(self, module: nn.Module) -> dict:
+        was_training = module.training
+        module.eval()
+        total, count, hidden = 0.0, 0, None
+        for i in range(0, self.eval_data.size(0) - 1, self.bptt):
+            x = self.eval_data[i:i + self.bptt]
+            y = self.eval_data[i + 1:i + 1 + self.bptt]
+            x = x[:len(y)]
+            logits, hidden = module(x, hidden)
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+            count += y.numel()
+        module.train(was_training)
+        return {"val_loss": total / count, "val_ppl": math.exp(min(total / count, 50.0))}
+
+
+class TranslationTask:
+    """Multi30k English→German for ``extrap.train`` (Figure 3).
+
+    A worker's pairs are its shard (``shard_indices``), bucketed by length and shuffled by
+    (seed, epoch, worker). At each step every worker's batch is padded to the longest of that
+    step's K batches, so K workers stack into one tensor and a process pads exactly as its
+    virtual twin. Inputs are ``(src, tgt_in)``; the loss is label-smoothed cross-entropy over
+    non-pad tokens; the metric is greedy-decoding BLEU (sacrebleu) on ``eval_samples`` sentences
+    of ``eval_split``, plus the teacher-forced ``val_loss``.
+    """
+
+    metric = "bleu"
+    metric_higher = True
+
+    def __init__(self, root, device="cpu", seed: int = 0, min_freq: int = 2, eval_split: str = "val",
+                 eval_samples: int | None = None, label_smoothing: float = 0.1, decode_max_len: int = 60,
+                 eval_batch: int = 100):
+        from .multi30k import prepare_multi30k
+
+        self.device = torch.device(device)
+        self.data = prepare_multi30k(root, min_freq, splits=("train", eval_split))
+        self.src, self.tgt = self.data.ids["train"]
+        self.lengths = torch.tensor([len(s) for s in self.src])
+        self.src_vocab_size, self.tgt_vocab_size = len(self.data.src_vocab), len(self.data.tgt_vocab)
+        self.eval_src = self.data.ids[eval_split][0][:eval_samples]
+        self.eval_tgt = self.data.ids[eval_split][1][:eval_samples]
+        self.eval_refs = self.data.text[eval_split][1][:eval_samples]
+        self.seed, self.smoothing, self.decode_max_len, self.eval_batch = seed, label_smoothing, decode_max_len, eval_batch
+        self._epoch_batches: tuple | None = None
+
+    def steps_per_epoch(self, num_workers: int, local_batch: int) -> int:
+        steps = (len(self.src) // num_workers) // local_batch
+        if steps < 1:
+            raise ValueError(f"local_batch: {local_batch} × {num_workers} workers exceeds the "
+                             f"{len(self.src)} training pairs")
+        return steps
+
+    def _batches(self, epoch: int, num_workers: int, local_batch: int) -> list[list[Tensor]]:
+        from .multi30k import bucket_batches
+
+        key = (epoch, num_workers, local_batch)
+        if self._epoch_batches is None or self._epoch_batches[0] != key:
+            per_worker = []
+            for w in range(num_workers):
+                gen = torch.Generator().manual_seed(step_seed(self.seed, w, epoch))
+                shard = shard_indices(len(self.src), num_workers, w, epoch, self.seed)
+                per_worker.append(bucket_batches(self.lengths, shard, local_batch, generator=gen))
+            self._epoch_batches = (key, per_worker)
+        return self._epoch_batches[1]
+
+    def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
+        from .multi30k import PAD
+
+        batches = self._batches(epoch, num_workers, local_batch)
+        rows = [batches[w][step].tolist() for w in range(num_workers)]
+        src_len = max(len(self.src[i]) for r in rows for i in r)
+        tgt_len = max(len(self.tgt[i]) for r in rows for i in r)
+        src = torch.full((local_batch, src_len), PAD, dtype=torch.long)
+        tgt = torch.full((local_batch, tgt_len), PAD, dtype=torch.long)
+        for j, i in enumerate(rows[worker]):
+            src[j, :len(self.src[i])] = self.src[i]
+            tgt[j, :len(self.tgt[i])] = self.tgt[i]
+        src, tgt = src.to(self.device), tgt.to(self.device)
+        return (src, tgt[:, :-1]), tgt[:, 1:]
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        from models.transformer import label_smoothed_loss  # noqa: PLC0415 (data needs the model's loss)
+
+        return label_smoothed_loss(logits, targets, smoothing=self.smoothing)
+
+    def probe_batch(self):
+        raise NotImplementedError("the smoothness probe is for image classification (Figure 1b)")
+
+    @torch.no_grad()
+    def evaluate(self, module: nn.Module) -> dict:
+        from models.transformer import greedy_decode
+
+        from .multi30k import BOS, EOS, bleu, pad_batch
+
+        was_training = module.training
+        module.eval()
+        hyps, loss, tokens = [], 0.0, 0
+        for i in range(0, len(self.eval_src), self.eval_batch):
+            src = pad_batch(self.eval_src[i:i + self.eval_batch]).to(self.device)
+            tgt = pad_batch(self.eval_tgt[i:i + self.eval_batch]).to(self.device)
+            logits = module((src, tgt[:, :-1]))
+            mask = tgt[:, 1:] != 0
+            loss += F.cross_entropy(logits[mask], tgt[:, 1:][mask], reduction="sum").item()
+            tokens += int(mask.sum())
+            hyps.extend(greedy_decode(module, src, BOS, EOS, self.decode_max_len).tolist())
+        module.train(was_training)
+        return {"val_loss": loss / tokens, "bleu": bleu(hyps, self.eval_refs, self.data.tgt_vocab)}

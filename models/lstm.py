@@ -89,7 +89,9 @@ class LSTMLanguageModel(nn.Module):
         shape = (self.num_layers, batch_size, self.hidden_size)
         return w.new_zeros(shape), w.new_zeros(shape)
 
-    def forward(self, tokens: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
+    def forward(self, tokens: Tensor | tuple, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
+        if isinstance(tokens, (tuple, list)):  # the engines pass one input: (tokens, hidden)
+            tokens, hidden = tokens
         emb = self.drop(self.encoder(tokens))
         out, hidden = self.rnn(emb, hidden)
         out = self.drop(out)

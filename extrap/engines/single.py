@@ -10,7 +10,12 @@ from torch import Tensor, nn
 
 from .comm import LocalComm
 
-__all__ = ["ModuleWorkers", "SingleEngine"]
+__all__ = ["ModuleWorkers", "SingleEngine", "split_aux"]
+
+
+def split_aux(result) -> tuple[Tensor, object]:
+    """A loss function's result as (loss, aux); aux is None when it returned the loss alone."""
+    return result if isinstance(result, tuple) else (result, None)
 
 
 class ModuleWorkers:
@@ -29,11 +34,14 @@ class ModuleWorkers:
         self.model.train(mode)
         return self
 
-    def forward_backward(self, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs, targets) -> Tensor:
-        """Loss of this worker's batch, backpropagated into ``.grad``; returns it as a [1] tensor."""
-        loss = loss_fn(self.model(inputs), targets)
+    def forward_backward(self, loss_fn: Callable, inputs, targets):
+        """Loss of this worker's batch, backpropagated into ``.grad``; returns it as a [1] tensor.
+
+        ``loss_fn(outputs, targets)`` may return ``(loss, aux)`` (e.g. an LSTM's next hidden
+        state); then ``(losses, aux)`` is returned."""
+        loss, aux = split_aux(loss_fn(self.model(inputs), targets))
         loss.backward()
-        return loss.detach().reshape(1)
+        return loss.detach().reshape(1) if aux is None else (loss.detach().reshape(1), aux)
 
     def eval_module(self, worker: int = 0) -> nn.Module:
         """The module at x_t (call outside perturb/step)."""

@@ -20,11 +20,17 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_map
 
 from .comm import VirtualComm
-from .single import SingleEngine
+from .single import SingleEngine, split_aux
 
-__all__ = ["VirtualWorkers", "VirtualEngine"]
+__all__ = ["VirtualWorkers", "VirtualEngine", "stack_trees"]
+
+
+def stack_trees(trees: list):
+    """Stack same-shaped pytrees of tensors leaf by leaf along a new leading axis."""
+    return tree_map(lambda *leaves: torch.stack(leaves), *trees)
 
 
 class VirtualWorkers:
@@ -56,19 +62,25 @@ class VirtualWorkers:
         out = functional_call(self.template, (params, buffers), (inputs,), tie_weights=False)
         return loss_fn(out, targets)
 
-    def forward_backward(self, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs, targets) -> Tensor:
-        """Each worker's loss on its own batch (``inputs[k]``), summed and backpropagated: worker
-        k's slice of every ``.grad`` is the gradient of its own loss. Returns the K losses."""
+    def forward_backward(self, loss_fn: Callable, inputs, targets):
+        """Each worker's loss on its own batch (``inputs[k]``; inputs and targets may be pytrees
+        of tensors with a leading worker axis), summed and backpropagated: worker k's slice of
+        every ``.grad`` is the gradient of its own loss. Returns the K losses, or ``(losses, aux)``
+        stacked over workers when ``loss_fn`` returns ``(loss, aux)``."""
         if self.batched:
             fn = lambda p, b, x, y: self._worker_loss(p, b, x, y, loss_fn)  # noqa: E731
-            losses = vmap(fn, randomness="different")(self.params, self.buffers, inputs, targets)
+            out = vmap(fn, randomness="different")(self.params, self.buffers, inputs, targets)
+            losses, aux = split_aux(out)
         else:
-            losses = torch.stack([
-                self._worker_loss({n: p[k] for n, p in self.params.items()},
-                                  {n: b[k] for n, b in self.buffers.items()}, inputs[k], targets[k], loss_fn)
-                for k in range(self.num_workers)])
+            outs = [split_aux(self._worker_loss({n: p[k] for n, p in self.params.items()},
+                                                {n: b[k] for n, b in self.buffers.items()},
+                                                tree_map(lambda t: t[k], inputs),
+                                                tree_map(lambda t: t[k], targets), loss_fn))
+                    for k in range(self.num_workers)]
+            losses = torch.stack([loss for loss, _ in outs])
+            aux = None if outs[0][1] is None else stack_trees([a for _, a in outs])
         losses.sum().backward()
-        return losses.detach()
+        return losses.detach() if aux is None else (losses.detach(), aux)
 
     @torch.no_grad()
     def eval_module(self, worker: int = 0) -> nn.Module:
@@ -107,8 +119,8 @@ class VirtualEngine(SingleEngine):
         return VirtualWorkers(model.to(self.device), self.world_size, batched=self.batched)
 
     def stack(self, per_worker: list):
-        """Stack the K workers' batches along a new leading axis."""
-        return tuple(torch.stack(parts) for parts in zip(*per_worker))
+        """Stack the K workers' batches (pytrees of tensors) along a new leading axis."""
+        return stack_trees(per_worker)
 
     def mean_over_workers(self, values: Tensor) -> Tensor:
         return values.float().mean()

@@ -1,0 +1,27 @@
+"""The results collator: tables and figures of the paper's items from a run directory's records.
+
+    python -m results DIR          # DIR/records.jsonl -> DIR/tableN.{md,tex,csv}, DIR/figureN.png
+
+or from Python::
+
+    records = results.load_records("runs/table1/records.jsonl")
+    table = results.build_table(records, "table1")     # rows, columns, cells (mean, std, n, ...)
+    print(table.to_markdown())
+    results.write_all("runs/table1")                     # -> list of the paths written
+
+It imports no torch: collating needs the records and, for figures, matplotlib (Agg canvas only).
+"""
+
+from .collate import RECORDS_FILE, write_all
+from .records import METHOD_LABELS, load_records, method_label
+from .tables import METRICS, TABLE_ITEMS, Cell, Table, build_table
+
+__all__ = ["load_records", "build_table", "write_all", "Table", "Cell", "METHOD_LABELS", "method_label",
+           "METRICS", "TABLE_ITEMS", "RECORDS_FILE", "write_figure"]
+
+
+def write_figure(records, item, path, colors=None):
+    """Draw ``item`` (figure1 … figure4) into the PNG ``path``; see ``results.figures``."""
+    from .figures import write_figure as draw  # matplotlib is imported only when a figure is drawn
+
+    return draw(records, item, path, colors)

@@ -1,0 +1,42 @@
+"""Everything ``python -m results DIR`` writes: the tables and figures of the items in DIR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .records import load_records
+from .tables import TABLE_ITEMS, build_table
+
+FIGURE_ITEMS = ("figure1", "figure2", "figure3", "figure4")
+
+__all__ = ["write_all", "RECORDS_FILE"]
+
+RECORDS_FILE = "records.jsonl"
+
+
+def write_all(directory) -> list[Path]:
+    """Read ``directory/records.jsonl`` and write, for each paper item present in it,
+    ``tableN.{md,tex,csv}`` or ``figureN.png`` into ``directory``; return the paths written.
+
+    Items other than table1–3 and figure1–4 (the demo's, say) are ignored. Raises
+    FileNotFoundError when there is no records file.
+    """
+    directory = Path(directory)
+    records = load_records(directory / RECORDS_FILE)
+    present = {r["item"] for r in records}
+    written: list[Path] = []
+    for item in TABLE_ITEMS:
+        if item in present:
+            table = build_table(records, item)
+            for suffix, text in (("md", table.to_markdown()), ("tex", table.to_latex()), ("csv", table.to_csv())):
+                path = directory / f"{item}.{suffix}"
+                path.write_text(text, encoding="utf-8")
+                written.append(path)
+    figures = [item for item in FIGURE_ITEMS if item in present]
+    if figures:
+        from .figures import method_colors, write_figure  # matplotlib only when there is a figure to draw
+
+        colors = method_colors(r["cell"] for r in records if r["item"] in figures)
+        for item in figures:
+            written.append(write_figure(records, item, directory / f"{item}.png", colors))
+    return written

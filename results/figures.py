@@ -1,0 +1,233 @@
+"""Figures 1–4 from the records' curves.
+
+Curves are averaged over the seeds that completed, point by point on the evaluation grid (epoch,
+or step for the smoothness probe), with a shaded min–max band when there is more than one seed.
+A method none of whose seeds completed is drawn dotted from its diverged/failed runs and says so
+in the legend. Each method keeps one colour in every figure (``method_colors``).
+
+Drawing goes through ``matplotlib.figure.Figure`` and the Agg canvas directly — never pyplot — so
+no GUI backend is touched, no global figure state is left behind, and a caller's own pyplot
+backend (a notebook's, say) is not switched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .records import int_field, method_label, order_methods, unique_ints, variant_of
+from .collate import FIGURE_ITEMS
+from .tables import collect_cells
+
+__all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4"]
+
+
+_TAB20 = matplotlib.colormaps["tab20"].colors
+# Baselines blue, extrapolation red, the light shade of each for the w/o-LARS runs; Adam shares
+# SGD's colours as the two never meet in one figure.
+_FIXED = {"sgd": 0, "adam": 0, "sgd-nolars": 1, "extrap-sgd": 6, "extrap-adam": 6, "extrap-sgd-nolars": 7,
+          "sgd+post-local": 18, "extrap-sgd+post-local": 2, "smoothout": 4, "filter-uniform": 5,
+          "uniform-noise": 8, "sam": 9, "stochastic-noise": 10, "gaussian-noise": 12,
+          "extragradient": 14, "filter-gaussian": 16}
+_SPARE = [3, 11, 13, 15, 17, 19]
+_LINESTYLES = ["-", "--", "-.", (0, (5, 1, 1, 1))]
+
+
+def method_colors(slugs) -> dict[str, tuple]:
+    """A colour per method slug: fixed for the known ones, and for the others the unused tab20
+    shades in sorted slug order, so the same set of slugs always gets the same colours."""
+    colors = {s: _TAB20[_FIXED[s]] for s in set(slugs) if s in _FIXED}
+    for i, s in enumerate(sorted(set(slugs) - set(colors))):
+        colors[s] = _TAB20[_SPARE[i % len(_SPARE)]]
+    return colors
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and abs(value) != float("inf")
+
+
+def _series(records: list[dict], key: str, x: str = "epoch", source: str = "curve"):
+    """(xs, mean, lo, hi, n_runs, completed) of ``key`` against ``x`` over the records' ``source``
+    lists, from the completed seeds (all seeds if none completed); None when nothing to draw."""
+    completed = [r for r in records if r.get("status") == "completed"]
+    runs = []
+    for r in completed or records:
+        points = r.get(source) if isinstance(r.get(source), list) else []
+        run = [(p[x], float(p[key])) for p in points
+               if isinstance(p, dict) and _number(p.get(x)) and _number(p.get(key))]
+        if run:
+            runs.append(run)
+    if not runs:
+        return None
+    by_x: dict = {}
+    for run in runs:
+        for xv, yv in run:
+            by_x.setdefault(xv, []).append(yv)
+    xs = sorted(by_x)
+    mean = [sum(by_x[v]) / len(by_x[v]) for v in xs]
+    return xs, mean, [min(by_x[v]) for v in xs], [max(by_x[v]) for v in xs], len(runs), bool(completed)
+
+
+def _draw(ax, series, color, label, linestyle="-") -> None:
+    xs, mean, lo, hi, n, completed = series
+    label = f"{label} (n={n})" if completed else f"{label} (n={n}, none completed)"
+    ax.plot(xs, mean, color=color, linestyle=linestyle if completed else ":", linewidth=1.6,
+            marker="o" if len(xs) == 1 else None, label=label)
+    if n > 1:
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+
+
+def _finish(ax, xlabel: str, ylabel: str, title: str, log_y: bool = False) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        if log_y and all(min(line.get_ydata(), default=1) > 0 for line in ax.lines):
+            ax.set_yscale("log")
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "nothing recorded", transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _groups(records: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], list[str]]:
+    """Records by (variant, cell): variants in order of appearance, methods in the paper's order."""
+    variants = list(dict.fromkeys(variant_of(r) for r in records))
+    methods = order_methods(r["cell"] for r in records)
+    groups = {(v, m): [r for r in records if variant_of(r) == v and r["cell"] == m]
+              for v in variants for m in methods}
+    return {k: rs for k, rs in groups.items() if rs}, variants
+
+
+def _batches(records: list[dict]) -> str:
+    batches = unique_ints(records, "global_batch")
+    if not batches:
+        return "global batch not recorded"
+    workers = unique_ints(records, "workers")
+    text = "B = " + ", ".join(map(str, batches))
+    return text + (f" (K = {workers[0]} workers)" if len(workers) == 1 else "")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120)
+
+
+def _per_method_panels(records, axes, panels, colors) -> None:
+    """Draw each (variant, method) on each of ``axes``, panel i plotting ``panels[i]`` =
+    (y key, x key, record list it is in: "curve" or "smoothness")."""
+    groups, variants = _groups(records)
+    styles = {v: _LINESTYLES[i % len(_LINESTYLES)] for i, v in enumerate(variants)}
+    for (variant, cell), rs in groups.items():
+        label = method_label(cell) + (f" [{variant}]" if len(variants) > 1 else "")
+        for i, (ax, (key, x, source)) in enumerate(zip(axes, panels)):
+            series = _series(rs, key, x=x, source=source)
+            if series is not None:
+                _draw(ax, series, colors[cell], label, styles[variant])
+            elif i == 0:  # say in the legend that the method ran but left nothing to draw
+                statuses = ", ".join(f"{n} {s}" for s, n in Counter(r.get("status", "?") for r in rs).items())
+                ax.plot([], [], color=colors[cell], linestyle=":", label=f"{label} ({statuses}, no curve)")
+
+
+def figure1(records: list[dict], path: Path, colors: dict) -> None:
+    """(a) training loss vs epoch of every method; (b) the smoothness probe vs step."""
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    ax_a, ax_b = fig.subplots(1, 2)
+    _per_method_panels(records, [ax_a, ax_b], [("train_loss", "epoch", "curve"),
+                                               ("smoothness", "step", "smoothness")], colors)
+    _finish(ax_a, "epoch", "training loss at $x_t$", "(a) training loss", log_y=True)
+    _finish(ax_b, "step", r"$\|\nabla f(x_{t+1}) - \nabla f(x_t)\| \,/\, \|x_{t+1} - x_t\|$",
+            "(b) local smoothness along the trajectory")
+    fig.suptitle(f"Figure 1 — ResNet-20 on CIFAR-10, no learning-rate decay, {_batches(records)}: "
+                 "mean over seeds, band = min–max")
+    _save(fig, path)
+
+
+def figure2(records: list[dict], path: Path, colors: dict) -> None:
+    """Validation perplexity and training loss vs epoch of each method (2-layer LSTM)."""
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    ax_p, ax_l = fig.subplots(1, 2)
+    _per_method_panels(records, [ax_p, ax_l], [("val_ppl", "epoch", "curve"),
+                                               ("train_loss", "epoch", "curve")], colors)
+    _finish(ax_p, "epoch", "validation perplexity (lower is better)", "(a) validation perplexity", log_y=True)
+    _finish(ax_l, "epoch", "training loss", "(b) training loss", log_y=True)
+    fig.suptitle(f"Figure 2 — 2-layer LSTM on WikiText-2, no learning-rate decay, {_batches(records)}: "
+                 "mean over seeds, band = min–max")
+    _save(fig, path)
+
+
+def _global_batch(records: list[dict]) -> int | None:
+    return next((b for r in records if (b := int_field(r, "global_batch", r"B\s*=\s*(\d+)")) is not None), None)
+
+
+def figure3(records: list[dict], path: Path, colors: dict) -> None:
+    """Per global batch (a column each): BLEU vs epoch above, training loss vs epoch below."""
+    variants = list(dict.fromkeys(variant_of(r) for r in records))
+    by_variant = {v: [r for r in records if variant_of(r) == v] for v in variants}
+    batch = {v: _global_batch(rs) for v, rs in by_variant.items()}
+    variants.sort(key=lambda v: (batch[v] is None, batch[v] or 0, v))
+    fig = Figure(figsize=(5.5 * len(variants) + 1, 8), layout="constrained")
+    axes = fig.subplots(2, len(variants), squeeze=False, sharex="col")
+    for j, v in enumerate(variants):
+        rs = by_variant[v]
+        _per_method_panels(rs, [axes[0][j], axes[1][j]], [("bleu", "epoch", "curve"),
+                                                          ("train_loss", "epoch", "curve")], colors)
+        name = f"B = {batch[v]}" if batch[v] is not None else (v or "(no variant)")
+        _finish(axes[0][j], "epoch", "test BLEU", f"{name}: BLEU")
+        _finish(axes[1][j], "epoch", "training loss", f"{name}: training loss", log_y=True)
+    fig.suptitle("Figure 3 — down-scaled Transformer on Multi30k en→de, Adam vs extrap-Adam: "
+                 "mean over seeds, band = min–max")
+    _save(fig, path)
+
+
+def _budget(record: dict) -> int | None:
+    """Figure 4's epoch budget: from the variant ``epochs=N``, else the record's config."""
+    match = re.search(r"epochs?\s*=\s*(\d+)", variant_of(record))
+    if match:
+        return int(match.group(1))
+    epochs = (record.get("config") or {}).get("epochs") if isinstance(record.get("config"), dict) else None
+    return epochs if isinstance(epochs, int) else None
+
+
+def figure4(records: list[dict], path: Path, colors: dict) -> None:
+    """Final test top-1 (mean ± std over seeds) against the epoch budget, a line per method."""
+    records = [r for r in records if _budget(r) is not None]
+    cells = collect_cells(records, "test_top1", key=lambda r: (r["cell"], _budget(r)))
+    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    budgets = sorted({b for _, b in cells})
+    for cell in order_methods(r["cell"] for r in records):
+        points = [(b, cells[(cell, b)]) for b in budgets if (cell, b) in cells and cells[(cell, b)].n]
+        if not points:
+            continue
+        lost = sum(c.n_diverged + c.n_failed for (m, _), c in cells.items() if m == cell)
+        label = method_label(cell) + (f" ({lost} seeds diverged/failed)" if lost else "")
+        ax.errorbar([b for b, _ in points], [c.mean for _, c in points], yerr=[c.std or 0.0 for _, c in points],
+                    color=colors[cell], marker="o", capsize=3, linewidth=1.6, label=label)
+    if budgets:
+        ax.set_xticks(budgets)
+    _finish(ax, "training budget (epochs)", "final test top-1 accuracy (%)",
+            "final test top-1 vs training budget, mean ± std over seeds")
+    fig.suptitle(f"Figure 4 — ResNet-20 on CIFAR-10, {_batches(records)}:\n"
+                 "mini-batch SGD and extrap-SGD, each with and without post-local SGD")
+    _save(fig, path)
+
+
+_DRAW = {"figure1": figure1, "figure2": figure2, "figure3": figure3, "figure4": figure4}
+
+
+def write_figure(records: list[dict], item: str, path, colors: dict | None = None) -> Path:
+    """Draw ``item`` (figure1 … figure4) from the records of that item into the PNG ``path``."""
+    if item not in _DRAW:
+        raise ValueError(f"item: expected one of {', '.join(FIGURE_ITEMS)}, got {item!r}")
+    records = [r for r in records if r.get("item") == item]
+    colors = colors or method_colors(r["cell"] for r in records)
+    path = Path(path)
+    _DRAW[item](records, path, colors)
+    return path

@@ -1,0 +1,231 @@
+"""The results collator on records written by hand: table cells (mean ± std, n, diverged and
+missing marks), last-wins dedup, a truncated line, the CSV/LaTeX/Markdown renderings, Table 3's
+row order, the four figures as PNGs, and `python -m results DIR` as a user runs it."""
+
+import csv
+import io
+import json
+import math
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+import results
+from conftest import ROOT, launcher_env
+from results.figures import _series, method_colors
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def record(item, variant, cell, seed, top1=None, status="completed", workers=16, local_batch=256,
+           metric="test_top1", curve=None, **extra):
+    return {"item": item, "variant": variant, "cell": cell, "method": cell, "seed": seed,
+            "workers": workers, "local_batch": local_batch, "global_batch": workers * local_batch,
+            "engine": "virtual", "status": status, "steps": 100,
+            "final": {} if top1 is None else {"train_loss": 0.05, metric: top1},
+            "curve": curve or [], "config": {"seed": seed}, "git": {"commit": "abc", "dirty": False}, **extra}
+
+
+def write_records(directory, records, tail=""):
+    path = directory / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return path
+
+
+def table1_records():
+    """resnet20: sgd 90/91/92; extrap-sgd 92.5 + one diverged; an unknown method; vgg11: sgd all
+    diverged, sgd-nolars 88; extrap-sgd on vgg11 and everything else not run."""
+    return [
+        record("table1", "resnet20", "extrap-sgd", 0, 92.5),  # listed first: rows must not follow file order
+        record("table1", "resnet20", "extrap-sgd", 1, status="diverged"),
+        *(record("table1", "resnet20", "sgd", s, v) for s, v in enumerate([90.0, 91.0, 92.0])),
+        record("table1", "resnet20", "my_method%", 0, 50.0),
+        record("table1", "vgg11", "sgd", 0, status="diverged"),
+        record("table1", "vgg11", "sgd", 1, float("nan"), status="diverged"),
+        record("table1", "vgg11", "sgd-nolars", 0, 88.0),
+        record("demo", "", "sgd", 0, 10.0),  # not a paper item: ignored
+    ]
+
+
+def test_table1_cells_orientation_and_marks():
+    table = results.build_table(table1_records(), "table1")
+    assert table.rows == ["sgd-nolars", "sgd", "extrap-sgd", "my_method%"]  # paper order, then others
+    assert table.columns == ["resnet20", "vgg11"]
+    assert [table.row_labels[r] for r in table.rows] == ["mini-batch SGD w/o LARS", "mini-batch SGD",
+                                                         "extrap-SGD", "my_method%"]
+    assert [table.column_labels[c] for c in table.columns] == ["ResNet-20", "VGG-11 (down-scaled)"]
+
+    sgd = table.cell("sgd", "resnet20")
+    assert sgd.mean == pytest.approx(91.0) and sgd.std == pytest.approx(1.0) and sgd.n == 3
+    assert sgd.text() == "91.00 ± 1.00 (n=3)"
+    extrap = table.cell("extrap-sgd", "resnet20")
+    assert (extrap.values, extrap.n_diverged, extrap.std) == ([92.5], 1, None)
+    assert extrap.text() == "92.50 (n=1, 1 diverged)"
+    assert table.cell("sgd", "vgg11").text() == "diverged (n=2)"
+    assert table.cell("extrap-sgd", "vgg11") is None  # not run
+
+    md = table.to_markdown()
+    caption, blank, header, rule, *rows = md.splitlines()
+    assert caption.startswith("**Table 1.**") and "test top-1 accuracy (%)" in caption
+    assert "global batch B = 4096" in caption and "Mean ± std over seeds" in caption and blank == ""
+    assert header == "| method | ResNet-20 | VGG-11 (down-scaled) |"
+    assert rows[1] == "| mini-batch SGD | 91.00 ± 1.00 (n=3) | diverged (n=2) |"
+    assert rows[2] == "| extrap-SGD | 92.50 (n=1, 1 diverged) | — |"
+    assert rows[0] == "| mini-batch SGD w/o LARS | — | 88.00 (n=1) |"
+
+
+def test_failed_seeds_and_completed_without_metric_are_excluded():
+    records = [record("table2", "cifar100", "sgd", 0, 70.0), record("table2", "cifar100", "sgd", 1, 72.0),
+               record("table2", "cifar100", "sgd", 2, status="failed"),
+               record("table2", "cifar100", "sgd", 3),  # completed, but no test_top1
+               record("table2", "cifar10", "extrap-sgd+post-local", 0, status="failed"),
+               record("table2", "cifar10", "sgd", 0, 93.0)]
+    table = results.build_table(records, "table2")
+    assert table.columns == ["cifar10", "cifar100"] and table.rows == ["sgd", "extrap-sgd+post-local"]
+    assert [table.column_labels[c] for c in table.columns] == ["CIFAR-10", "CIFAR-100"]
+    cell = table.cell("sgd", "cifar100")
+    assert (cell.mean, cell.n, cell.n_failed) == (71.0, 2, 2)
+    assert cell.text() == f"71.00 ± {statistics.stdev([70.0, 72.0]):.2f} (n=2, 2 failed)"
+    assert table.cell("extrap-sgd+post-local", "cifar10").text() == "failed (n=1)"
+    with pytest.raises(ValueError, match="^item:"):
+        results.build_table(records, "table9")
+
+
+def test_last_line_wins_and_truncated_line_is_skipped(tmp_path, capsys):
+    records = [record("table1", "resnet20", "sgd", 0, 10.0), record("table1", "resnet20", "sgd", 1, 91.0),
+               record("table1", "resnet20", "extrap-sgd", 0, 92.0),
+               record("table1", "resnet20", "sgd", 0, 90.0)]  # the rerun of seed 0
+    path = write_records(tmp_path, records, tail='{"item": "table1", "variant": "resnet20", "cell": "sg')
+    loaded = results.load_records(path)
+    err = capsys.readouterr().err
+    assert f"{path}:5" in err and "skipped" in err  # the 5th line, named with its file
+    assert [(r["cell"], r["seed"]) for r in loaded] == [("sgd", 0), ("sgd", 1), ("extrap-sgd", 0)]
+    assert loaded[0]["final"]["test_top1"] == 90.0
+    cell = results.build_table(loaded, "table1").cell("sgd", "resnet20")
+    assert cell.values == [90.0, 91.0] and cell.mean == 90.5
+
+
+def test_csv_parses_back_to_the_cells():
+    table = results.build_table(table1_records(), "table1")
+    rows = list(csv.DictReader(io.StringIO(table.to_csv())))
+    assert list(rows[0]) == ["row", "column", "mean", "std", "n", "n_diverged", "n_failed", "values"]
+    assert len(rows) == len(table.rows) * len(table.columns)  # one per (row, column), missing included
+    for row in rows:
+        cell = table.cell(row["row"], row["column"])
+        values = [float(v) for v in row["values"].split(";")] if row["values"] else []
+        if cell is None:
+            assert (row["n"], row["mean"], values) == ("0", "", [])
+            continue
+        assert values == cell.values and int(row["n"]) == cell.n == len(values)
+        assert int(row["n_diverged"]) == cell.n_diverged and int(row["n_failed"]) == cell.n_failed
+        if values:
+            assert float(row["mean"]) == cell.mean == statistics.mean(values)
+    sgd = next(r for r in rows if (r["row"], r["column"]) == ("sgd", "resnet20"))
+    assert (float(sgd["mean"]), float(sgd["std"]), sgd["n"]) == (91.0, 1.0, "3")
+
+
+def test_latex_uses_booktabs_and_escapes():
+    tex = results.build_table(table1_records(), "table1").to_latex()
+    lines = tex.splitlines()
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+        assert lines.count(rule) == 1
+    assert lines.index("\\toprule") < lines.index("\\midrule") < lines.index("\\bottomrule")
+    assert "\\begin{tabular}{lrr}" in lines
+    assert "mini-batch SGD & 91.00 $\\pm$ 1.00 (n=3) & diverged (n=2) \\\\" in lines
+    assert "my\\_method\\% & 50.00 (n=1) & --- \\\\" in lines
+    assert "test top-1 accuracy (\\%)" in tex and "±" not in tex and "—" not in tex
+
+
+def test_table3_rows_by_workers_then_local_batch():
+    settings = [(16, 256), (4, 1024), (16, 128), (64, 64), (4, 512)]
+    records = [record("table3", f"K={k},b={b}", cell, 0, 90.0 + k / 100 + b / 10000, workers=k, local_batch=b)
+               for k, b in settings for cell in ("extrap-sgd", "sgd")]
+    table = results.build_table(records, "table3")
+    assert [table.row_labels[r] for r in table.rows] == ["K=4 × b=512", "K=4 × b=1024", "K=16 × b=128",
+                                                         "K=16 × b=256", "K=64 × b=64"]
+    assert table.columns == ["sgd", "extrap-sgd"]
+    assert table.cell("K=64,b=64", "sgd").mean == pytest.approx(90.6464)
+    assert "global batches B = " in table.caption  # two global batches in this made-up grid
+    assert table.to_markdown().splitlines()[2] == "| K × b | mini-batch SGD | extrap-SGD |"
+
+
+def curve(epochs, loss0, metric, value):
+    return [{"epoch": e, "step": 10 * e, "lr": 0.1, "train_loss": loss0 * math.exp(-e / 4), "batch_loss": 1.0,
+             metric: value(e)} for e in range(1, epochs + 1)]
+
+
+def figure_records():
+    rs = []
+    for seed in range(2):
+        for i, cell in enumerate(["sgd", "extrap-sgd", "smoothout", "sam", "gaussian-noise"]):
+            rs.append(record("figure1", "", cell, seed, 90.0, curve=curve(8, 1 + i / 4 + seed / 10, "test_top1",
+                                                                           lambda e: 50 + 5 * e),
+                             smoothness=[{"step": 50 * j, "smoothness": 10.0 + i + j + seed} for j in range(6)]))
+    rs.append(record("figure1", "", "extragradient", 0, status="diverged",
+                     curve=[{"epoch": 1, "step": 10, "lr": 0.1, "batch_loss": float("inf")}]))
+    for cell in ("sgd", "extrap-sgd"):
+        rs.append(record("figure2", "", cell, 0, 120.0, metric="val_ppl",
+                         curve=curve(6, 6.0, "val_ppl", lambda e: 500 / e + 100)))
+    for batch in (4096, 512):
+        for cell in ("adam", "extrap-adam"):
+            rs.append(record("figure3", f"B={batch}", cell, 0, 30.0, workers=batch // 64, local_batch=64,
+                             metric="bleu", curve=curve(6, 3.0, "bleu", lambda e: 5 * e)))
+    for epochs in (50, 100, 200):
+        for cell in ("sgd", "extrap-sgd", "sgd+post-local", "extrap-sgd+post-local"):
+            for seed in range(2):
+                rs.append(record("figure4", f"epochs={epochs}", cell, seed, 85 + epochs / 50 + seed))
+    return rs
+
+
+def test_curves_average_completed_seeds_with_a_min_max_band():
+    rs = [record("figure1", "", "sgd", s, 90.0, curve=[{"epoch": 1, "train_loss": 1.0 + s},
+                                                       {"epoch": 2, "train_loss": 0.5 + s}]) for s in range(3)]
+    rs.append(record("figure1", "", "sgd", 3, status="diverged", curve=[{"epoch": 1, "train_loss": 99.0}]))
+    xs, mean, lo, hi, n, completed = _series(rs, "train_loss")
+    assert (xs, mean, lo, hi, n, completed) == ([1, 2], [2.0, 1.5], [1.0, 0.5], [3.0, 2.5], 3, True)
+    assert _series(rs[3:], "train_loss")[-1] is False  # only diverged seeds: drawn, marked
+    assert method_colors(["sgd", "zz"])["sgd"] == method_colors(["sgd", "extrap-sgd", "aa"])["sgd"]
+
+
+def test_all_four_figures_are_pngs(tmp_path):
+    write_records(tmp_path, figure_records())
+    written = results.write_all(tmp_path)
+    assert [p.name for p in written] == ["figure1.png", "figure2.png", "figure3.png", "figure4.png"]
+    from matplotlib.image import imread
+
+    for path in written:
+        data = path.read_bytes()
+        assert data[:8] == PNG_SIGNATURE and len(data) > 20_000, path
+        image = imread(path)
+        assert image.shape[0] > 400 and image.shape[1] > 800 and image.std() > 0.05, path
+
+
+def test_command_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_records(run_dir, table1_records() + figure_records()[:3], tail='{"item": "tab')
+    proc = subprocess.run([sys.executable, "-m", "results", str(run_dir)], cwd=ROOT, env=launcher_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    names = ["table1.md", "table1.tex", "table1.csv", "figure1.png"]
+    assert proc.stdout.splitlines() == [f"wrote {run_dir / n}" for n in names]
+    assert "records.jsonl:14" in proc.stderr  # the partial last line, after 13 records
+    assert "91.00 ± 1.00 (n=3)" in (run_dir / "table1.md").read_text()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "results", str(empty)], cwd=ROOT, env=launcher_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and str(empty / "records.jsonl") in proc.stderr and proc.stdout == ""
+
+
+def test_collating_imports_no_torch(tmp_path):
+    write_records(tmp_path, table1_records())
+    code = ("import sys, results; written = results.write_all(sys.argv[1]); "
+            "print(len(written), 'torch' in sys.modules, 'matplotlib' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=launcher_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3", "False", "False"]  # tables alone need neither
