@@ -6,15 +6,32 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU machines get the pinned CPU wheel; with an NVIDIA driver, any torch >= 2.4 (a CUDA build).
 TORCH  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,torch==2.13.0)
-OUT    ?= runs/demo
+DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean help
+# The paper's tables and figures: make reproduce-table1 [SCALE=paper|smoke] [WORKERS=K]
+# [ENGINE=auto|processes|virtual|single] [DATA_DIR=DIR] [OUT=DIR] [LAUNCH="mpirun -np 16 ..."]
+ITEMS    := table1 table2 table3 figure1 figure2 figure3 figure4
+SCALE    ?= paper
+OUT      ?= runs/$(SCALE)
+WORKERS  ?=
+ENGINE   ?=
+DATA_DIR ?=
+# ENGINE=processes starts one rank per worker with the .venv's mpirun unless LAUNCH says how
+# (a hostfile on a cluster: LAUNCH="mpirun -np 16 --hostfile hosts"); root needs Open MPI's flag.
+MPI_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-run-as-root)
+LAUNCH   ?= $(if $(filter processes,$(ENGINE)),$(VENV)/bin/mpirun $(MPI_FLAGS) -np $(or $(WORKERS),16))
+ITEM_ARGS = --scale $(SCALE) --out $(OUT) $(if $(WORKERS),--workers $(WORKERS)) \
+            $(if $(ENGINE),--engine $(ENGINE)) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+.PHONY: install demo test clean help tables reproduce-all $(addprefix reproduce-,$(ITEMS))
 
 help:
-	@echo "make demo     the main job: SGD vs extrap-SGD vs SmoothOut on digits, 4 MPI workers (-> $(OUT))"
+	@echo "make demo     the main job: SGD vs extrap-SGD vs SmoothOut on digits, 4 MPI workers (-> $(DEMO_OUT))"
 	@echo "make test     the test suite"
 	@echo "make install  create $(VENV) with torch ($(TORCH)), Open MPI + mpi4py, and this project"
+	@echo "make reproduce-table1 ... reproduce-figure4, reproduce-all   a paper item (SCALE=paper|smoke, -> $(OUT))"
+	@echo "make tables   rebuild tables and figures from $(OUT)/records.jsonl"
 	@echo "make clean    remove $(VENV) and runs/"
 
 install: $(VENV)/.installed
@@ -26,7 +43,16 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 demo: install
-	$(PY) -m reproduce.demo --out $(OUT)
+	$(PY) -m reproduce.demo --out $(DEMO_OUT)
+
+$(addprefix reproduce-,$(ITEMS)): reproduce-%: install
+	$(LAUNCH) $(PY) -m reproduce.$* $(ITEM_ARGS)
+	$(PY) -m results $(OUT)
+
+reproduce-all: $(addprefix reproduce-,$(ITEMS))
+
+tables: install
+	$(PY) -m results $(OUT)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

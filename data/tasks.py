@@ -211,12 +211,12 @@ class TranslationTask:
 
     def __init__(self, root, device="cpu", seed: int = 0, min_freq: int = 2, eval_split: str = "val",
                  eval_samples: int | None = None, label_smoothing: float = 0.1, decode_max_len: int = 60,
-                 eval_batch: int = 100):
+                 eval_batch: int = 100, max_train_pairs: int | None = None):
         from .multi30k import prepare_multi30k
 
         self.device = torch.device(device)
         self.data = prepare_multi30k(root, min_freq, splits=("train", eval_split))
-        self.src, self.tgt = self.data.ids["train"]
+        self.src, self.tgt = (ids[:max_train_pairs] for ids in self.data.ids["train"])
         self.lengths = torch.tensor([len(s) for s in self.src])
         self.src_vocab_size, self.tgt_vocab_size = len(self.data.src_vocab), len(self.data.tgt_vocab)
         self.eval_src = self.data.ids[eval_split][0][:eval_samples]

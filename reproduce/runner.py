@@ -1,0 +1,396 @@
+"""The command line and run loop shared by the per-item scripts (SPEC §7)::
+
+    python -m reproduce.<item> [--scale paper|smoke] [--engine auto|processes|virtual|single]
+                               [--workers K] [--only CELL[,CELL]] [--seeds N] [--data-dir DIR]
+                               [--out DIR] [key=value ...]
+
+A config (``reproduce/configs/<item>.yaml``) holds ``common`` settings, one section per
+``scale``, the ``variants`` (the table's columns or the figure's panels) and the ``cells`` (the
+methods). A run's settings are resolved in that order — common < scale < variant < cell <
+``key=value`` on the command line — and checked before any work starts: a bad value exits with
+status 2 and one line naming the key.
+
+For every (variant, cell, seed) not yet finished in ``<out>/records.jsonl``, one training run:
+rank 0 writes its run directory ``<out>/<item>/<variant>/<cell>/seed<s>/`` (``provenance.json``:
+config, git commit and dirty flag, versions, engine, world size; ``metrics.jsonl``: one line per
+evaluation), every rank keeps its own checkpoint there, and rank 0 appends the finished record
+to ``records.jsonl``. Rerunning the same command resumes an interrupted cell and skips finished
+ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = Path(__file__).resolve().parent / "configs"
+SCALES = ("paper", "smoke")
+TASKS = ("cifar", "wikitext2", "multi30k", "digits")
+# keys of a run besides extrap.train.TrainConfig's fields
+RUN_KEYS = {
+    "task": "one of " + ", ".join(TASKS),
+    "dataset": "cifar10 or cifar100 (task cifar)",
+    "data_subdir": "the dataset's folder under --data-dir",
+    "data_dir": "the datasets' root (--data-dir)",
+    "model": "a name for models.build_model",
+    "model_kwargs": "a mapping of keyword arguments for the model",
+    "task_kwargs": "a mapping of keyword arguments for the task",
+    "workers": "the number of workers K",
+    "engine": "auto, processes, virtual or single",
+    "seeds": "the number of seeds",
+    "label": "a human label for the cell",
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration or argument: reported as one line, exit status 2."""
+
+
+def _train_fields() -> dict[str, dataclasses.Field]:
+    from extrap.train import TrainConfig
+
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def parse_args(item: str, argv=None) -> argparse.Namespace:
+    doc = sys.modules.get(f"reproduce.{item}").__doc__ if f"reproduce.{item}" in sys.modules else None
+    ap = argparse.ArgumentParser(prog=f"python -m reproduce.{item}",
+                                 description=(doc or "").split("\n")[0],
+                                 epilog="key=value arguments override any setting of the config")
+    ap.add_argument("--scale", choices=SCALES, default="paper")
+    ap.add_argument("--engine", choices=("auto", "processes", "virtual", "single"), default=None)
+    ap.add_argument("--workers", type=int, default=None, help="K (default: the config's)")
+    ap.add_argument("--only", default=None, help="cells to run, comma-separated (default: all)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the config's)")
+    ap.add_argument("--data-dir", default=None, help="the datasets' root (default: the config's)")
+    ap.add_argument("--out", default=None, help="results folder (default: runs/<scale>)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    return ap.parse_args(argv)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``key=value`` strings to a dict, values read as YAML scalars (numbers, booleans, lists)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{pair}: expected key=value")
+        try:
+            out[key] = yaml.safe_load(value) if value else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot read {value!r} ({e.__class__.__name__})") from None
+    return out
+
+
+# -- configs ---------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    item: str
+    variant: str
+    cell: str
+    seed: int
+    settings: dict
+
+    @property
+    def key(self) -> tuple:
+        return (self.item, self.variant, self.cell, self.seed)
+
+
+def load_config(item: str) -> dict:
+    path = CONFIGS / f"{item}.yaml"
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for section in ("common", "scales", "variants", "cells"):
+        if not isinstance(cfg.get(section, {}), dict):
+            raise ConfigError(f"{section}: expected a mapping in {path.name}")
+    return cfg
+
+
+def check_settings(settings: dict, where: str) -> None:
+    """Unknown keys and bad values, named."""
+    fields = _train_fields()
+    for key in settings:
+        if key not in fields and key not in RUN_KEYS:
+            raise ConfigError(f"{key}: unknown key ({where})")
+    from extrap.train import TrainConfig, build_optimizer
+
+    for key, value in settings.items():
+        if key in fields and not _type_ok(fields[key].type, value):
+            raise ConfigError(f"{key}: expected {fields[key].type}, got {value!r} ({where})")
+    try:
+        cfg = train_config(settings)
+        # the optimizer checks its own ranges (momentum, betas, gamma, ...): try it on one tensor
+        build_optimizer(cfg, [torch.zeros(1, requires_grad=True)], cfg.base_lr, 1.0, None)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{e} ({where})") from None
+    for key in ("workers", "seeds"):
+        if key in settings and not (isinstance(settings[key], int) and settings[key] >= 1):
+            raise ConfigError(f"{key}: expected an integer >= 1, got {settings[key]!r} ({where})")
+    for key in ("model_kwargs", "task_kwargs"):
+        if not isinstance(settings.get(key, {}), dict):
+            raise ConfigError(f"{key}: expected a mapping, got {settings[key]!r} ({where})")
+    if settings.get("task") not in TASKS:
+        raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {settings.get('task')!r} ({where})")
+
+
+def _type_ok(annotation: str, value) -> bool:
+    """Does ``value`` fit a TrainConfig field's annotation (``float``, ``int | None``, ...)?"""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {"float": number, "int": isinstance(value, int) and not isinstance(value, bool),
+          "bool": isinstance(value, bool), "str": isinstance(value, str), "None": value is None}
+    options = [a.strip() for a in annotation.split("|")]
+    return any(ok.get(a, isinstance(value, (list, tuple)) if a.startswith("tuple") else True)
+               for a in options)
+
+
+def _merge(*layers: dict) -> dict:
+    out: dict = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = {**out[key], **value}
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def plan(item: str, args: argparse.Namespace) -> list[Run]:
+    """Every (variant, cell, seed) of the item at this scale, with its resolved settings."""
+    cfg = load_config(item)
+    scale = cfg.get("scales", {}).get(args.scale)
+    if not isinstance(scale, dict):
+        raise ConfigError(f"scale: {item} has no {args.scale!r} section")
+    scale = dict(scale)
+    variant_overrides = scale.pop("variants", {}) or {}
+    cell_overrides = scale.pop("cells", {}) or {}
+    run_variants = scale.pop("run_variants", None)  # a scale may run only some variants
+    cli = parse_overrides(args.overrides)
+    for flag, key in (("workers", "workers"), ("seeds", "seeds"), ("engine", "engine"), ("data_dir", "data_dir")):
+        if getattr(args, flag) is not None:
+            cli[key] = getattr(args, flag)
+    variants = cfg.get("variants") or {"default": {}}
+    if run_variants is not None:
+        variants = {v: variants.get(v, {}) for v in run_variants}
+    cells = cfg.get("cells") or {}
+    only = None if args.only is None else [c.strip() for c in args.only.split(",") if c.strip()]
+    if only is not None:
+        unknown = [c for c in only if c not in cells]
+        if unknown or not only:
+            raise ConfigError(f"--only: unknown cell {unknown[0] if unknown else args.only!r}; "
+                              f"{item} has {', '.join(cells)}")
+    runs = []
+    for variant, v_settings in variants.items():
+        for cell, c_settings in cells.items():
+            if only is not None and cell not in only:
+                continue
+            settings = _merge(cfg.get("common"), scale, v_settings, variant_overrides.get(variant),
+                              c_settings, cell_overrides.get(cell), cli)
+            check_settings(settings, f"{item} {variant}/{cell}")
+            for seed in range(settings.get("seeds", 1)):
+                runs.append(Run(item, variant, cell, seed, {**settings, "seed": seed}))
+    return runs
+
+
+# -- provenance and records --------------------------------------------------------------------------
+
+def git_info() -> dict:
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def versions() -> dict:
+    import numpy
+
+    import extrap
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "extrap": extrap.__version__, "platform": platform.platform(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+
+
+def finished_keys(records: Path) -> set:
+    """(item, variant, cell, seed) of completed and diverged records; bad lines are skipped."""
+    done = set()
+    if records.exists():
+        for line in records.read_text().splitlines():
+            try:
+                r = json.loads(line)
+                if r.get("status") in ("completed", "diverged"):
+                    done.add((r["item"], r["variant"], r["cell"], r["seed"]))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                continue
+    return done
+
+
+def append_line(path: Path, obj: dict) -> None:
+    """One JSON line appended with a single write on an O_APPEND descriptor, then fsync."""
+    data = (json.dumps(obj) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- one run ---------------------------------------------------------------------------------------
+
+def build_task(settings: dict, device):
+    """The task object and the model's task-dependent keyword arguments."""
+    import data
+
+    root = Path(settings.get("data_dir", ".")) / settings.get("data_subdir", "")
+    kwargs = dict(settings.get("task_kwargs", {}))
+    name = settings["task"]
+    if name == "cifar":
+        task = data.CifarTask(root, settings.get("dataset", "cifar10"), device=device, seed=settings["seed"], **kwargs)
+        return task, {"num_classes": task.num_classes}
+    if name == "digits":
+        return data.DigitsTask(device=device, seed=settings["seed"]), {}
+    if name == "wikitext2":
+        mk = settings.get("model_kwargs", {})
+        task = data.LanguageModelTask(root, num_layers=mk.get("num_layers", 2),
+                                      hidden_size=mk.get("hidden_size", 650), device=device, **kwargs)
+        return task, {"vocab_size": task.vocab_size}
+    task = data.TranslationTask(root, device=device, seed=settings["seed"], **kwargs)
+    return task, {"src_vocab": task.src_vocab_size, "tgt_vocab": task.tgt_vocab_size}
+
+
+def train_config(settings: dict):
+    from extrap.train import TrainConfig
+
+    fields = _train_fields()
+    values = {k: v for k, v in settings.items() if k in fields}
+    for key in ("milestones", "betas"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return TrainConfig(**values)
+
+
+def execute(run: Run, engine, out: Path, progress: bool) -> dict:
+    from extrap.train import train
+    from models import build_model
+
+    s = run.settings
+    run_dir = out / run.item / run.variant / run.cell / f"seed{run.seed}"
+    if engine.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    engine.barrier()
+    cfg = train_config(s)
+    torch.manual_seed(run.seed)  # the model's x_0; processes share rank 0's
+    task, model_kwargs = build_task(s, engine.device)
+    model = build_model(s["model"], **{**model_kwargs, **s.get("model_kwargs", {})})
+    provenance = {"item": run.item, "variant": run.variant, "cell": run.cell, "seed": run.seed,
+                  "config": s, "git": git_info(), "versions": versions(), "engine": engine.kind,
+                  "world_size": engine.world_size, "device": str(engine.device)}
+    if engine.is_main:
+        (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    metrics = run_dir / "metrics.jsonl"
+    record = train(cfg, engine, model, task, log=print if engine.is_main else None,
+                   on_eval=lambda point: append_line(metrics, point), checkpoint=run_dir / "checkpoint",
+                   progress=progress, desc=f"{run.variant}/{run.cell} seed {run.seed}")
+    if engine.is_main:  # exactly one line per evaluation, also after a resume
+        metrics.write_text("".join(json.dumps(p) + "\n" for p in record["curve"]))
+    record.update(item=run.item, variant=run.variant, cell=run.cell, method=s.get("label", run.cell),
+                  seed=run.seed, config=s, git=provenance["git"])
+    return record
+
+
+def main(item: str, argv=None) -> int:
+    """Run ``item``'s plan; 0 when done, 2 for a bad configuration or argument."""
+    args = parse_args(item, argv)
+    out = Path(args.out or f"runs/{args.scale}")
+    try:
+        runs = plan(item, args)
+        if not runs:
+            raise ConfigError(f"--only: no run selected for {item}")
+        _check_paths(runs, out)
+    except ConfigError as e:
+        print(f"reproduce.{item}: {e}", file=sys.stderr)
+        return 2
+    from extrap.engines import make_engine
+
+    engines: dict = {}
+
+    def engine_for(settings):
+        """One engine per worker count (Table 3 varies K); a launcher fixes it for processes."""
+        key = settings.get("workers")
+        if key not in engines:
+            engines[key] = make_engine(settings.get("engine", "auto"), key)
+        return engines[key]
+
+    try:
+        engine = engine_for(runs[0].settings)
+    except ValueError as e:
+        print(f"reproduce.{item}: {e}", file=sys.stderr)
+        return 2
+    if engine.kind == "processes":
+        mismatched = {r.settings.get("workers") for r in runs} - {engine.world_size, None}
+        if mismatched and engine.is_main:
+            print(f"note: runs with K in {sorted(mismatched)} need their own launch "
+                  f"(mpirun -np K); this one runs K={engine.world_size}")
+        runs = [r for r in runs if r.settings.get("workers") in (engine.world_size, None)]
+    if engine.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {f"{r.variant}/{r.cell}": {k: v for k, v in r.settings.items() if k != "seed"}
+                    for r in runs if r.seed == 0}
+        text = yaml.safe_dump({"item": item, "scale": args.scale, "engine": engine.kind,
+                               "workers": engine.world_size, "runs": resolved}, sort_keys=False)
+        print(text)
+        (out / f"{item}.{args.scale}.resolved.yaml").write_text(text)
+    records = out / "records.jsonl"
+    done = finished_keys(records)
+    for run in runs:
+        if run.key in done:
+            if engine.is_main:
+                print(f"skip {run.variant}/{run.cell} seed {run.seed}: already in {records}")
+            continue
+        run_engine = engine if engine.kind == "processes" else engine_for(run.settings)
+        record = execute(run, run_engine, out, progress=not args.no_progress)
+        if engine.is_main:
+            append_line(records, record)
+            final = record["final"]
+            print(f"{run.variant}/{run.cell} seed {run.seed}: {record['status']}, "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)), flush=True)
+    for e in engines.values():
+        e.close()
+    return 0
+
+
+def _check_paths(runs: list[Run], out: Path) -> None:
+    """The data folders exist and the output folder is writable, before any work."""
+    for root in {Path(r.settings.get("data_dir", ".")) / r.settings.get("data_subdir", "") for r in runs
+                 if r.settings["task"] != "digits"}:
+        if not root.is_dir():
+            raise ConfigError(f"--data-dir: {root} is not a directory (see the README: datasets)")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"--out: {probe} is not writable")
