@@ -80,6 +80,7 @@ class TrainConfig:
     eps: float = 1e-8  # adam
     clip_norm: float | None = None  # clip each worker's local gradient to this norm
     checkpoint_every: int = 1  # epochs
+    dtype: str = "float32"  # float64: engine-equivalence and numerics checks
 
     def __post_init__(self):
         checks = {
@@ -95,6 +96,7 @@ class TrainConfig:
             "optimizer": (self.optimizer in ("sgd", "adam"), "sgd or adam"),
             "checkpoint_every": (self.checkpoint_every >= 1, "an integer >= 1"),
             "clip_norm": (self.clip_norm is None or self.clip_norm > 0, "None or a number > 0"),
+            "dtype": (self.dtype in ("float32", "float64"), "float32 or float64"),
         }
         for key, (ok, expected) in checks.items():
             if not ok:
@@ -111,6 +113,15 @@ def _clip_local_(params: list, max_norm: float, stacked: bool) -> None:
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.reshape(-1, *[1] * (g.dim() - 1)) if stacked else scale)
+
+
+def _use_dtype(model: nn.Module, dtype: torch.dtype) -> None:
+    """Convert the model and cast its floating inputs on the way in (tasks produce float32)."""
+    from torch.utils._pytree import tree_map
+
+    cast = lambda t: t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t  # noqa: E731
+    model.to(dtype)
+    model.register_forward_pre_hook(lambda module, args: tree_map(cast, args))
 
 
 def _save_atomically(obj, path: Path) -> None:
@@ -149,6 +160,8 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task, log: Callable[[str],
     """
     say = log if (log is not None and engine.is_main) else (lambda _: None)
     k = engine.world_size
+    if cfg.dtype != "float32":
+        _use_dtype(model, getattr(torch, cfg.dtype))
     workers = engine.prepare(model)
     global_batch = k * cfg.local_batch
     peak_lr, lr_scale = scaled_lr(cfg.base_lr, global_batch, cfg.base_batch, cfg.lr_scaling)
