@@ -24,7 +24,7 @@ from .records import int_field, method_label, order_methods, unique_ints, varian
 from .collate import FIGURE_ITEMS
 from .tables import collect_cells
 
-__all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4"]
+__all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4", "figure5"]
 
 
 _TAB20 = matplotlib.colormaps["tab20"].colors
@@ -41,8 +41,9 @@ _LINESTYLES = ["-", "--", "-.", (0, (5, 1, 1, 1))]
 def method_colors(slugs) -> dict[str, tuple]:
     """A colour per method slug: fixed for the known ones, and for the others the unused tab20
     shades in sorted slug order, so the same set of slugs always gets the same colours."""
-    colors = {s: _TAB20[_FIXED[s]] for s in set(slugs) if s in _FIXED}
-    for i, s in enumerate(sorted(set(slugs) - set(colors))):
+    slugs = set(slugs)  # may be a generator: read it once
+    colors = {s: _TAB20[_FIXED[s]] for s in slugs if s in _FIXED}
+    for i, s in enumerate(sorted(slugs - set(colors))):
         colors[s] = _TAB20[_SPARE[i % len(_SPARE)]]
     return colors
 
@@ -219,14 +220,29 @@ def figure4(records: list[dict], path: Path, colors: dict) -> None:
     _save(fig, path)
 
 
-_DRAW = {"figure1": figure1, "figure2": figure2, "figure3": figure3, "figure4": figure4}
+def figure5(records: list[dict], path: Path, colors: dict) -> None:
+    """The appendix's Figure 5: Table 1's runs over time — training loss and test top-1 vs epoch."""
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    ax_l, ax_a = fig.subplots(1, 2)
+    _per_method_panels(records, [ax_l, ax_a], [("train_loss", "epoch", "curve"),
+                                               ("test_top1", "epoch", "curve")], colors)
+    _finish(ax_l, "epoch", "training loss at $x_t$", "(a) training loss", log_y=True)
+    _finish(ax_a, "epoch", "test top-1 (%)", "(b) test accuracy")
+    fig.suptitle(f"Figure 5 — the curves of Table 1 (CIFAR-10, learning-rate decay), {_batches(records)}: "
+                 "mean over seeds, band = min–max")
+    _save(fig, path)
+
+
+_DRAW = {"figure1": figure1, "figure2": figure2, "figure3": figure3, "figure4": figure4, "figure5": figure5}
+from .collate import _FIGURE_SOURCE as SOURCE_ITEM  # noqa: E402  (figure5 draws table1's records)
 
 
 def write_figure(records: list[dict], item: str, path, colors: dict | None = None) -> Path:
-    """Draw ``item`` (figure1 … figure4) from the records of that item into the PNG ``path``."""
+    """Draw ``item`` (figure1 … figure5) from the records of that item (figure5: table1's) into
+    the PNG ``path``."""
     if item not in _DRAW:
         raise ValueError(f"item: expected one of {', '.join(FIGURE_ITEMS)}, got {item!r}")
-    records = [r for r in records if r.get("item") == item]
+    records = [r for r in records if r.get("item") == SOURCE_ITEM.get(item, item)]
     colors = colors or method_colors(r["cell"] for r in records)
     path = Path(path)
     _DRAW[item](records, path, colors)

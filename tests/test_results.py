@@ -209,7 +209,7 @@ def test_command_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "results", str(run_dir)], cwd=ROOT, env=launcher_env(),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    names = ["table1.md", "table1.tex", "table1.csv", "figure1.png"]
+    names = ["table1.md", "table1.tex", "table1.csv", "figure1.png", "figure5.png"]  # 5: Table 1's curves
     assert proc.stdout.splitlines() == [f"wrote {run_dir / n}" for n in names]
     assert "records.jsonl:14" in proc.stderr  # the partial last line, after 13 records
     assert "91.00 ± 1.00 (n=3)" in (run_dir / "table1.md").read_text()
@@ -222,7 +222,8 @@ def test_command_line(tmp_path):
 
 
 def test_collating_imports_no_torch(tmp_path):
-    write_records(tmp_path, table1_records())
+    # as Table 2 (Table 1 brings the appendix's Figure 5, drawn with matplotlib)
+    write_records(tmp_path, [{**r, "item": "table2"} for r in table1_records()])
     code = ("import sys, results; written = results.write_all(sys.argv[1]); "
             "print(len(written), 'torch' in sys.modules, 'matplotlib' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=launcher_env(),
