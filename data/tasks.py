@@ -5,6 +5,7 @@ device, and evaluation at x_t."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,23 @@ from .cifar import load_cifar
 from .sharding import shard_indices
 
 __all__ = ["ClassificationTask", "CifarTask", "LanguageModelTask", "TranslationTask"]
+
+
+@contextmanager
+def evaluating(module: nn.Module):
+    """Eval mode and no gradients for the block; the module's mode is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
+
+
+class _NoProbe:
+    def probe_batch(self):
+        raise NotImplementedError("the smoothness probe is for image classification (Figure 1b)")
 
 
 class ClassificationTask:
@@ -63,7 +81,6 @@ class ClassificationTask:
     def probe_batch(self, size: int = 256):
         return self.prepare(self.x_train[:size]), self.y_train[:size]
 
-    @torch.no_grad()
     def _loss_and_top1(self, module: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
         loss, correct = 0.0, 0
         for i in range(0, len(y), self.eval_batch):
@@ -74,12 +91,10 @@ class ClassificationTask:
 
     def evaluate(self, module: nn.Module) -> dict:
         """Training loss (at x_t, eval mode, no augmentation) and test top-1 (%)."""
-        was_training = module.training
-        module.eval()
         n = self.eval_train_samples or len(self.y_train)
-        train_loss, _ = self._loss_and_top1(module, self.x_train[:n], self.y_train[:n])
-        _, top1 = self._loss_and_top1(module, self.x_test, self.y_test)
-        module.train(was_training)
+        with evaluating(module):
+            train_loss, _ = self._loss_and_top1(module, self.x_train[:n], self.y_train[:n])
+            _, top1 = self._loss_and_top1(module, self.x_test, self.y_test)
         return {"train_loss": train_loss, "test_top1": top1}
 
 
@@ -108,7 +123,7 @@ class CifarTask(ClassificationTask):
         return self.augment.normalize(images)
 
 
-class LanguageModelTask:
+class LanguageModelTask(_NoProbe):
     """WikiText-2 language modelling for ``extrap.train`` (Figure 2).
 
     Each worker reads its own contiguous stream of the training split, batchified to
@@ -176,26 +191,18 @@ class LanguageModelTask:
         for pos, w in enumerate(worker_ids):
             self._hidden[w] = tuple(h[pos] for h in aux) if stacked else aux
 
-    def probe_batch(self):
-        raise NotImplementedError("the smoothness probe is for image classification (Figure 1b)")
-
-    @torch.no_grad()
     def evaluate(self, module: nn.Module) -> dict:
-        was_training = module.training
-        module.eval()
         total, count, hidden = 0.0, 0, None
-        for i in range(0, self.eval_data.size(0) - 1, self.bptt):
-            x = self.eval_data[i:i + self.bptt]
-            y = self.eval_data[i + 1:i + 1 + self.bptt]
-            x = x[:len(y)]
-            logits, hidden = module(x, hidden)
-            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
-            count += y.numel()
-        module.train(was_training)
+        with evaluating(module):
+            for i in range(0, self.eval_data.size(0) - 1, self.bptt):
+                y = self.eval_data[i + 1:i + 1 + self.bptt]
+                logits, hidden = module(self.eval_data[i:i + len(y)], hidden)
+                total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+                count += y.numel()
         return {"val_loss": total / count, "val_ppl": math.exp(min(total / count, 50.0))}
 
 
-class TranslationTask:
+class TranslationTask(_NoProbe):
     """Multi30k English→German for ``extrap.train`` (Figure 3).
 
     A worker's pairs are its shard (``shard_indices``), bucketed by length and shuffled by
@@ -265,25 +272,19 @@ class TranslationTask:
 
         return label_smoothed_loss(logits, targets, smoothing=self.smoothing)
 
-    def probe_batch(self):
-        raise NotImplementedError("the smoothness probe is for image classification (Figure 1b)")
-
-    @torch.no_grad()
     def evaluate(self, module: nn.Module) -> dict:
         from models.transformer import greedy_decode
 
         from .multi30k import BOS, EOS, bleu, pad_batch
 
-        was_training = module.training
-        module.eval()
         hyps, loss, tokens = [], 0.0, 0
-        for i in range(0, len(self.eval_src), self.eval_batch):
-            src = pad_batch(self.eval_src[i:i + self.eval_batch]).to(self.device)
-            tgt = pad_batch(self.eval_tgt[i:i + self.eval_batch]).to(self.device)
-            logits = module((src, tgt[:, :-1]))
-            mask = tgt[:, 1:] != 0
-            loss += F.cross_entropy(logits[mask], tgt[:, 1:][mask], reduction="sum").item()
-            tokens += int(mask.sum())
-            hyps.extend(greedy_decode(module, src, BOS, EOS, self.decode_max_len).tolist())
-        module.train(was_training)
+        with evaluating(module):
+            for i in range(0, len(self.eval_src), self.eval_batch):
+                src = pad_batch(self.eval_src[i:i + self.eval_batch]).to(self.device)
+                tgt = pad_batch(self.eval_tgt[i:i + self.eval_batch]).to(self.device)
+                logits = module((src, tgt[:, :-1]))
+                mask = tgt[:, 1:] != 0
+                loss += F.cross_entropy(logits[mask], tgt[:, 1:][mask], reduction="sum").item()
+                tokens += int(mask.sum())
+                hyps.extend(greedy_decode(module, src, BOS, EOS, self.decode_max_len).tolist())
         return {"val_loss": loss / tokens, "bleu": bleu(hyps, self.eval_refs, self.data.tgt_vocab)}
