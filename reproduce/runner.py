@@ -135,7 +135,7 @@ def check_settings(settings: dict, where: str) -> None:
     for key in settings:
         if key not in fields and key not in RUN_KEYS:
             raise ConfigError(f"{key}: unknown key ({where})")
-    from extrap.train import TrainConfig, build_optimizer
+    from extrap.train import build_optimizer
 
     for key, value in settings.items():
         if key in fields and not _type_ok(fields[key].type, value):
