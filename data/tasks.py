@@ -13,7 +13,9 @@ from torch import Tensor, nn
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Augment, step_seed
 from .cifar import load_cifar
+from .multi30k import BOS, EOS, PAD, bleu, bucket_batches, pad_batch, prepare_multi30k
 from .sharding import shard_indices
+from .wikitext import batchify, get_batch, load_wikitext, worker_stream
 
 __all__ = ["ClassificationTask", "CifarTask", "LanguageModelTask", "TranslationTask"]
 
@@ -28,6 +30,14 @@ def evaluating(module: nn.Module):
             yield module
     finally:
         module.train(was_training)
+
+
+def _steps_per_epoch(n: int, num_workers: int, local_batch: int, what: str) -> int:
+    """Steps in an epoch of ``n`` samples shared by K workers at local batch b: ⌊⌊n/K⌋/b⌋ ≥ 1."""
+    steps = (n // num_workers) // local_batch
+    if steps < 1:
+        raise ValueError(f"local_batch: {local_batch} × {num_workers} workers exceeds the {n} {what}")
+    return steps
 
 
 class _NoProbe:
@@ -63,11 +73,7 @@ class ClassificationTask:
         return F.cross_entropy(logits, targets)
 
     def steps_per_epoch(self, num_workers: int, local_batch: int) -> int:
-        steps = (len(self.y_train) // num_workers) // local_batch
-        if steps < 1:
-            raise ValueError(f"local_batch: {local_batch} × {num_workers} workers exceeds the "
-                             f"{len(self.y_train)} training images")
-        return steps
+        return _steps_per_epoch(len(self.y_train), num_workers, local_batch, "training images")
 
     def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
         """Worker ``worker``'s ``step``-th batch of ``epoch`` from its own shard."""
@@ -140,8 +146,6 @@ class LanguageModelTask(_NoProbe):
                  vocab_split: str = "train", train_split: str = "train", eval_split: str = "valid",
                  eval_batch: int = 10, max_train_tokens: int | None = None,
                  max_eval_tokens: int | None = None, seed: int = 0):
-        from .wikitext import load_wikitext
-
         splits = tuple(dict.fromkeys((train_split, eval_split)))
         wt = load_wikitext(root, vocab_split, splits)
         self.device = torch.device(device)
@@ -149,15 +153,11 @@ class LanguageModelTask(_NoProbe):
         self.bptt, self.num_layers, self.hidden_size = bptt, num_layers, hidden_size
         self.train_ids = wt.ids[train_split][:max_train_tokens].to(self.device)
         eval_ids = wt.ids[eval_split][:max_eval_tokens]
-        from .wikitext import batchify
-
         self.eval_data = batchify(eval_ids, eval_batch).to(self.device)
         self._streams: dict = {}
         self._hidden: dict = {}
 
     def _stream(self, worker: int, num_workers: int, local_batch: int) -> Tensor:
-        from .wikitext import batchify, worker_stream
-
         key = (worker, num_workers, local_batch)
         if key not in self._streams:
             self._streams[key] = batchify(worker_stream(self.train_ids, num_workers, worker), local_batch)
@@ -175,8 +175,6 @@ class LanguageModelTask(_NoProbe):
         return (torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device))
 
     def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
-        from .wikitext import get_batch
-
         x, y = get_batch(self._stream(worker, num_workers, local_batch), step * self.bptt, self.bptt)
         hidden = self._hidden.get(worker) if step > 0 else None
         return (x, hidden if hidden is not None else self._zeros(local_batch)), y
@@ -219,8 +217,6 @@ class TranslationTask(_NoProbe):
     def __init__(self, root, device="cpu", seed: int = 0, min_freq: int = 2, eval_split: str = "val",
                  eval_samples: int | None = None, label_smoothing: float = 0.1, decode_max_len: int = 60,
                  eval_batch: int = 100, max_train_pairs: int | None = None):
-        from .multi30k import prepare_multi30k
-
         self.device = torch.device(device)
         self.data = prepare_multi30k(root, min_freq, splits=("train", eval_split))
         self.src, self.tgt = (ids[:max_train_pairs] for ids in self.data.ids["train"])
@@ -233,15 +229,9 @@ class TranslationTask(_NoProbe):
         self._epoch_batches: tuple | None = None
 
     def steps_per_epoch(self, num_workers: int, local_batch: int) -> int:
-        steps = (len(self.src) // num_workers) // local_batch
-        if steps < 1:
-            raise ValueError(f"local_batch: {local_batch} × {num_workers} workers exceeds the "
-                             f"{len(self.src)} training pairs")
-        return steps
+        return _steps_per_epoch(len(self.src), num_workers, local_batch, "training pairs")
 
     def _batches(self, epoch: int, num_workers: int, local_batch: int) -> list[list[Tensor]]:
-        from .multi30k import bucket_batches
-
         key = (epoch, num_workers, local_batch)
         if self._epoch_batches is None or self._epoch_batches[0] != key:
             per_worker = []
@@ -253,8 +243,6 @@ class TranslationTask(_NoProbe):
         return self._epoch_batches[1]
 
     def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
-        from .multi30k import PAD
-
         batches = self._batches(epoch, num_workers, local_batch)
         rows = [batches[w][step].tolist() for w in range(num_workers)]
         src_len = max(len(self.src[i]) for r in rows for i in r)
@@ -275,7 +263,6 @@ class TranslationTask(_NoProbe):
     def evaluate(self, module: nn.Module) -> dict:
         from models.transformer import greedy_decode
 
-        from .multi30k import BOS, EOS, bleu, pad_batch
 
         hyps, loss, tokens = [], 0.0, 0
         with evaluating(module):

@@ -136,31 +136,38 @@ def _per_method_panels(records, axes, panels, colors) -> None:
                 ax.plot([], [], color=colors[cell], linestyle=":", label=f"{label} ({statuses}, no curve)")
 
 
+_BAND = "mean over seeds, band = min–max"
+
+
+def _curve_panels(records: list[dict], path: Path, colors: dict, panels: list[tuple], title: str) -> None:
+    """Two side-by-side panels of per-method curves. Each panel is (y key, x key, record list —
+    "curve" or "smoothness" —, x label, y label, title, log y)."""
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    _per_method_panels(records, axes, [p[:3] for p in panels], colors)
+    for ax, (_, _, _, xlabel, ylabel, panel_title, log_y) in zip(axes, panels):
+        _finish(ax, xlabel, ylabel, panel_title, log_y=log_y)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def figure1(records: list[dict], path: Path, colors: dict) -> None:
     """(a) training loss vs epoch of every method; (b) the smoothness probe vs step."""
-    fig = Figure(figsize=(13, 4.8), layout="constrained")
-    ax_a, ax_b = fig.subplots(1, 2)
-    _per_method_panels(records, [ax_a, ax_b], [("train_loss", "epoch", "curve"),
-                                               ("smoothness", "step", "smoothness")], colors)
-    _finish(ax_a, "epoch", "training loss at $x_t$", "(a) training loss", log_y=True)
-    _finish(ax_b, "step", r"$\|\nabla f(x_{t+1}) - \nabla f(x_t)\| \,/\, \|x_{t+1} - x_t\|$",
-            "(b) local smoothness along the trajectory")
-    fig.suptitle(f"Figure 1 — ResNet-20 on CIFAR-10, no learning-rate decay, {_batches(records)}: "
-                 "mean over seeds, band = min–max")
-    _save(fig, path)
+    _curve_panels(records, path, colors, [
+        ("train_loss", "epoch", "curve", "epoch", "training loss at $x_t$", "(a) training loss", True),
+        ("smoothness", "step", "smoothness", "step",
+         r"$\|\nabla f(x_{t+1}) - \nabla f(x_t)\| \,/\, \|x_{t+1} - x_t\|$",
+         "(b) local smoothness along the trajectory", False),
+    ], f"Figure 1 — ResNet-20 on CIFAR-10, no learning-rate decay, {_batches(records)}: {_BAND}")
 
 
 def figure2(records: list[dict], path: Path, colors: dict) -> None:
     """Validation perplexity and training loss vs epoch of each method (2-layer LSTM)."""
-    fig = Figure(figsize=(13, 4.8), layout="constrained")
-    ax_p, ax_l = fig.subplots(1, 2)
-    _per_method_panels(records, [ax_p, ax_l], [("val_ppl", "epoch", "curve"),
-                                               ("train_loss", "epoch", "curve")], colors)
-    _finish(ax_p, "epoch", "validation perplexity (lower is better)", "(a) validation perplexity", log_y=True)
-    _finish(ax_l, "epoch", "training loss", "(b) training loss", log_y=True)
-    fig.suptitle(f"Figure 2 — 2-layer LSTM on WikiText-2, no learning-rate decay, {_batches(records)}: "
-                 "mean over seeds, band = min–max")
-    _save(fig, path)
+    _curve_panels(records, path, colors, [
+        ("val_ppl", "epoch", "curve", "epoch", "validation perplexity (lower is better)",
+         "(a) validation perplexity", True),
+        ("train_loss", "epoch", "curve", "epoch", "training loss", "(b) training loss", True),
+    ], f"Figure 2 — 2-layer LSTM on WikiText-2, no learning-rate decay, {_batches(records)}: {_BAND}")
 
 
 def _global_batch(records: list[dict]) -> int | None:
@@ -222,15 +229,10 @@ def figure4(records: list[dict], path: Path, colors: dict) -> None:
 
 def figure5(records: list[dict], path: Path, colors: dict) -> None:
     """The appendix's Figure 5: Table 1's runs over time — training loss and test top-1 vs epoch."""
-    fig = Figure(figsize=(13, 4.8), layout="constrained")
-    ax_l, ax_a = fig.subplots(1, 2)
-    _per_method_panels(records, [ax_l, ax_a], [("train_loss", "epoch", "curve"),
-                                               ("test_top1", "epoch", "curve")], colors)
-    _finish(ax_l, "epoch", "training loss at $x_t$", "(a) training loss", log_y=True)
-    _finish(ax_a, "epoch", "test top-1 (%)", "(b) test accuracy")
-    fig.suptitle(f"Figure 5 — the curves of Table 1 (CIFAR-10, learning-rate decay), {_batches(records)}: "
-                 "mean over seeds, band = min–max")
-    _save(fig, path)
+    _curve_panels(records, path, colors, [
+        ("train_loss", "epoch", "curve", "epoch", "training loss at $x_t$", "(a) training loss", True),
+        ("test_top1", "epoch", "curve", "epoch", "test top-1 (%)", "(b) test accuracy", False),
+    ], f"Figure 5 — the curves of Table 1 (CIFAR-10, learning-rate decay), {_batches(records)}: {_BAND}")
 
 
 _DRAW = {"figure1": figure1, "figure2": figure2, "figure3": figure3, "figure4": figure4, "figure5": figure5}
