@@ -12,12 +12,12 @@ or from Python::
 It imports no torch: collating needs the records and, for figures, matplotlib (Agg canvas only).
 """
 
-from .collate import RECORDS_FILE, write_all
+from .collate import RECORDS_FILE, records_files, write_all
 from .records import METHOD_LABELS, load_records, method_label
 from .tables import METRICS, TABLE_ITEMS, Cell, Table, build_table
 
 __all__ = ["load_records", "build_table", "write_all", "Table", "Cell", "METHOD_LABELS", "method_label",
-           "METRICS", "TABLE_ITEMS", "RECORDS_FILE", "write_figure"]
+           "METRICS", "TABLE_ITEMS", "RECORDS_FILE", "records_files", "write_figure"]
 
 
 def write_figure(records, item, path, colors=None):

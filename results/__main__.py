@@ -1,4 +1,5 @@
-"""``python -m results DIR``: rebuild DIR's tables and figures from DIR/records.jsonl.
+"""``python -m results DIR``: rebuild DIR's tables and figures from DIR/records.jsonl (and from
+DIR/*/records.jsonl: one folder per Kubernetes job).
 
 Prints one line per file written. Exit status 0 when something was written, 1 when the records
 hold none of the paper's items, 2 when DIR has no records.jsonl.
@@ -10,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .collate import RECORDS_FILE, write_all
+from .collate import RECORDS_FILE, records_files, write_all
 
 
 def main(argv=None) -> int:
@@ -18,9 +19,9 @@ def main(argv=None) -> int:
     ap.add_argument("dir", type=Path, help=f"a run directory holding {RECORDS_FILE}")
     args = ap.parse_args(argv)
     records = args.dir / RECORDS_FILE
-    if not records.is_file():
-        print(f"error: {records}: no such file (expected the records the reproduce/ scripts append)",
-              file=sys.stderr)
+    if not records_files(args.dir):
+        print(f"error: {records}: no such file, nor {args.dir}/*/{RECORDS_FILE} (expected the records "
+              f"the reproduce/ scripts append)", file=sys.stderr)
         return 2
     written = write_all(args.dir)
     for path in written:

@@ -11,20 +11,32 @@ FIGURE_ITEMS = ("figure1", "figure2", "figure3", "figure4", "figure5")
 # figures drawn from another item's records (the appendix's Figure 5: Table 1's curves)
 _FIGURE_SOURCE = {"figure5": "table1"}
 
-__all__ = ["write_all", "RECORDS_FILE"]
+__all__ = ["write_all", "records_files", "RECORDS_FILE"]
 
 RECORDS_FILE = "records.jsonl"
 
 
+def records_files(directory) -> list[Path]:
+    """``directory/records.jsonl`` and those one level down (``directory/*/records.jsonl``: one
+    per Kubernetes job, say), in that order; empty when there are none."""
+    directory = Path(directory)
+    top = [directory / RECORDS_FILE] if (directory / RECORDS_FILE).is_file() else []
+    return top + sorted(p for p in directory.glob(f"*/{RECORDS_FILE}") if p.is_file())
+
+
 def write_all(directory) -> list[Path]:
-    """Read ``directory/records.jsonl`` and write, for each paper item present in it,
-    ``tableN.{md,tex,csv}`` or ``figureN.png`` into ``directory``; return the paths written.
+    """Read ``directory/records.jsonl`` (and ``directory/*/records.jsonl``) and write, for each
+    paper item present, ``tableN.{md,tex,csv}`` or ``figureN.png`` into ``directory``; return the
+    paths written.
 
     Items other than table1–3 and figure1–4 (the demo's, say) are ignored. Raises
     FileNotFoundError when there is no records file.
     """
     directory = Path(directory)
-    records = load_records(directory / RECORDS_FILE)
+    files = records_files(directory)
+    if not files:
+        raise FileNotFoundError(f"{directory / RECORDS_FILE}: no such file")
+    records = load_records(files)
     present = {r["item"] for r in records}
     written: list[Path] = []
     for item in TABLE_ITEMS:

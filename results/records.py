@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -57,15 +58,22 @@ def record_key(record: dict) -> tuple:
     return (record.get("item"), variant_of(record), record.get("cell"), seed)
 
 
-def load_records(path) -> list[dict]:
-    """The records of a ``records.jsonl`` file, the last one of each (item, variant, cell, seed).
+def load_records(paths) -> list[dict]:
+    """The records of one ``records.jsonl`` file, or of several read in the order given, the last
+    one of each (item, variant, cell, seed).
 
     Blank lines are ignored. A line that is not a JSON object (a partial line left by a crash, a
     corrupt one) is skipped with a warning on stderr naming the file and line number. A key seen
     twice keeps its first position in the list and its last line's content.
     """
-    path = Path(path)
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     latest: dict[tuple, dict] = {}
+    for path in map(Path, paths):
+        _read_into(latest, path)
+    return list(latest.values())
+
+
+def _read_into(latest: dict[tuple, dict], path: Path) -> None:
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -83,7 +91,6 @@ def load_records(path) -> list[dict]:
                 _warn(f"{path}:{lineno}: skipped, no 'item' or 'cell' string")
                 continue
             latest[record_key(record)] = record
-    return list(latest.values())
 
 
 def variant_of(record: dict) -> str:

@@ -230,3 +230,18 @@ def test_collating_imports_no_torch(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["3", "False", "False"]  # tables alone need neither
+
+
+def test_records_one_folder_per_job_are_merged(tmp_path):
+    # as the Kubernetes jobs write them: <out>/<job>/records.jsonl, collated from <out>
+    t3 = lambda k, seed, top1: record("table3", "", f"K={k},b={4096 // k}", seed, top1, workers=k,  # noqa: E731
+                                      local_batch=4096 // k)
+    for job, rs in (("table3-k4", [t3(4, 0, 90.0), t3(4, 1, 92.0)]), ("table3-k8", [t3(8, 0, 89.0)])):
+        (tmp_path / job).mkdir()
+        write_records(tmp_path / job, rs)
+    write_records(tmp_path, [t3(4, 1, 80.0)])  # the top level is read first: the job's line wins
+    assert results.records_files(tmp_path) == [tmp_path / "records.jsonl", tmp_path / "table3-k4" / "records.jsonl",
+                                               tmp_path / "table3-k8" / "records.jsonl"]
+    assert [p.name for p in results.write_all(tmp_path)] == ["table3.md", "table3.tex", "table3.csv"]
+    text = (tmp_path / "table3.md").read_text()
+    assert "91.00 ± 1.41 (n=2)" in text and "89.00 (n=1)" in text
