@@ -1,6 +1,6 @@
 """The command line and run loop shared by the per-item scripts (SPEC §7)::
 
-    python -m reproduce.<item> [--scale paper|smoke] [--engine auto|processes|virtual|single]
+    python -m reproduce.<item> [--scale paper|smoke] [--engine auto|processes|horovod|virtual|single]
                                [--workers K] [--only CELL[,CELL]] [--seeds N] [--data-dir DIR]
                                [--out DIR] [key=value ...]
 
@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from extrap.engines import ENGINES
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"
 SCALES = ("paper", "smoke")
@@ -48,7 +50,7 @@ RUN_KEYS = {
     "model_kwargs": "a mapping of keyword arguments for the model",
     "task_kwargs": "a mapping of keyword arguments for the task",
     "workers": "the number of workers K",
-    "engine": "auto, processes, virtual or single",
+    "engine": "auto, processes, horovod, virtual or single",
     "seeds": "the number of seeds",
     "label": "a human label for the cell",
 }
@@ -72,7 +74,7 @@ def parse_args(item: str, argv=None) -> argparse.Namespace:
                                  description=(doc or "").split("\n")[0],
                                  epilog="key=value arguments override any setting of the config")
     ap.add_argument("--scale", choices=SCALES, default="paper")
-    ap.add_argument("--engine", choices=("auto", "processes", "virtual", "single"), default=None)
+    ap.add_argument("--engine", choices=ENGINES, default=None)
     ap.add_argument("--workers", type=int, default=None, help="K (default: the config's)")
     ap.add_argument("--only", default=None, help="cells to run, comma-separated (default: all)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the config's)")
@@ -352,7 +354,7 @@ def main(item: str, argv=None) -> int:
     except ValueError as e:
         print(f"reproduce.{item}: {e}", file=sys.stderr)
         return 2
-    if engine.kind == "processes":
+    if engine.launched:
         mismatched = {r.settings.get("workers") for r in runs} - {engine.world_size, None}
         if mismatched and engine.is_main:
             print(f"note: runs with K in {sorted(mismatched)} need their own launch "
@@ -373,7 +375,7 @@ def main(item: str, argv=None) -> int:
             if engine.is_main:
                 print(f"skip {run.variant}/{run.cell} seed {run.seed}: already in {records}")
             continue
-        run_engine = engine if engine.kind == "processes" else engine_for(run.settings)
+        run_engine = engine if engine.launched else engine_for(run.settings)
         record = execute(run, run_engine, out, progress=not args.no_progress)
         if engine.is_main:
             append_line(records, record)

@@ -1,5 +1,7 @@
-"""The three engines give one trajectory: mpirun, torchrun and virtual workers (batched and loop)."""
+"""The engines give one trajectory: mpirun, torchrun, horovodrun and virtual workers (batched and
+loop)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,15 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, launcher_env
+from conftest import ROOT, find_mpirun, launcher_env
 from extrap.engines import DistInfo, make_engine, world_info_from_env
 
 RUN = str(ROOT / "tests" / "engine_run.py")
 STEPS = 20
 
 
-def launch(cmd, timeout=240):
-    proc = subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def launch(cmd, timeout=240, path=None):
+    env = launcher_env() if path is None else {**launcher_env(), "PATH": path}
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
 
 
@@ -34,17 +37,52 @@ def virtual_run(tmp_path_factory):
     return load(out)
 
 
+@pytest.fixture(scope="module")
+def mpirun_run(tmp_path_factory):
+    exe = find_mpirun()
+    if exe is None:
+        pytest.skip("mpirun not found: `make install` installs Open MPI into .venv")
+    out = tmp_path_factory.mktemp("mpi") / "mpi.pt"
+    launch([exe, "-np", "2", sys.executable, RUN, str(out), "--steps", str(STEPS)])
+    return load(out)
+
+
 @pytest.mark.slow
-def test_mpirun_matches_virtual_workers(mpirun, virtual_run, tmp_path):
-    out = tmp_path / "mpi.pt"
-    launch([mpirun, "-np", "2", sys.executable, RUN, str(out), "--steps", str(STEPS)])
-    got = load(out)
+def test_mpirun_matches_virtual_workers(mpirun_run, virtual_run):
+    got = mpirun_run
     assert got["engine"] == "processes" and got["world_size"] == 2
     assert max_rel(got["params"], virtual_run["params"]) <= 1e-5
     # one all-reduce of the parameters' size per step, in both engines
     numel = sum(t.numel() for t in got["params"].values())
     assert got["calls"] == virtual_run["calls"] == {"gradients": STEPS}
     assert got["values"] == virtual_run["values"] == {"gradients": STEPS * numel}
+
+
+def horovodrun() -> str:
+    """horovodrun next to this Python (`make install-horovod`); CI sets EXTRAP_REQUIRE_HOROVOD=1
+    so that a missing Horovod fails there instead of skipping."""
+    exe = Path(sys.executable).parent / "horovodrun"
+    found = exe.is_file() and subprocess.run([sys.executable, "-c", "import horovod.torch"],
+                                             capture_output=True, timeout=120).returncode == 0
+    if not found:
+        message = "Horovod is not installed: `make install-horovod` builds it (about 3 min)"
+        if os.environ.get("EXTRAP_REQUIRE_HOROVOD") == "1":
+            pytest.fail(message + " [EXTRAP_REQUIRE_HOROVOD=1]")
+        pytest.skip(message)
+    return str(exe)
+
+
+@pytest.mark.slow
+def test_horovodrun_matches_torch_distributed(mpirun_run, tmp_path):
+    out = tmp_path / "horovod.pt"
+    env_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    launch([horovodrun(), "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, RUN, str(out),
+            "--steps", str(STEPS)], path=env_path)
+    got = load(out)
+    assert got["engine"] == "horovod" and got["world_size"] == 2  # picked by --engine auto
+    assert max_rel(got["params"], mpirun_run["params"]) <= 1e-5
+    # one grouped all-reduce of the parameters' size per step, as torch.distributed's
+    assert got["calls"] == mpirun_run["calls"] and got["values"] == mpirun_run["values"]
 
 
 @pytest.mark.slow
@@ -99,6 +137,8 @@ def test_virtual_workers_keep_their_own_batchnorm_statistics():
      DistInfo(2, 4, 0, 2, "mpich")),
     ({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "4(x4)"},
      DistInfo(5, 16, 1, 4, "slurm")),
+    ({"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2", "HOROVOD_LOCAL_RANK": "1", "HOROVOD_LOCAL_SIZE": "2"},
+     DistInfo(1, 2, 1, 2, "horovod")),
 ])
 def test_world_info_from_each_launcher(env, expected):
     assert world_info_from_env(env) == expected

@@ -1,16 +1,19 @@
 """Where the K workers run — one algorithm, three engines (SPEC §5).
 
-- ``processes``: one worker per process (mpirun, torchrun, srun, a Kubernetes MPIJob);
+- ``processes``: one worker per process (mpirun, torchrun, srun, a Kubernetes MPIJob), gradients
+  averaged by torch.distributed;
+- ``horovod``: one worker per process under ``horovodrun``, gradients averaged by Horovod;
 - ``virtual``: K workers in one process, stacked, batched with ``torch.func``;
 - ``single``: one worker.
 
-``make_engine("auto", workers=K)`` picks processes under a launcher, virtual for K > 1, else
-single. An engine changes where gradients are averaged, never the arithmetic.
+``make_engine("auto", workers=K)`` picks horovod under ``horovodrun --gloo``, processes under
+another launcher, virtual for K > 1, else single. An engine changes where gradients are averaged, never the arithmetic.
 """
 
 from __future__ import annotations
 
 from .comm import CountingComm, LocalComm, TorchDistComm, VirtualComm
+from .horovod import HorovodComm, HorovodEngine
 from .launch import DistInfo, init_distributed, under_launcher, world_info_from_env
 from .processes import ProcessEngine
 from .single import ModuleWorkers, SingleEngine
@@ -18,11 +21,11 @@ from .virtual import VirtualEngine, VirtualWorkers
 
 __all__ = [
     "ENGINES", "make_engine", "init_distributed", "world_info_from_env", "under_launcher",
-    "DistInfo", "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm", "SingleEngine",
-    "ProcessEngine", "VirtualEngine", "ModuleWorkers", "VirtualWorkers",
+    "DistInfo", "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm", "HorovodComm",
+    "SingleEngine", "ProcessEngine", "HorovodEngine", "VirtualEngine", "ModuleWorkers", "VirtualWorkers",
 ]
 
-ENGINES = ("auto", "processes", "virtual", "single")
+ENGINES = ("auto", "processes", "horovod", "virtual", "single")
 
 
 def make_engine(kind: str = "auto", workers: int | None = None, device=None, batched: bool = True):
@@ -33,12 +36,15 @@ def make_engine(kind: str = "auto", workers: int | None = None, device=None, bat
         raise ValueError(f"workers: expected >= 1, got {workers}")
     launched = world_info_from_env()
     if kind == "auto":
-        kind = "processes" if launched.world_size > 1 else ("virtual" if (workers or 1) > 1 else "single")
-    if kind == "processes":
+        if launched.world_size > 1:
+            kind = "horovod" if launched.launcher == "horovod" else "processes"
+        else:
+            kind = "virtual" if (workers or 1) > 1 else "single"
+    if kind in ("processes", "horovod"):
         if workers is not None and workers != launched.world_size:
             raise ValueError(f"workers: {workers} requested but the launcher started "
                              f"{launched.world_size} ranks")
-        return ProcessEngine(device=device)
+        return ProcessEngine(device=device) if kind == "processes" else HorovodEngine(device=device)
     if launched.world_size > 1:
         raise ValueError(f"engine: {kind!r} runs in one process, but a launcher started "
                          f"{launched.world_size} ranks (use --engine processes)")

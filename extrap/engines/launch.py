@@ -1,5 +1,6 @@
 """One ``init_distributed()`` for every launcher: torchrun, mpirun (Open MPI, MPICH), Slurm's
-srun, or plain environment variables; one process when none of them is present.
+srun, horovodrun --gloo (read here; the horovod engine initialises Horovod itself), or plain
+environment variables; one process when none of them is present.
 
 Under ``mpirun`` torch.distributed still needs a rendezvous address. If ``MASTER_ADDR`` is unset,
 rank 0 picks its address and a free port and shares them with the other ranks through mpi4py.
@@ -23,6 +24,7 @@ _LAUNCHERS = {
                 "OMPI_COMM_WORLD_LOCAL_SIZE"),
     "mpich": ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
     "slurm": ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
+    "horovod": ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE"),  # horovodrun --gloo
 }
 
 
@@ -97,7 +99,8 @@ def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> Di
         if info.launcher in ("openmpi", "mpich", "slurm"):
             _share_rendezvous(info)
         else:
-            raise RuntimeError(f"{info.launcher}: MASTER_ADDR is not set")
+            hint = " (under horovodrun use --engine horovod)" if info.launcher == "horovod" else ""
+            raise RuntimeError(f"{info.launcher}: MASTER_ADDR is not set{hint}")
     os.environ.setdefault("MASTER_PORT", "29500")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"

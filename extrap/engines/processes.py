@@ -17,6 +17,7 @@ class ProcessEngine(SingleEngine):
     """This rank's worker; ``comm`` all-reduces a flattened (or bucketed) gradient per step."""
 
     kind = "processes"
+    launched = True
 
     def __init__(self, device: str | torch.device | None = None, backend: str | None = None,
                  bucket_mb: float | None = None, timeout_s: float = 300.0):

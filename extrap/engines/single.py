@@ -58,6 +58,7 @@ class SingleEngine:
     """K = 1: plain single-device training."""
 
     kind = "single"
+    launched = False  # True for engines whose workers are processes started by a launcher
 
     def __init__(self, device: str | torch.device | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
