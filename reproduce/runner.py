@@ -219,11 +219,18 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
 # -- provenance and records --------------------------------------------------------------------------
 
 def git_info() -> dict:
+    """The checkout's commit and dirty flag; in an image without git or .git (k8s/Dockerfile),
+    the commit it was built from (``EXTRAP_GIT_COMMIT``) and ``dirty`` None."""
     def git(*a):
-        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        try:
+            r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
         return r.stdout.strip() if r.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": os.environ.get("EXTRAP_GIT_COMMIT") or None, "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
