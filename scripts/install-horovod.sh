@@ -10,6 +10,8 @@ set -euo pipefail
 
 PY="${1:-python3}"
 VERSION="${HOROVOD_VERSION:-0.28.1}"
+# an absolute path: the build runs in another directory (a relative .venv/bin would not be found)
+if [[ "$PY" == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; fi
 
 if "$PY" -c "import horovod.torch" 2>/dev/null; then
     echo "horovod already importable by $PY: $("$PY" -c 'import horovod; print(horovod.__version__)')"
@@ -22,7 +24,7 @@ trap 'rm -rf "$work"' EXIT
 
 # Build requirements: numpy for the build, cmake when the system has none; the pip-installed
 # Open MPI puts mpicc next to $PY, so MPI is found there.
-bindir="$(dirname "$PY")"
+bindir="$(dirname "$(command -v "$PY")")"
 "$PY" -m pip install --quiet numpy packaging wheel setuptools psutil pyyaml cloudpickle
 command -v cmake >/dev/null 2>&1 || [ -x "$bindir/cmake" ] || "$PY" -m pip install --quiet cmake
 export PATH="$bindir:$PATH"
