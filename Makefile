@@ -31,11 +31,12 @@ ITEM_ARGS = --scale $(SCALE) --out $(OUT) $(if $(WORKERS),--workers $(WORKERS)) 
 # named there, built from k8s/Dockerfile (needs a Docker engine).
 IMAGE    = $(shell sed -n 's/^image: *//p' k8s/settings.yaml)
 
-.PHONY: install install-horovod demo test clean help tables reproduce-all k8s image $(addprefix reproduce-,$(ITEMS))
+.PHONY: install install-horovod demo test bench clean help tables reproduce-all k8s image $(addprefix reproduce-,$(ITEMS))
 
 help:
 	@echo "make demo     the main job: SGD vs extrap-SGD vs SmoothOut on digits, 4 MPI workers (-> $(DEMO_OUT))"
 	@echo "make test     the test suite"
+	@echo "make bench    measure extrap's costs side by side -> results/bench.{md,json} (BENCH_ARGS=--tiny)"
 	@echo "make install  create $(VENV) with torch ($(TORCH)), Open MPI + mpi4py, and this project"
 	@echo "make install-horovod   build Horovod 0.28.1 into $(VENV) (~3 min) for ENGINE=horovod"
 	@echo "make reproduce-table1 ... reproduce-figure4, reproduce-all   a paper item (SCALE=paper|smoke, -> $(OUT))"
@@ -78,6 +79,10 @@ image:
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+BENCH_ARGS ?=
+bench: install
+	$(PY) -m reproduce.bench --out results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

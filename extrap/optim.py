@@ -132,15 +132,23 @@ def extrap_sgd(
     trust: float = 0.02,
     stacked: bool = False,
     foreach: bool = True,
+    fused: bool = False,
 ) -> None:
     """SPEC §2 on already averaged gradients, in place; new momentum buffers are stored in the list.
 
     d = g + λx;  d ← d·LARS(x, g) where masked;  m = β m + d (m_0 = d_0);  x ← x − η (d + β m)
     (x ← x − η m without Nesterov; x ← x − η d without momentum). ``.grad`` is never modified.
+
+    Kernels: ``fused`` (torch's one-pass fused SGD kernel, after the LARS scaling; it falls back
+    to foreach where the kernel is missing), ``foreach`` (``torch._foreach_*``), or the
+    single-tensor loop, the reference the others are tested against.
     """
+    kw = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+              lars_mask=lars_mask, trust=trust, stacked=stacked)
+    if fused and _fused_sgd(params, grads, momentum_buffers, **kw):
+        return
     fn = _multi_tensor_sgd if foreach else _single_tensor_sgd
-    fn(params, grads, momentum_buffers, lr=lr, momentum=momentum, nesterov=nesterov,
-       weight_decay=weight_decay, lars_mask=lars_mask, trust=trust, stacked=stacked)
+    fn(params, grads, momentum_buffers, **kw)
 
 
 def _single_tensor_sgd(params, grads, bufs, *, lr, momentum, nesterov, weight_decay, lars_mask,
@@ -160,10 +168,8 @@ def _single_tensor_sgd(params, grads, bufs, *, lr, momentum, nesterov, weight_de
         p.add_(d, alpha=-lr)
 
 
-def _multi_tensor_sgd(params, grads, bufs, *, lr, momentum, nesterov, weight_decay, lars_mask,
-                      trust, stacked):
-    if not params:
-        return
+def _directions(params, grads, *, lr, weight_decay, lars_mask, trust, stacked) -> list[Tensor]:
+    """d = g + λx, times the LARS factor where masked (new tensors where they differ from g)."""
     ds = list(torch._foreach_add(grads, params, alpha=weight_decay)) if weight_decay != 0 else list(grads)
     if lars_mask is not None and any(lars_mask):
         idx = [i for i, m in enumerate(lars_mask) if m]
@@ -179,6 +185,47 @@ def _multi_tensor_sgd(params, grads, bufs, *, lr, momentum, nesterov, weight_dec
         scaled = torch._foreach_mul([ds[i] for i in idx], list(factors))
         for i, s in zip(idx, scaled):
             ds[i] = s
+    return ds
+
+
+_FUSED_MISSING: set[tuple] = set()  # (device type, dtype) where torch has no fused SGD kernel
+
+
+def _fused_sgd(params, grads, bufs, *, lr, momentum, nesterov, weight_decay, lars_mask, trust,
+               stacked) -> bool:
+    """torch's fused SGD kernel (one pass over x, d and m); False where it does not apply."""
+    if not params:
+        return True
+    key = (params[0].device.type, params[0].dtype)
+    if key in _FUSED_MISSING or any(t.device != params[0].device or t.dtype != params[0].dtype
+                                    for t in (*params, *grads)):
+        return False
+    first = momentum != 0 and all(b is None for b in bufs)
+    if momentum != 0 and not first and any(b is None for b in bufs):
+        return False  # a parameter that joined late: the foreach path handles it
+    lars = lars_mask is not None and any(lars_mask)
+    # with LARS the scaled direction d is formed first and the kernel adds no weight decay
+    ds = _directions(params, grads, lr=lr, weight_decay=weight_decay, lars_mask=lars_mask, trust=trust,
+                     stacked=stacked) if lars else grads
+    new_bufs = [torch.empty_like(d) for d in ds] if first else bufs
+    try:
+        torch._fused_sgd_(params, ds, new_bufs if momentum != 0 else [], weight_decay=0.0 if lars else weight_decay,
+                          momentum=momentum, lr=lr, dampening=0.0, nesterov=nesterov, maximize=False,
+                          is_first_step=first)
+    except (RuntimeError, NotImplementedError):  # no kernel for this device or dtype
+        _FUSED_MISSING.add(key)
+        return False
+    if first:
+        bufs[:] = new_bufs
+    return True
+
+
+def _multi_tensor_sgd(params, grads, bufs, *, lr, momentum, nesterov, weight_decay, lars_mask,
+                      trust, stacked):
+    if not params:
+        return
+    ds = _directions(params, grads, lr=lr, weight_decay=weight_decay, lars_mask=lars_mask, trust=trust,
+                     stacked=stacked)
     if momentum != 0:
         if all(b is None for b in bufs):
             bufs[:] = [torch.clone(d).detach() for d in ds]
@@ -532,13 +579,17 @@ class ExtrapolatedSGD(_Extrapolated):
         comm: a communicator from ``extrap.engines``; ``None`` uses ``.grad`` as it is.
         direction: ``"gradient"`` (γ·g_{t-1}^k) or ``"momentum"`` (γ·(g_{t-1}^k + β m_{t-1})).
         seed: seeds each worker's noise stream (worker w uses seed·1000003 + w).
-        foreach: the ``torch._foreach_*`` kernel (default) or the single-tensor loop.
+        foreach: the ``torch._foreach_*`` kernels (default) or the single-tensor loop.
+        fused: the update by torch's fused SGD kernel, one pass over parameters, directions and
+            momentum (default: where torch has one for the parameters' device and dtype, unless
+            ``foreach=False`` asks for the reference loop).
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, nesterov: bool = True,
                  weight_decay: float = 0.0, perturbation: str = "extrap", gamma: float | None = None,
                  lr_scale: float = 1.0, lars: bool = False, trust: float = 0.02, comm=None, *,
-                 direction: str = "gradient", seed: int = 0, foreach: bool | None = None):
+                 direction: str = "gradient", seed: int = 0, foreach: bool | None = None,
+                 fused: bool | None = None):
         _check("lr", isinstance(lr, (int, float)) and lr >= 0, lr, "a float >= 0")
         _check("momentum", isinstance(momentum, (int, float)) and 0 <= momentum < 1, momentum,
                "a float in [0, 1)")
@@ -551,6 +602,7 @@ class ExtrapolatedSGD(_Extrapolated):
                         lars=bool(lars), trust=float(trust))
         super().__init__(params, defaults, perturbation=perturbation, direction=direction,
                          comm=comm, seed=seed, foreach=foreach)
+        self.fused = (foreach is not False) if fused is None else bool(fused)
 
     def _update(self, group, params, grads):
         bufs = [self.state[p].get("momentum_buffer") for p in params]
@@ -558,7 +610,7 @@ class ExtrapolatedSGD(_Extrapolated):
         mask = [_lars_adapts(p, group, stacked) for p in params] if group["lars"] else None
         extrap_sgd(params, grads, bufs, lr=group["lr"], momentum=group["momentum"],
                    nesterov=group["nesterov"], weight_decay=group["weight_decay"], lars_mask=mask,
-                   trust=group["trust"], stacked=stacked, foreach=self.foreach)
+                   trust=group["trust"], stacked=stacked, foreach=self.foreach, fused=self.fused)
         if group["momentum"] != 0:
             for p, b in zip(params, bufs):
                 self.state[p]["momentum_buffer"] = b

@@ -1,0 +1,365 @@
+"""``make bench``: extrap's costs measured side by side in one run, written to
+``results/bench.md`` and ``results/bench.json``::
+
+    python -m reproduce.bench [--out results] [--tiny] [--device cpu|cuda] [--no-mpi]
+
+1. a training step of extrap-SGD ÷ one of mini-batch SGD (ResNet-20, batch 128, one process);
+2. the optimizer step alone ÷ ``torch.optim.SGD(foreach=True)`` (also against ``fused=True``);
+3. all-reduce calls and bytes per step against DDP on the same model (2 processes, Gloo);
+4. virtual workers: 16 ResNet-20 workers × batch 32, batched (vmap) ÷ the per-worker loop ÷
+   one model at batch 512;
+5. extrap-SGD ÷ mini-batch SGD per step under ``mpirun -np 2`` (Gloo);
+6. on a GPU: ResNet-20 at B = 4096 as 16 virtual workers, images/s and peak memory.
+
+Timing: the variants of one measurement run in alternating rounds (A B, B A, ...) after a warm-up,
+and each variant's time per step is the median over rounds, so a machine that slows down or
+speeds up during the run biases none of them. ``--tiny`` runs every measurement at toy sizes:
+CI uses it to check that the bench still runs (its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from extrap import ExtrapolatedSGD
+from extrap.engines import CountingComm, make_engine
+from models import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# sizes: (full, tiny)
+SIZES = {
+    "full": dict(batch=128, step_rounds=7, step_steps=4, opt_rounds=9, opt_steps=50, virtual_workers=16,
+                 virtual_batch=32, virtual_rounds=3, virtual_steps=2, mpi_batch=64, mpi_rounds=7,
+                 mpi_steps=4, gpu_workers=16, gpu_batch=256, gpu_steps=20),
+    "tiny": dict(batch=8, step_rounds=2, step_steps=1, opt_rounds=2, opt_steps=2, virtual_workers=2,
+                 virtual_batch=4, virtual_rounds=1, virtual_steps=1, mpi_batch=4, mpi_rounds=2,
+                 mpi_steps=1, gpu_workers=2, gpu_batch=8, gpu_steps=2),
+}
+SGD_KW = dict(momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def alternating(fns: dict[str, Callable[[], None]], rounds: int, steps: int, warmup: int,
+                device: torch.device, barrier: Callable[[], None] | None = None) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating rounds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for name in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            if barrier:
+                barrier()
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fns[name]()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _images(n: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (n,), generator=g).to(device)
+    return x, y
+
+
+def _train_step(model, opt, x, y) -> Callable[[], None]:
+    def step():
+        opt.zero_grad(set_to_none=True)
+        opt.perturb()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+# -- 1. a training step -------------------------------------------------------------------------------
+
+def bench_train_step(sz: dict, device) -> dict:
+    x, y = _images(sz["batch"], device)
+    fns = {}
+    for name, kind in (("sgd", "none"), ("extrap-sgd", "extrap")):
+        torch.manual_seed(0)
+        model = build_model("resnet20").to(device).train()
+        opt = ExtrapolatedSGD(model.parameters(), lr=0.1, lr_scale=1.0, perturbation=kind, **SGD_KW)
+        fns[name] = _train_step(model, opt, x, y)
+    t = alternating(fns, sz["step_rounds"], sz["step_steps"], warmup=2, device=device)
+    return {"what": f"ResNet-20 training step, batch {sz['batch']}, one process",
+            "seconds": t, "ratio": t["extrap-sgd"] / t["sgd"], "target": 1.03}
+
+
+# -- 2. the optimizer step alone ----------------------------------------------------------------------
+
+def bench_optimizer_step(sz: dict, device) -> dict:
+    def fresh_params():
+        torch.manual_seed(0)
+        ps = [p.detach().clone().requires_grad_(True) for p in build_model("resnet20").to(device).parameters()]
+        for p in ps:
+            p.grad = torch.randn_like(p) * 1e-2
+        return ps
+
+    variants = {
+        "torch-sgd-foreach": lambda ps: torch.optim.SGD(ps, lr=1e-3, foreach=True, **SGD_KW),
+        "extrap-sgd": lambda ps: ExtrapolatedSGD(ps, lr=1e-3, perturbation="extrap", **SGD_KW),
+        "extrap-none": lambda ps: ExtrapolatedSGD(ps, lr=1e-3, perturbation="none", **SGD_KW),
+    }
+    try:  # the fused kernel exists on CPU from torch 2.4 on, on CUDA earlier
+        torch.optim.SGD(fresh_params(), lr=1e-3, fused=True, **SGD_KW).step()
+        variants["torch-sgd-fused"] = lambda ps: torch.optim.SGD(ps, lr=1e-3, fused=True, **SGD_KW)
+    except (RuntimeError, TypeError):
+        pass
+    def step_of(opt):
+        def step():
+            if isinstance(opt, ExtrapolatedSGD):
+                opt.perturb()
+            opt.step()
+        return step
+
+    fns = {name: step_of(make(fresh_params())) for name, make in variants.items()}
+    t = alternating(fns, sz["opt_rounds"], sz["opt_steps"], warmup=3, device=device)
+    out = {"what": "optimizer step alone (perturb + step for extrap), ResNet-20's 269,722 parameters",
+           "seconds": t, "ratio": t["extrap-sgd"] / t["torch-sgd-foreach"], "target": 2.0}
+    if "torch-sgd-fused" in t:
+        out["ratio_vs_fused"] = t["extrap-sgd"] / t["torch-sgd-fused"]
+    return out
+
+
+# -- 4. virtual workers -------------------------------------------------------------------------------
+
+def bench_virtual(sz: dict, device) -> dict:
+    k, b = sz["virtual_workers"], sz["virtual_batch"]
+    x, y = _images(k * b, device)
+    xs, ys = x.view(k, b, *x.shape[1:]), y.view(k, b)
+    fns = {}
+    for name, batched in (("batched", True), ("loop", False)):
+        torch.manual_seed(0)
+        engine = make_engine("virtual", k, device=device, batched=batched)
+        workers = engine.prepare(build_model("resnet20"))
+        opt = ExtrapolatedSGD(workers.parameters(), lr=0.1, perturbation="extrap", comm=engine.comm, **SGD_KW)
+
+        def step(workers=workers, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            opt.perturb()
+            workers.forward_backward(F.cross_entropy, xs, ys)
+            opt.step()
+        fns[name] = step
+    torch.manual_seed(0)
+    model = build_model("resnet20").to(device).train()
+    fns["single-model"] = _train_step(model, ExtrapolatedSGD(model.parameters(), lr=0.1, perturbation="none",
+                                                             **SGD_KW), x, y)
+    t = alternating(fns, sz["virtual_rounds"], sz["virtual_steps"], warmup=1, device=device)
+    ips = {n: k * b / s for n, s in t.items()}
+    return {"what": f"{k} virtual ResNet-20 workers × batch {b} vs one model at batch {k * b}",
+            "seconds": t, "images_per_s": ips,
+            "batched_vs_single": ips["batched"] / ips["single-model"], "batched_vs_loop": ips["batched"] / ips["loop"],
+            "target": {"batched_vs_single": 0.7, "batched_vs_loop": 3.0, "on": "GPU"}}
+
+
+# -- 3 and 5: two processes under mpirun ----------------------------------------------------------------
+
+def rank_job(sz: dict, out: Path) -> None:
+    """Run by each rank of ``mpirun -np 2``: extrap-SGD vs SGD step times, and all-reduce calls
+    and bytes per step against DDP's on the same model."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    engine = make_engine("processes", device="cpu")
+    device = engine.device
+    x, y = _images(sz["mpi_batch"], device, seed=1 + engine.rank)
+    fns, comms = {}, {}
+    for name, kind in (("sgd", "none"), ("extrap-sgd", "extrap")):
+        torch.manual_seed(0)
+        workers = engine.prepare(build_model("resnet20"))
+        comms[name] = CountingComm(engine.comm)
+        opt = ExtrapolatedSGD(workers.parameters(), lr=0.1, perturbation=kind, comm=comms[name], **SGD_KW)
+        fns[name] = _train_step(workers.model, opt, x, y)
+    t = alternating(fns, sz["mpi_rounds"], sz["mpi_steps"], warmup=2, device=device, barrier=engine.barrier)
+    steps = 2 + sz["mpi_rounds"] * sz["mpi_steps"]
+    ours = {n: {"calls": c.calls["gradients"] / steps, "bytes": c.bytes["gradients"] / steps}
+            for n, c in comms.items()}
+
+    counter = {"calls": 0, "bytes": 0}
+
+    def counting_hook(_state, bucket):
+        buf = bucket.buffer()
+        counter["calls"] += 1
+        counter["bytes"] += buf.numel() * buf.element_size()
+        fut = dist.all_reduce(buf, async_op=True).get_future()
+        return fut.then(lambda f: f.value()[0].div_(engine.world_size))
+
+    torch.manual_seed(0)
+    ddp = DDP(build_model("resnet20").to(device))
+    ddp.register_comm_hook(None, counting_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, **SGD_KW)
+    ddp_steps = 3
+    for i in range(2 + ddp_steps):  # DDP rebuilds its buckets after the first iteration
+        if i == 2:
+            counter.update(calls=0, bytes=0)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(ddp(x), y).backward()
+        opt.step()
+    ddp_counts = {k: v / ddp_steps for k, v in counter.items()}
+    if engine.is_main:
+        out.write_text(json.dumps({
+            "processes": {"what": f"ResNet-20 step, mpirun -np {engine.world_size} (Gloo), local batch {sz['mpi_batch']}",
+                          "seconds": t, "ratio": t["extrap-sgd"] / t["sgd"], "target": 1.05},
+            "allreduce": {"what": "gradient all-reduce per step, ResNet-20, 2 processes",
+                          "extrap-sgd": ours["extrap-sgd"], "sgd": ours["sgd"], "ddp": ddp_counts,
+                          "target": "bytes equal to DDP's, calls no more than DDP's"},
+        }))
+    engine.close()
+
+
+def bench_mpi(sz: dict, tiny: bool) -> dict:
+    from reproduce.demo import _mpirun
+
+    mpirun = _mpirun()
+    if mpirun is None:
+        return {"skipped": "no mpirun found (make install puts one in .venv)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ranks.json"
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        cmd = [*mpirun, "-np", "2", sys.executable, "-m", "reproduce.bench", "--rank-job", str(out)]
+        proc = subprocess.run(cmd + (["--tiny"] if tiny else []), env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"mpirun -np 2 bench failed ({proc.returncode}): {' | '.join(tail)}")
+        return json.loads(out.read_text())
+
+
+# -- 6. GPU ------------------------------------------------------------------------------------------
+
+def bench_gpu(sz: dict) -> dict:
+    if not torch.cuda.is_available():
+        return {"skipped": "no GPU on this machine"}
+    device = torch.device("cuda")
+    k, b = sz["gpu_workers"], sz["gpu_batch"]
+    x, y = _images(k * b, device)
+    xs, ys = x.view(k, b, *x.shape[1:]), y.view(k, b)
+    torch.manual_seed(0)
+    engine = make_engine("virtual", k, device=device)
+    workers = engine.prepare(build_model("resnet20"))
+    opt = ExtrapolatedSGD(workers.parameters(), lr=0.1, perturbation="extrap", comm=engine.comm, **SGD_KW)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        opt.perturb()
+        workers.forward_backward(F.cross_entropy, xs, ys)
+        opt.step()
+    torch.cuda.reset_peak_memory_stats(device)
+    t = alternating({"virtual": step}, 3, sz["gpu_steps"], warmup=3, device=device)["virtual"]
+    return {"what": f"ResNet-20, B = {k * b} as {k} virtual workers × {b}, float32, one GPU",
+            "device": torch.cuda.get_device_name(device), "seconds": t, "images_per_s": k * b / t,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30, "target": 50_000}
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+def _fmt_ratio(r: float, target: float) -> str:
+    return f"{r:.3f} (target ≤ {target}, {'met' if r <= target else 'not met'})"
+
+
+def markdown(report: dict) -> str:
+    r = report["results"]
+    lines = ["# extrap benchmarks", "",
+             f"Measured by `{report['command']}` on {report['machine']} (torch {report['torch']}, "
+             f"{report['threads']} CPU threads, device {report['device']}), {report['date']}.",
+             "Each ratio comes from variants timed in alternating rounds in this one run (medians).", "",
+             "| # | measurement | result |", "|---|---|---|"]
+    ts = r["train_step"]
+    lines.append(f"| 1 | extrap-SGD ÷ mini-batch SGD, {ts['what']} | {_fmt_ratio(ts['ratio'], ts['target'])}; "
+                 f"{ts['seconds']['sgd'] * 1e3:.1f} vs {ts['seconds']['extrap-sgd'] * 1e3:.1f} ms |")
+    op = r["optimizer_step"]
+    fused = f"; ÷ fused SGD {op['ratio_vs_fused']:.2f}" if "ratio_vs_fused" in op else ""
+    lines.append(f"| 2 | {op['what']} ÷ torch.optim.SGD(foreach=True) | {_fmt_ratio(op['ratio'], op['target'])}"
+                 f"{fused}; " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in op["seconds"].items()) + " |")
+    mpi = r["mpi"]
+    if "skipped" in mpi:
+        lines.append(f"| 3, 5 | mpirun -np 2 | not measured: {mpi['skipped']} |")
+    else:
+        ar = mpi["allreduce"]
+        ours, ddp = ar["extrap-sgd"], ar["ddp"]
+        lines.append(f"| 3 | {ar['what']} | extrap-SGD {ours['calls']:g} call, {ours['bytes']:,.0f} B; "
+                     f"DDP {ddp['calls']:g} calls, {ddp['bytes']:,.0f} B "
+                     f"({'bytes equal' if ours['bytes'] == ddp['bytes'] else 'bytes differ'}) |")
+        pr = mpi["processes"]
+        lines.append(f"| 5 | extrap-SGD ÷ mini-batch SGD, {pr['what']} | {_fmt_ratio(pr['ratio'], pr['target'])}; "
+                     f"{pr['seconds']['sgd'] * 1e3:.1f} vs {pr['seconds']['extrap-sgd'] * 1e3:.1f} ms |")
+    vw = r["virtual"]
+    ips = vw["images_per_s"]
+    lines.append(f"| 4 | {vw['what']} | batched {ips['batched']:,.0f} img/s, loop {ips['loop']:,.0f}, "
+                 f"single model {ips['single-model']:,.0f}: batched ÷ single {vw['batched_vs_single']:.2f} "
+                 f"(GPU target ≥ 0.7), batched ÷ loop {vw['batched_vs_loop']:.2f} (GPU target ≥ 3) |")
+    gpu = r["gpu"]
+    if "skipped" in gpu:
+        lines.append(f"| 6 | GPU throughput | not measured: {gpu['skipped']} |")
+    else:
+        lines.append(f"| 6 | {gpu['what']} on {gpu['device']} | {gpu['images_per_s']:,.0f} img/s (target ≥ 50,000), "
+                     f"peak {gpu['peak_memory_gib']:.1f} GiB |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m reproduce.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="results", help="folder for bench.md and bench.json (default: results)")
+    ap.add_argument("--tiny", action="store_true", help="toy sizes: checks that the bench runs")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--no-mpi", action="store_true", help="leave out the two-process measurements")
+    ap.add_argument("--rank-job", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sz = SIZES["tiny" if args.tiny else "full"]
+    if args.rank_job:
+        rank_job(sz, Path(args.rank_job))
+        return 0
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m reproduce.bench" + (" --tiny" if args.tiny else "")
+    results = {}
+    for key, fn in (("train_step", lambda: bench_train_step(sz, device)),
+                    ("optimizer_step", lambda: bench_optimizer_step(sz, device)),
+                    ("mpi", lambda: {"skipped": "--no-mpi"} if args.no_mpi else bench_mpi(sz, args.tiny)),
+                    ("virtual", lambda: bench_virtual(sz, device)),
+                    ("gpu", lambda: bench_gpu(sz))):
+        t0 = time.perf_counter()
+        results[key] = fn()
+        print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
+    report = {"command": command, "tiny": args.tiny, "date": time.strftime("%Y-%m-%d"),
+              "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPUs",
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+              "results": results}
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (out / "bench.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
