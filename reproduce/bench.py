@@ -122,6 +122,8 @@ def bench_optimizer_step(sz: dict, device) -> dict:
         "torch-sgd-foreach": lambda ps: torch.optim.SGD(ps, lr=1e-3, foreach=True, **SGD_KW),
         "extrap-sgd": lambda ps: ExtrapolatedSGD(ps, lr=1e-3, perturbation="extrap", **SGD_KW),
         "extrap-none": lambda ps: ExtrapolatedSGD(ps, lr=1e-3, perturbation="none", **SGD_KW),
+        # the update by foreach kernels instead of torch's fused one: what fusing gave
+        "extrap-sgd-foreach": lambda ps: ExtrapolatedSGD(ps, lr=1e-3, perturbation="extrap", fused=False, **SGD_KW),
     }
     try:  # the fused kernel exists on CPU from torch 2.4 on, on CUDA earlier
         torch.optim.SGD(fresh_params(), lr=1e-3, fused=True, **SGD_KW).step()

@@ -4,6 +4,7 @@ what the jobs run agrees with the experiments' configs; nothing runs as root; th
 linted (hadolint) and read (dockerfile-parse)."""
 
 import copy
+import os
 import shlex
 import shutil
 import subprocess
@@ -266,9 +267,13 @@ def test_one_image_everywhere():
     images = {c["image"] for rel in ALL_DOCS for c in containers(load(rel))}
     assert images == {SETTINGS["image"]}
     assert ":" in SETTINGS["image"] and not SETTINGS["image"].endswith(":latest")  # a pinned tag
-    proc = subprocess.run(["make", "-n", "image"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # under `make test` this is a sub-make: no directory lines, no inherited flags
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "image"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    command = shlex.split(proc.stdout.strip().splitlines()[-1])
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("docker build")]
+    command = shlex.split(line)
     assert command[:2] == ["docker", "build"] and command[command.index("-t") + 1] == SETTINGS["image"]
     assert command[command.index("-f") + 1] == "k8s/Dockerfile"
 
