@@ -14,14 +14,15 @@ or ``models/``); it needs:
   (True when the metric improves upwards).
 
 Checkpoints (one file per rank: a rank's workers, optimizer, RNG and curve) are written
-atomically at the end of every ``checkpoint_every`` epochs; ``train`` resumes from one when it
-exists, so rerunning an interrupted run continues it and ends with the same record.
+atomically at the end of every ``checkpoint_every`` epochs, with a checksum, keeping the previous
+one (``extrap.checkpoint``); ``train`` resumes from the newest that every rank can verify, so
+rerunning an interrupted run continues it and ends with the same record.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import checkpoint as checkpoint_io
 from .local_sgd import PostLocalSGD
 from .optim import _FRESH_GRADIENT, PERTURBATIONS, ExtrapolatedAdam, ExtrapolatedSGD
 from .param_groups import weight_decay_groups
@@ -124,14 +126,18 @@ def _use_dtype(model: nn.Module, dtype: torch.dtype) -> None:
     model.register_forward_pre_hook(lambda module, args: tree_map(cast, args))
 
 
-def _save_atomically(obj, path: Path) -> None:
-    """torch.save to a temporary file, fsync, rename: a crash leaves the old file or the new."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _resume_point(engine, ckpt: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint every rank holds and can verify (current or previous), or None.
+
+    Ranks agree on its epoch, so one corrupt file (reported) makes all ranks step back together.
+    """
+    rank = getattr(engine, "rank", 0)
+    found = {state["epoch"]: (path, state) for path, state in
+             checkpoint_io.load_latest(ckpt, warn=lambda m: print(f"rank {rank}: {m}", file=sys.stderr, flush=True))}
+    epoch = engine.min_over_ranks(max(found, default=0))
+    if epoch > 0 and engine.min_over_ranks(int(epoch in found)) == 0:
+        epoch = 0  # some rank lacks that epoch's checkpoint: start over rather than mix epochs
+    return found[epoch] if epoch > 0 else None
 
 
 def build_optimizer(cfg: TrainConfig, groups, lr: float, lr_scale: float, comm):
@@ -185,15 +191,16 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task, log: Callable[[str],
 
     curve, status, start_epoch, elapsed = [], "completed", 0, 0.0
     ckpt = None if checkpoint is None else Path(f"{checkpoint}.rank{getattr(engine, 'rank', 0)}.pt")
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+    resume = _resume_point(engine, ckpt) if ckpt is not None else None
+    if resume is not None:
+        path, state = resume
         workers.load_state_dict(state["workers"])
         stepper.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         curve, start_epoch, elapsed = state["curve"], state["epoch"], state["elapsed"]
         if probe is not None:
             probe.history, probe._pending = state["probe"]
-        say(f"resumed from {ckpt} at epoch {start_epoch}")
+        say(f"resumed from {path} at epoch {start_epoch}")
     say(f"{engine.kind} engine, K={k} workers × b={cfg.local_batch} = B={global_batch}; "
         f"η={peak_lr:g} (η_base={cfg.base_lr:g} × {lr_scale:g}), {total} steps, "
         f"{cfg.optimizer} perturbation={cfg.perturbation}{' + post-local SGD' if cfg.post_local else ''}")
@@ -253,10 +260,10 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task, log: Callable[[str],
                 bar.set_postfix({key: f"{v:.4g}" for key, v in point.items()
                                  if key in ("epoch", "train_loss", getattr(task, "metric", ""))})
         if ckpt is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            _save_atomically({"epoch": epoch + 1, "workers": workers.state_dict(),
-                              "optimizer": stepper.state_dict(), "rng": torch.get_rng_state(),
-                              "curve": curve, "elapsed": time.perf_counter() - started,
-                              "probe": (probe.history, probe._pending) if probe is not None else None}, ckpt)
+            checkpoint_io.save({"epoch": epoch + 1, "workers": workers.state_dict(),
+                                "optimizer": stepper.state_dict(), "rng": torch.get_rng_state(),
+                                "curve": curve, "elapsed": time.perf_counter() - started,
+                                "probe": (probe.history, probe._pending) if probe is not None else None}, ckpt)
     if bar is not None:
         bar.close()
     final = {key: v for key, v in curve[-1].items() if key not in ("epoch", "step", "lr", "time_s")} if curve else {}

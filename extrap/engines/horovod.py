@@ -82,6 +82,10 @@ class HorovodEngine(SingleEngine):
     def mean_over_workers(self, values: Tensor) -> Tensor:
         return self.comm.all_reduce_mean_scalars(values.float().mean().reshape(1))[0]
 
+    def min_over_ranks(self, value: int) -> int:
+        t = torch.tensor([int(value)], dtype=torch.int64)
+        return int(self._hvd.allreduce(t, op=self._hvd.Min, name="extrap.min").item())
+
     def barrier(self) -> None:
         self._hvd.barrier()
 

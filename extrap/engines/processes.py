@@ -46,6 +46,11 @@ class ProcessEngine(SingleEngine):
     def mean_over_workers(self, values: Tensor) -> Tensor:
         return self.comm.all_reduce_mean_scalars(values.float().mean().reshape(1))[0]
 
+    def min_over_ranks(self, value: int) -> int:
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return int(t.item())
+
     def barrier(self) -> None:
         torch.distributed.barrier()
 

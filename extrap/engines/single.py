@@ -83,6 +83,10 @@ class SingleEngine:
         """Mean of per-worker metric values across all workers (metrics, not gradients)."""
         return values.float().mean()
 
+    def min_over_ranks(self, value: int) -> int:
+        """The smallest of an integer each process holds (one process here)."""
+        return int(value)
+
     def barrier(self) -> None:
         return None
 
