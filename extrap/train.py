@@ -89,6 +89,8 @@ class TrainConfig:
             "perturbation": (self.perturbation in PERTURBATIONS, "one of " + ", ".join(PERTURBATIONS)),
             "lr_scaling": (self.lr_scaling in SCALINGS, "one of " + ", ".join(SCALINGS)),
             "schedule": (self.schedule in KINDS, "one of " + ", ".join(KINDS)),
+            "base_lr": (self.base_lr > 0, "a number > 0"),
+            "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
             "local_batch": (self.local_batch >= 1, "an integer >= 1"),
             "base_batch": (self.base_batch >= 1, "an integer >= 1"),
             "epochs": (self.epochs >= 1, "an integer >= 1"),

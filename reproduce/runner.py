@@ -68,9 +68,16 @@ def _train_fields() -> dict[str, dataclasses.Field]:
 
 # -- the command line ------------------------------------------------------------------------------
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``prog: message`` (exit status 2), like the runner's own."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog.split()[-1]}: {message} (see --help)\n")
+
+
 def parse_args(item: str, argv=None) -> argparse.Namespace:
     doc = sys.modules.get(f"reproduce.{item}").__doc__ if f"reproduce.{item}" in sys.modules else None
-    ap = argparse.ArgumentParser(prog=f"python -m reproduce.{item}",
+    ap = _OneLineParser(prog=f"python -m reproduce.{item}",
                                  description=(doc or "").split("\n")[0],
                                  epilog="key=value arguments override any setting of the config")
     ap.add_argument("--scale", choices=SCALES, default="paper")
@@ -121,8 +128,10 @@ def load_config(item: str) -> dict:
             cfg = yaml.safe_load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except yaml.YAMLError as e:  # one line: where, and what
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for section in ("common", "scales", "variants", "cells"):
@@ -149,7 +158,8 @@ def check_settings(settings: dict, where: str) -> None:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{e} ({where})") from None
     for key in ("workers", "seeds"):
-        if key in settings and not (isinstance(settings[key], int) and settings[key] >= 1):
+        value = settings.get(key, 1)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ConfigError(f"{key}: expected an integer >= 1, got {settings[key]!r} ({where})")
     for key in ("model_kwargs", "task_kwargs"):
         if not isinstance(settings.get(key, {}), dict):
@@ -400,6 +410,10 @@ def _check_paths(runs: list[Run], out: Path) -> None:
                  if r.settings["task"] != "digits"}:
         if not root.is_dir():
             raise ConfigError(f"--data-dir: {root} is not a directory (see the README: datasets)")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise ConfigError(f"--data-dir: {root} is not readable")
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
+    if not probe.is_dir():
+        raise ConfigError(f"--out: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"--out: {probe} is not writable")
