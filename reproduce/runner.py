@@ -393,7 +393,12 @@ def main(item: str, argv=None) -> int:
                 print(f"skip {run.variant}/{run.cell} seed {run.seed}: already in {records}")
             continue
         run_engine = engine if engine.launched else engine_for(run.settings)
-        record = execute(run, run_engine, out, progress=not args.no_progress)
+        try:
+            record = execute(run, run_engine, out, progress=not args.no_progress)
+        except Exception as e:  # noqa: BLE001 - reported, then this rank ends
+            if not engine.launched:
+                raise
+            _abort_rank(item, engine, run, e)
         if engine.is_main:
             append_line(records, record)
             final = record["final"]
@@ -402,6 +407,21 @@ def main(item: str, argv=None) -> int:
     for e in engines.values():
         e.close()
     return 0
+
+
+def _abort_rank(item: str, engine, run: Run, error: Exception) -> None:
+    """A failed collective (a dead or hung rank: a timeout, a closed connection) or any error
+    under a launcher: say so on one line, with the traceback below, and end this process at once.
+    A normal exit could wait forever in torch.distributed's teardown for the missing rank; the
+    launcher then ends the others. The cell keeps its checkpoints, so the same command resumes it."""
+    import traceback
+
+    traceback.print_exc()
+    print(f"reproduce.{item}: rank {engine.rank}: {run.variant}/{run.cell} seed {run.seed} failed: "
+          f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''} "
+          f"(rerun the same command to resume from the last checkpoint)", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def _check_paths(runs: list[Run], out: Path) -> None:

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import torch
 
-__all__ = ["DistInfo", "world_info_from_env", "init_distributed", "under_launcher"]
+__all__ = ["DistInfo", "world_info_from_env", "init_distributed", "under_launcher", "collective_timeout_s"]
 
 # (rank, world size, local rank, local size) variables, by launcher; first match wins.
 _LAUNCHERS = {
@@ -82,12 +82,29 @@ def _share_rendezvous(info: DistInfo) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
 
 
-def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> DistInfo:
+def collective_timeout_s() -> float:
+    """How long a collective may wait for the other ranks before it fails: ``EXTRAP_TIMEOUT_S``
+    (default 300 s). A hung rank then ends the job with a timeout error instead of a hang; a
+    dead one is noticed by the launcher (mpirun, torchrun) at once."""
+    value = os.environ.get("EXTRAP_TIMEOUT_S", "300")
+    try:
+        timeout = float(value)
+    except ValueError:
+        raise ValueError(f"EXTRAP_TIMEOUT_S: expected seconds, got {value!r}") from None
+    if not timeout > 0:
+        raise ValueError(f"EXTRAP_TIMEOUT_S: expected seconds > 0, got {value!r}")
+    return timeout
+
+
+def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> DistInfo:
     """Initialise torch.distributed from the launcher's variables (no-op for one process).
 
     ``backend``: ``nccl`` when CUDA is available, else ``gloo``. On GPU each rank takes the
-    device of its local rank. Failures raise: there is no silent fall-back to one process.
+    device of its local rank. ``timeout_s``: see ``collective_timeout_s``. Failures raise:
+    there is no silent fall-back to one process.
     """
+    if timeout_s is None:
+        timeout_s = collective_timeout_s()
     info = world_info_from_env()
     if info.world_size == 1:
         return info

@@ -20,7 +20,7 @@ class ProcessEngine(SingleEngine):
     launched = True
 
     def __init__(self, device: str | torch.device | None = None, backend: str | None = None,
-                 bucket_mb: float | None = None, timeout_s: float = 300.0):
+                 bucket_mb: float | None = None, timeout_s: float | None = None):
         info = init_distributed(backend=backend, timeout_s=timeout_s)
         if info.world_size < 2:
             raise RuntimeError("the processes engine needs a launcher with >= 2 ranks "
