@@ -152,3 +152,17 @@ def test_a_dead_or_hung_rank_ends_the_job_with_a_message(tmp_path, fault):
     if fault == "killed":  # and the same command resumes the cell and finishes it
         done = finish(cmd, env=env)
         assert "resumed from" in done.stdout and records(out)[0]["status"] == "completed"
+
+
+@needs_data
+def test_a_diverging_cell_is_recorded_and_the_item_goes_on(tmp_path):
+    # loss_bound 2.0 lies below the initial loss (ln 10 ≈ 2.3): each cell diverges in its first
+    # steps, is recorded as such, and the item goes on to the next cell
+    out = tmp_path / "div"
+    done = finish(figure1(out, "--only", "extrap-sgd,sgd", "epochs=1", "probe_every=0",
+                          "task_kwargs={eval_train_samples: 100}", "loss_bound=2.0"))
+    recs = {r["cell"]: r for r in records(out)}
+    assert sorted(recs) == ["extrap-sgd", "sgd"]  # the first diverged, the second still ran
+    for r in recs.values():
+        assert r["status"] == "diverged" and isinstance(r["diverged_at"], int) and r["diverged_at"] >= 0
+    assert "diverged at step" in done.stdout
