@@ -65,13 +65,17 @@ def test_three_kills_one_mid_checkpoint_then_the_same_records(tmp_path):
     rng = random.Random(7)
     kills = []
 
+    def kill_at_random(after: Path, what: str, lo: float, hi: float) -> None:
+        """Start the command, wait for ``after`` to exist, then SIGKILL it lo..hi s later."""
+        proc = start(cmd)
+        wait_for(after.exists, proc, what=what)
+        time.sleep(rng.uniform(lo, hi))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append(what)
+
     # 1: a random moment while the first cell trains
-    proc = start(cmd)
-    wait_for(lambda: (killed / "figure1.smoke.resolved.yaml").exists(), proc, what="the run to start")
-    time.sleep(rng.uniform(2.0, 8.0))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    kills.append("cell 1, random moment")
+    kill_at_random(killed / "figure1.smoke.resolved.yaml", "the run to start", 2.0, 8.0)
 
     # 2: half-way through writing a checkpoint (the writer pauses there for the test)
     env = {**launcher_env(), "EXTRAP_FAULT_CHECKPOINT_PAUSE_S": "30"}
@@ -84,12 +88,7 @@ def test_three_kills_one_mid_checkpoint_then_the_same_records(tmp_path):
     kills.append("mid-checkpoint")
 
     # 3: a random moment in the second cell (or between cells)
-    proc = start(cmd)
-    wait_for(lambda: (killed / "records.jsonl").exists(), proc, what="the first cell's record")
-    time.sleep(rng.uniform(1.0, 6.0))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    kills.append("cell 2, random moment")
+    kill_at_random(killed / "records.jsonl", "the first cell's record", 1.0, 6.0)
 
     done = finish(cmd)
     assert "skip default/sgd seed 0" in done.stdout  # finished cells are not run again
