@@ -67,13 +67,17 @@ def run_plain(model, opt, data):
 
 # -- equal to torch.optim when the perturbation is zero ----------------------------------------
 
-@pytest.mark.parametrize("foreach", [True, False])
+# the SGD update's three kernels: torch's fused one (the default), foreach, the reference loop
+KERNELS = {"fused": dict(fused=True), "foreach": dict(fused=False), "loop": dict(foreach=False)}
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("perturbation", ["none", "extrap"])
-def test_sgd_matches_torch_nesterov(perturbation, foreach):
+def test_sgd_matches_torch_nesterov(perturbation, kernel):
     data = batches(50)
     a, b = small_model(), small_model()
     ours = ExtrapolatedSGD(a.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                           perturbation=perturbation, gamma=0.0, foreach=foreach)
+                           perturbation=perturbation, gamma=0.0, **KERNELS[kernel])
     ref = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     run(a, ours, data)
     run_plain(b, ref, data)
@@ -201,31 +205,31 @@ def test_fresh_gradient_needs_closure():
 def test_foreach_and_single_tensor_kernels_agree(perturbation, lars):
     data = batches(8)
     finals = []
-    for foreach in (True, False):
+    for kernel in KERNELS.values():
         model = small_model()
         groups = weight_decay_groups(model, 5e-4, log=None)
         opt = ExtrapolatedSGD(groups, lr=0.05, perturbation=perturbation, gamma=0.01, lars=lars,
-                              foreach=foreach, seed=3)
+                              seed=3, **kernel)
         run(model, opt, data)
         finals.append([p.detach().clone() for p in model.parameters()])
-    assert max_rel(*finals) <= 1e-6
+    assert max_rel(finals[0], finals[2]) <= 1e-6 and max_rel(finals[1], finals[2]) <= 1e-6
 
 
 def test_foreach_and_single_tensor_agree_for_stacked_workers():
     finals = []
-    for foreach in (True, False):
+    for kernel in KERNELS.values():
         torch.manual_seed(0)
         w = torch.randn(3, 4, 5, requires_grad=True)
         b = torch.randn(3, 4, requires_grad=True)
         opt = ExtrapolatedSGD([w, b], lr=0.1, perturbation="filter-gaussian", gamma=0.1, lars=True,
-                              comm=VirtualComm(3), foreach=foreach)
+                              comm=VirtualComm(3), **kernel)
         for _ in range(4):
             opt.zero_grad()
             opt.perturb()
             ((w**2).sum() + (w.sum((1, 2)) * b.sum(1)).sum()).backward()
             opt.step()
         finals.append([w.detach().clone(), b.detach().clone()])
-    assert max_rel(*finals) <= 1e-6
+    assert max_rel(finals[0], finals[2]) <= 1e-6 and max_rel(finals[1], finals[2]) <= 1e-6
 
 
 # -- perturbations: restore, distributions, workers ---------------------------------------------

@@ -7,7 +7,8 @@
 - ``single``: one worker.
 
 ``make_engine("auto", workers=K)`` picks horovod under ``horovodrun --gloo``, processes under
-another launcher, virtual for K > 1, else single. An engine changes where gradients are averaged, never the arithmetic.
+another launcher, virtual for K > 1, else single. An engine changes where gradients are
+averaged, never the arithmetic.
 """
 
 from __future__ import annotations
