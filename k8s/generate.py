@@ -84,7 +84,7 @@ def reproduce_args(job: dict, scale: str) -> list[str]:
 
 # -- pods ---------------------------------------------------------------------------------------------
 
-def _labels(s: dict, job: dict | None, component: str) -> dict:
+def _labels(job: dict | None, component: str) -> dict:
     labels = {"app.kubernetes.io/name": "extrap", "app.kubernetes.io/component": component}
     if job is not None:
         labels["extrap/item"] = job["item"]
@@ -171,7 +171,7 @@ def mpijob(s: dict, job: dict) -> dict:
     return {
         "apiVersion": "kubeflow.org/v2beta1",
         "kind": "MPIJob",
-        "metadata": {"name": f"extrap-{job['name']}", "labels": _labels(s, job, "mpijob")},
+        "metadata": {"name": f"extrap-{job['name']}", "labels": _labels(job, "mpijob")},
         "spec": {
             "slotsPerWorker": slots,
             "runPolicy": dict(s["run_policy"]),
@@ -180,9 +180,9 @@ def mpijob(s: dict, job: dict) -> dict:
             "sshAuthMountPath": f"{home}/.ssh",
             "mpiReplicaSpecs": {
                 "Launcher": {"replicas": 1, "restartPolicy": "OnFailure",
-                             "template": _pod(s, _labels(s, job, "launcher"), [launcher], None)},
+                             "template": _pod(s, _labels(job, "launcher"), [launcher], None)},
                 "Worker": {"replicas": replicas, "restartPolicy": "OnFailure",
-                           "template": _pod(s, _labels(s, job, "worker"), [worker], _volumes(s, True))},
+                           "template": _pod(s, _labels(job, "worker"), [worker], _volumes(s, True))},
             },
         },
     }
@@ -193,7 +193,7 @@ def pytorchjob(s: dict, job: dict) -> dict:
     # the training operator sets PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and
     # PET_MASTER_PORT, which torchrun reads as its defaults; it starts `slots` ranks per pod
     command = ["torchrun", "-m"] + reproduce_args(job, s["scale"])[2:]
-    pod = _pod(s, _labels(s, job, "torchrun"),
+    pod = _pod(s, _labels(job, "torchrun"),
                [_container(s, "pytorch", command, _gpu_resources(s, slots), data=True, shm=True)],
                _volumes(s, True))
     replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod}}
@@ -202,7 +202,7 @@ def pytorchjob(s: dict, job: dict) -> dict:
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": {"name": f"extrap-{job['name']}-torchrun", "labels": _labels(s, job, "pytorchjob")},
+        "metadata": {"name": f"extrap-{job['name']}-torchrun", "labels": _labels(job, "pytorchjob")},
         "spec": {"nprocPerNode": str(slots), "runPolicy": dict(s["run_policy"]),
                  "pytorchReplicaSpecs": replicas},
     }
@@ -213,12 +213,12 @@ def pvc(s: dict) -> dict:
     if s["volume"].get("storage_class"):
         spec["storageClassName"] = s["volume"]["storage_class"]
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": s["volume"]["claim"], "labels": _labels(s, None, "data")}, "spec": spec}
+            "metadata": {"name": s["volume"]["claim"], "labels": _labels(None, "data")}, "spec": spec}
 
 
 def data_pod(s: dict) -> dict:
     small = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
-    pod = _pod(s, _labels(s, None, "data"),
+    pod = _pod(s, _labels(None, "data"),
                [_container(s, "data", ["sleep", "infinity"], small, data=True, shm=False)],
                _volumes(s, False), restart="Never")
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "extrap-data", **pod["metadata"]},
@@ -228,11 +228,11 @@ def data_pod(s: dict) -> dict:
 def collate_job(s: dict) -> dict:
     small = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
     command = ["python", "-m", "results", f"{DATA}/runs/{s['scale']}"]
-    pod = _pod(s, _labels(s, None, "collate"),
+    pod = _pod(s, _labels(None, "collate"),
                [_container(s, "collate", command, small, data=True, shm=False)],
                _volumes(s, False), restart="Never")
     return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": "extrap-collate", "labels": _labels(s, None, "collate")},
+            "metadata": {"name": "extrap-collate", "labels": _labels(None, "collate")},
             "spec": {"backoffLimit": 1, "ttlSecondsAfterFinished": s["run_policy"]["ttlSecondsAfterFinished"],
                      "template": pod}}
 

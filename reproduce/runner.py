@@ -411,7 +411,7 @@ def main(item: str, argv=None) -> int:
 
 def _abort_rank(item: str, engine, run: Run, error: Exception) -> None:
     """A failed collective (a dead or hung rank: a timeout, a closed connection) or any error
-    under a launcher: say so on one line, with the traceback below, and end this process at once.
+    under a launcher: print the traceback, then one line saying so, and end this process at once.
     A normal exit could wait forever in torch.distributed's teardown for the missing rank; the
     launcher then ends the others. The cell keeps its checkpoints, so the same command resumes it."""
     import traceback
