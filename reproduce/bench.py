@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from extrap import ExtrapolatedSGD
-from extrap.engines import CountingComm, make_engine
+from extrap.engines import CountingComm, ModuleWorkers, make_engine
 from models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,8 +58,8 @@ def _sync(device: torch.device) -> None:
 
 
 def alternating(fns: dict[str, Callable[[], None]], rounds: int, steps: int, warmup: int,
-                device: torch.device, barrier: Callable[[], None] | None = None) -> dict[str, float]:
-    """Median seconds per call of each function, timed in alternating rounds."""
+                device: torch.device, barrier: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each function in every round, the functions taking turns."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -74,19 +74,18 @@ def alternating(fns: dict[str, Callable[[], None]], rounds: int, steps: int, war
                 fns[name]()
             _sync(device)
             times[name].append((time.perf_counter() - t0) / steps)
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    medians["_rounds"] = times  # every round's time, for the spread of a ratio
-    return medians
+    return times
 
 
-def ratio(t: dict, num: str, den: str) -> dict:
+def medians(rounds: dict[str, list[float]]) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in rounds.items()}
+
+
+def ratio(rounds: dict[str, list[float]], num: str, den: str) -> dict:
     """The ratio of the medians, and its range over the rounds (round i of each variant)."""
-    per_round = [a / b for a, b in zip(t["_rounds"][num], t["_rounds"][den])]
-    return {"ratio": t[num] / t[den], "round_min": min(per_round), "round_max": max(per_round)}
-
-
-def _seconds(t: dict) -> dict:
-    return {k: v for k, v in t.items() if not k.startswith("_")}
+    per_round = [a / b for a, b in zip(rounds[num], rounds[den])]
+    return {"ratio": statistics.median(rounds[num]) / statistics.median(rounds[den]),
+            "round_min": min(per_round), "round_max": max(per_round)}
 
 
 def _images(n: int, device, seed: int = 0):
@@ -96,11 +95,18 @@ def _images(n: int, device, seed: int = 0):
     return x, y
 
 
-def _train_step(model, opt, x, y) -> Callable[[], None]:
+def _worker_images(k: int, b: int, device):
+    """k·b images, and the same as k workers' batches [k, b, ...]."""
+    x, y = _images(k * b, device)
+    return x, y, x.view(k, b, *x.shape[1:]), y.view(k, b)
+
+
+def _train_step(workers, opt, x, y) -> Callable[[], None]:
+    """One training step of ``workers`` (``engine.prepare``'s, or ``ModuleWorkers(model)``)."""
     def step():
         opt.zero_grad(set_to_none=True)
         opt.perturb()
-        F.cross_entropy(model(x), y).backward()
+        workers.forward_backward(F.cross_entropy, x, y)
         opt.step()
     return step
 
@@ -112,12 +118,13 @@ def bench_train_step(sz: dict, device) -> dict:
     pair whose ratio shows the timing noise of this machine)."""
     x, y = _images(sz["batch"], device)
     torch.manual_seed(0)
-    model = build_model("resnet20").to(device).train()
-    fns = {name: _train_step(model, ExtrapolatedSGD(model.parameters(), lr=0.01, perturbation=kind, **SGD_KW), x, y)
+    workers = ModuleWorkers(build_model("resnet20").to(device).train())
+    fns = {name: _train_step(workers, ExtrapolatedSGD(workers.parameters(), lr=0.01, perturbation=kind, **SGD_KW),
+                             x, y)
            for name, kind in (("sgd", "none"), ("extrap-sgd", "extrap"), ("sgd-again", "none"))}
     t = alternating(fns, sz["step_rounds"], sz["step_steps"], warmup=2, device=device)
     return {"what": f"ResNet-20 training step, batch {sz['batch']}, one process",
-            "seconds": _seconds(t), **ratio(t, "extrap-sgd", "sgd"), "target": 1.03,
+            "seconds": medians(t), **ratio(t, "extrap-sgd", "sgd"), "target": 1.03,
             "a_a": ratio(t, "sgd-again", "sgd")}
 
 
@@ -153,37 +160,32 @@ def bench_optimizer_step(sz: dict, device) -> dict:
     fns = {name: step_of(make(fresh_params())) for name, make in variants.items()}
     t = alternating(fns, sz["opt_rounds"], sz["opt_steps"], warmup=3, device=device)
     out = {"what": "optimizer step alone (perturb + step for extrap), ResNet-20's 269,722 parameters",
-           "seconds": _seconds(t), **ratio(t, "extrap-sgd", "torch-sgd-foreach"), "target": 2.0}
+           "seconds": medians(t), **ratio(t, "extrap-sgd", "torch-sgd-foreach"), "target": 2.0}
     if "torch-sgd-fused" in t:
-        out["ratio_vs_fused"] = t["extrap-sgd"] / t["torch-sgd-fused"]
+        out["ratio_vs_fused"] = ratio(t, "extrap-sgd", "torch-sgd-fused")["ratio"]
     return out
 
 
 # -- 4. virtual workers -------------------------------------------------------------------------------
 
+def _virtual_step(k: int, device, xs, ys, batched: bool = True) -> Callable[[], None]:
+    """A training step of k virtual ResNet-20 workers, extrap-SGD."""
+    torch.manual_seed(0)
+    engine = make_engine("virtual", k, device=device, batched=batched)
+    workers = engine.prepare(build_model("resnet20"))
+    opt = ExtrapolatedSGD(workers.parameters(), lr=0.1, perturbation="extrap", comm=engine.comm, **SGD_KW)
+    return _train_step(workers, opt, xs, ys)
+
+
 def bench_virtual(sz: dict, device) -> dict:
     k, b = sz["virtual_workers"], sz["virtual_batch"]
-    x, y = _images(k * b, device)
-    xs, ys = x.view(k, b, *x.shape[1:]), y.view(k, b)
-    fns = {}
-    for name, batched in (("batched", True), ("loop", False)):
-        torch.manual_seed(0)
-        engine = make_engine("virtual", k, device=device, batched=batched)
-        workers = engine.prepare(build_model("resnet20"))
-        opt = ExtrapolatedSGD(workers.parameters(), lr=0.1, perturbation="extrap", comm=engine.comm, **SGD_KW)
-
-        def step(workers=workers, opt=opt):
-            opt.zero_grad(set_to_none=True)
-            opt.perturb()
-            workers.forward_backward(F.cross_entropy, xs, ys)
-            opt.step()
-        fns[name] = step
+    x, y, xs, ys = _worker_images(k, b, device)
+    fns = {name: _virtual_step(k, device, xs, ys, batched) for name, batched in (("batched", True), ("loop", False))}
     torch.manual_seed(0)
-    model = build_model("resnet20").to(device).train()
-    fns["single-model"] = _train_step(model, ExtrapolatedSGD(model.parameters(), lr=0.1, perturbation="none",
-                                                             **SGD_KW), x, y)
-    t = alternating(fns, sz["virtual_rounds"], sz["virtual_steps"], warmup=1, device=device)
-    t = _seconds(t)
+    single = ModuleWorkers(build_model("resnet20").to(device).train())
+    fns["single-model"] = _train_step(single, ExtrapolatedSGD(single.parameters(), lr=0.1, perturbation="none",
+                                                              **SGD_KW), x, y)
+    t = medians(alternating(fns, sz["virtual_rounds"], sz["virtual_steps"], warmup=1, device=device))
     ips = {n: k * b / s for n, s in t.items()}
     return {"what": f"{k} virtual ResNet-20 workers × batch {b} vs one model at batch {k * b}",
             "seconds": t, "images_per_s": ips,
@@ -208,7 +210,7 @@ def rank_job(sz: dict, out: Path) -> None:
     for name, kind in (("sgd", "none"), ("extrap-sgd", "extrap"), ("sgd-again", "none")):
         comms[name] = CountingComm(engine.comm)
         opt = ExtrapolatedSGD(workers.parameters(), lr=0.01, perturbation=kind, comm=comms[name], **SGD_KW)
-        fns[name] = _train_step(workers.model, opt, x, y)
+        fns[name] = _train_step(workers, opt, x, y)
     t = alternating(fns, sz["mpi_rounds"], sz["mpi_steps"], warmup=2, device=device, barrier=engine.barrier)
     steps = 2 + sz["mpi_rounds"] * sz["mpi_steps"]
     ours = {n: {"calls": c.calls["gradients"] / steps, "bytes": c.bytes["gradients"] / steps}
@@ -238,7 +240,7 @@ def rank_job(sz: dict, out: Path) -> None:
     if engine.is_main:
         out.write_text(json.dumps({
             "processes": {"what": f"ResNet-20 step, mpirun -np {engine.world_size} (Gloo), local batch {sz['mpi_batch']}",
-                          "seconds": _seconds(t), **ratio(t, "extrap-sgd", "sgd"), "target": 1.05,
+                          "seconds": medians(t), **ratio(t, "extrap-sgd", "sgd"), "target": 1.05,
                           "a_a": ratio(t, "sgd-again", "sgd")},
             "allreduce": {"what": "gradient all-reduce per step, ResNet-20, 2 processes",
                           "extrap-sgd": ours["extrap-sgd"], "sgd": ours["sgd"], "ddp": ddp_counts,
@@ -273,20 +275,10 @@ def bench_gpu(sz: dict) -> dict:
         return {"skipped": "no GPU on this machine"}
     device = torch.device("cuda")
     k, b = sz["gpu_workers"], sz["gpu_batch"]
-    x, y = _images(k * b, device)
-    xs, ys = x.view(k, b, *x.shape[1:]), y.view(k, b)
-    torch.manual_seed(0)
-    engine = make_engine("virtual", k, device=device)
-    workers = engine.prepare(build_model("resnet20"))
-    opt = ExtrapolatedSGD(workers.parameters(), lr=0.1, perturbation="extrap", comm=engine.comm, **SGD_KW)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        opt.perturb()
-        workers.forward_backward(F.cross_entropy, xs, ys)
-        opt.step()
+    _, _, xs, ys = _worker_images(k, b, device)
+    step = _virtual_step(k, device, xs, ys)
     torch.cuda.reset_peak_memory_stats(device)
-    t = alternating({"virtual": step}, 3, sz["gpu_steps"], warmup=3, device=device)["virtual"]
+    t = medians(alternating({"virtual": step}, 3, sz["gpu_steps"], warmup=3, device=device))["virtual"]
     return {"what": f"ResNet-20, B = {k * b} as {k} virtual workers × {b}, float32, one GPU",
             "device": torch.cuda.get_device_name(device), "seconds": t, "images_per_s": k * b / t,
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30, "target": 50_000}
