@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import yaml
@@ -57,14 +56,12 @@ def load_settings(path: Path = SETTINGS) -> dict:
 def jobs(scale: str) -> list[dict]:
     """``{"name", "item", "workers", "variants"}`` per job, from the item's resolved runs at
     ``scale`` (the runner's own ``plan``, so every setting is checked as a run would check it)."""
-    from reproduce.runner import plan
+    from reproduce.runner import parse_args, plan
 
     out = []
     for item in ITEMS:
-        args = Namespace(scale=scale, overrides=[], workers=None, seeds=None, engine=None,
-                         data_dir=None, only=None)
         by_k: dict[int, list[str]] = {}
-        for run in plan(item, args):
+        for run in plan(item, parse_args(item, ["--scale", scale])):
             variants = by_k.setdefault(run.settings["workers"], [])
             if run.variant not in variants:
                 variants.append(run.variant)

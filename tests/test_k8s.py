@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -188,11 +187,9 @@ def test_strict_pod_validation_catches_mistakes():
 # -- what the jobs run agrees with the experiments --------------------------------------------------
 
 def item_workers(item: str) -> set[int]:
-    from reproduce.runner import plan
+    from reproduce.runner import parse_args, plan
 
-    args = Namespace(scale=SETTINGS["scale"], overrides=[], workers=None, seeds=None, engine=None,
-                     data_dir=None, only=None)
-    return {r.settings["workers"] for r in plan(item, args)}
+    return {r.settings["workers"] for r in plan(item, parse_args(item, ["--scale", SETTINGS["scale"]]))}
 
 
 @pytest.mark.parametrize("name", MPIJOBS)
