@@ -184,10 +184,9 @@ class LanguageModelTask(_NoProbe):
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         return loss, tuple(h.detach() for h in hidden)
 
-    def after_step(self, aux, worker_ids, stacked: bool) -> None:
-        """Keep each worker's next hidden state (stacked [K, ...] for virtual workers)."""
-        for pos, w in enumerate(worker_ids):
-            self._hidden[w] = tuple(h[pos] for h in aux) if stacked else aux
+    def after_step(self, aux: dict) -> None:
+        """Keep each worker's next hidden state (``aux``: worker id -> what ``loss`` returned)."""
+        self._hidden.update(aux)
 
     def evaluate(self, module: nn.Module) -> dict:
         total, count, hidden = 0.0, 0, None

@@ -10,7 +10,7 @@
 """
 
 from .local_sgd import PostLocalSGD
-from .optim import DIRECTIONS, PERTURBATIONS, ExtrapolatedAdam, ExtrapolatedSGD, extrap_adam, extrap_sgd
+from .optim import DIRECTIONS, PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD, Perturbation
 from .param_groups import no_decay_names, weight_decay_groups
 from .schedules import Schedule, scaled_lr
 from .smoothness import SmoothnessProbe
@@ -18,7 +18,7 @@ from .smoothness import SmoothnessProbe
 __version__ = "0.1.0"
 
 __all__ = [
-    "ExtrapolatedSGD", "ExtrapolatedAdam", "PERTURBATIONS", "DIRECTIONS", "extrap_sgd",
-    "extrap_adam", "PostLocalSGD", "Schedule", "scaled_lr", "SmoothnessProbe",
+    "ExtrapolatedSGD", "ExtrapolatedAdam", "PERTURBATIONS", "REGISTRY", "Perturbation", "DIRECTIONS",
+    "PostLocalSGD", "Schedule", "scaled_lr", "SmoothnessProbe",
     "weight_decay_groups", "no_decay_names", "__version__",
 ]

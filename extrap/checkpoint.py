@@ -6,9 +6,6 @@ bytes. ``save`` writes a temporary file, fsyncs it, moves the current checkpoint
 moment leaves a complete current or previous checkpoint. ``load_latest`` verifies the checksum
 and reads with ``torch.load(weights_only=True)`` (no code runs from a checkpoint); a corrupt or
 truncated file is reported and the previous one used.
-
-``EXTRAP_FAULT_CHECKPOINT_PAUSE_S`` (fault injection for the tests): pause that long half-way
-through writing the temporary file.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -41,14 +37,8 @@ def save(obj, path: str | Path) -> None:
     torch.save(obj, buf)
     data = buf.getvalue()
     tmp = path.with_name(path.name + ".tmp")
-    pause = float(os.environ.get("EXTRAP_FAULT_CHECKPOINT_PAUSE_S", "0"))  # fault injection (tests)
     with open(tmp, "wb") as f:
         f.write(MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n")
-        if pause > 0:  # stop half-way through the write, so a test can kill the process there
-            f.write(data[: len(data) // 2])
-            f.flush()
-            time.sleep(pause)
-            data = data[len(data) // 2:]
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -1,5 +1,5 @@
 """Post-local SGD (Lin et al. 2020) and, around an extrapolating optimizer, the paper's
-Algorithm 2 (SPEC §4).
+Algorithm 2.
 
 Until ``switch_step`` t′ every step is synchronous (gradients averaged). From t′ on each worker
 steps on its own local gradient with its own momentum buffer — and, with extrapolation on, its

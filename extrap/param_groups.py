@@ -31,7 +31,7 @@ def weight_decay_groups(
     log: Callable[[str], None] | None = print,
 ) -> list[dict]:
     """Two optimizer groups: decayed weights, and BatchNorm/bias tensors with ``weight_decay=0``
-    and ``lars=False`` (LARS does not adapt them either, SPEC §4).
+    and ``lars=False`` (nor does LARS adapt them, the usual LARS practice).
 
     ``named_parameters`` supplies the tensors when they are not the model's own (the stacked
     tensors of virtual workers, named as in the model). ``log`` reports the counts.

@@ -1,9 +1,10 @@
-"""Learning-rate scaling, warmup and decay (Goyal et al. 2017; SPEC §4), and γ's schedule.
+"""Learning-rate scaling, warmup and decay (Goyal et al. 2017), and γ's schedule.
 
-A ``Schedule`` is a pure function of the iteration: ``lr(t)`` is the scaled large-batch rate,
-``gamma(t)`` the perturbation step, which follows the *unscaled* small-batch schedule — the base
-rate with the same decays and no warmup (the paper: γ "directly takes on the learning rate used
-for small mini-batch training") times a multiplier. ``apply(optimizer, t)`` writes both into the
+A ``Schedule`` is a pure function of the iteration: ``lr(t)`` is the scaled large-batch rate.
+``gamma(t)`` is the closed form of the optimizers' default γ (``ExtrapolatedSGD.gamma``): the
+learning rate of small-batch training — η_base with the same decays, without the large-batch
+warmup (the paper: γ "directly takes on the learning rate used for small mini-batch training") —
+times a multiplier. ``apply(optimizer, t)`` writes lr (and, if asked, an explicit γ) into the
 optimizer's groups; being a function of ``t`` alone it needs no state to resume.
 """
 
@@ -83,8 +84,8 @@ class Schedule:
         return peak * self.decay_factor(t)
 
     def gamma(self, t: int) -> float:
-        if self.kind == "inverse-sqrt":  # the small-batch run's own schedule: η_t / s
-            return self.gamma_multiplier * self.lr(t) / self.scale
+        if self.kind == "inverse-sqrt":  # η_t / s after the warmup, η_base·1 during it
+            return self.gamma_multiplier * self.base_lr * min(1.0, math.sqrt(self.warmup_steps / (t + 1)))
         return self.gamma_multiplier * self.base_lr * self.decay_factor(t)
 
     def apply(self, optimizer, t: int, gamma: bool = True) -> float:

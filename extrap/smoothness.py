@@ -1,4 +1,4 @@
-"""The smoothness probe of Figure 1b (SPEC §4): along the trajectory, the local gradient
+"""The smoothness probe of the paper's Figure 1b: along the trajectory, the local gradient
 Lipschitz estimate  L_t = ‖∇f(x_{t+1}) − ∇f(x_t)‖ / ‖x_{t+1} − x_t‖  on a fixed probe batch."""
 
 from __future__ import annotations
@@ -39,16 +39,28 @@ class SmoothnessProbe:
         self._pending: tuple[int, Tensor, Tensor] | None = None
         self.history: list[dict] = []
 
+    def due(self, step: int) -> bool:
+        """Whether ``observe`` at ``step`` computes anything (a caller can skip building the module)."""
+        return step % self.every == 0 or (self._pending is not None and step == self._pending[0] + 1)
+
     def observe(self, step: int, module: nn.Module) -> float | None:
+        """Record at every ``every``-th step; one step later return (and keep) L_t."""
+        if not self.due(step):
+            return None
         value = None
-        due = self._pending is not None and step == self._pending[0] + 1
-        if due or step % self.every == 0:
-            x, g = _probe_gradient(module, self.loss_fn, self.batch)
-            if due:
-                _, x0, g0 = self._pending
-                dx = torch.linalg.vector_norm(x - x0)
-                if dx > 0:
-                    value = float(torch.linalg.vector_norm(g - g0) / dx)
-                    self.history.append({"step": self._pending[0], "smoothness": value})
-            self._pending = (step, x, g) if step % self.every == 0 else None
+        x, g = _probe_gradient(module, self.loss_fn, self.batch)
+        if self._pending is not None and step == self._pending[0] + 1:
+            start, x0, g0 = self._pending
+            dx = torch.linalg.vector_norm(x - x0)
+            if dx > 0:
+                value = float(torch.linalg.vector_norm(g - g0) / dx)
+                self.history.append({"step": start, "smoothness": value})
+        self._pending = (step, x, g) if step % self.every == 0 else None
         return value
+
+    def state_dict(self) -> dict:
+        """The history and the pending (step, x, ∇f) of a half-done estimate, to resume with."""
+        return {"history": list(self.history), "pending": self._pending}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self._pending = list(state["history"]), state["pending"]

@@ -1,17 +1,9 @@
 """One training run: a config in, a record out — the same loop under every engine.
 
-The task object supplies the data and the evaluation (``extrap`` imports nothing from ``data/``
-or ``models/``); it needs:
-
-- ``loss(outputs, targets) -> Tensor``
-- ``steps_per_epoch(num_workers, local_batch) -> int``
-- ``train_batch(worker, epoch, step, local_batch, num_workers) -> (inputs, targets)``: worker's
-  batch from its own shard
-- ``evaluate(module) -> dict`` with ``train_loss`` and the task's metric (``task.metric``)
-- ``probe_batch() -> (inputs, targets)``, only for the smoothness probe;
-- optionally ``after_step(aux, worker_ids, stacked)``: receives what ``loss`` returned beside the loss
-  (``loss`` may return ``(loss, aux)``, e.g. an LSTM's next hidden state), and ``metric_higher``
-  (True when the metric improves upwards).
+``train`` reads top to bottom: ``setup`` (model on the engine, schedule, optimizer, probe),
+``restart_from_checkpoint``, then per epoch ``train_one_epoch``, ``validate`` and
+``save_checkpoint``. The task (a ``Task``: data and evaluation, so that ``extrap`` imports nothing
+from ``data/`` or ``models/``) is the only thing that knows the dataset.
 
 Checkpoints (one file per rank: a rank's workers, optimizer, RNG and curve) are written
 atomically at the end of every ``checkpoint_every`` epochs, with a checksum, keeping the previous
@@ -24,24 +16,46 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from . import checkpoint as checkpoint_io
+from .engines.comm import Communicator, scale_per_worker_, worker_norms
 from .local_sgd import PostLocalSGD
-from .optim import _FRESH_GRADIENT, PERTURBATIONS, ExtrapolatedAdam, ExtrapolatedSGD
+from .optim import PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD
 from .param_groups import weight_decay_groups
 from .schedules import KINDS, SCALINGS, Schedule, scaled_lr
 from .smoothness import SmoothnessProbe
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["Task", "TrainConfig", "train", "setup", "train_one_epoch", "validate", "save_checkpoint",
+           "restart_from_checkpoint", "build_optimizer", "steps_to_target"]
 
-# perturbations whose γ is a step size and so follows the unscaled learning-rate schedule
-_STEP_SIZE = frozenset({"extrap", "stochastic", "extragradient"})
+
+class Task(Protocol):
+    """The data and the evaluation of one experiment.
+
+    Also, where they apply: ``probe_batch() -> (inputs, targets)`` for the smoothness probe;
+    ``after_step(aux)`` when ``loss`` returns ``(loss, aux)`` (e.g. an LSTM's next hidden state):
+    it receives {worker id: that worker's aux}; ``metric_higher`` (True when the metric improves
+    upwards).
+    """
+
+    metric: str  # the key of the task's test metric in ``evaluate``'s dict
+
+    def loss(self, outputs: Any, targets: Any) -> Tensor | tuple[Tensor, Any]: ...
+
+    def steps_per_epoch(self, num_workers: int, local_batch: int) -> int: ...
+
+    def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int) -> tuple:
+        """Worker ``worker``'s batch ``(inputs, targets)`` from its own shard."""
+
+    def evaluate(self, module: nn.Module) -> dict:
+        """``train_loss`` and the task's metric, at x_t."""
 
 
 @dataclass
@@ -50,12 +64,11 @@ class TrainConfig:
 
     ``base_lr`` is the small-batch rate for ``base_batch``; the run's rate is scaled to the global
     batch K·``local_batch`` by ``lr_scaling`` and warmed up over ``warmup_epochs``. ``gamma=None``
-    lets γ follow the unscaled schedule (× ``gamma_multiplier``) for step-size perturbations.
+    is the optimizer's default: the small-batch rate, with the decays and without the warmup.
     """
 
     perturbation: str = "none"
     gamma: float | None = None
-    gamma_multiplier: float = 1.0
     local_batch: int = 32
     base_batch: int = 32
     base_lr: float = 0.1
@@ -107,39 +120,18 @@ class TrainConfig:
                 raise ValueError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
 
 
-def _clip_local_(params: list, max_norm: float, stacked: bool) -> None:
-    """Clip each worker's local gradient to ``max_norm`` (per worker when stacked)."""
+def clip_local_grads_(params: list[Tensor], max_norm: float, comm: Communicator) -> None:
+    """Clip each worker's local gradient (all its tensors together) to norm ``max_norm``."""
     grads = [p.grad for p in params if p.grad is not None]
-    if stacked:
-        norms = torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) for g in grads]).norm(dim=0)
-    else:
-        norms = torch.stack([g.norm() for g in grads]).norm()
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.reshape(-1, *[1] * (g.dim() - 1)) if stacked else scale)
+    total = worker_norms(comm, grads).square().sum(0).sqrt()  # [workers]
+    scale_per_worker_(comm, grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
 
 
 def _use_dtype(model: nn.Module, dtype: torch.dtype) -> None:
     """Convert the model and cast its floating inputs on the way in (tasks produce float32)."""
-    from torch.utils._pytree import tree_map
-
     cast = lambda t: t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t  # noqa: E731
     model.to(dtype)
     model.register_forward_pre_hook(lambda module, args: tree_map(cast, args))
-
-
-def _resume_point(engine, ckpt: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint every rank holds and can verify (current or previous), or None.
-
-    Ranks agree on its epoch, so one corrupt file (reported) makes all ranks step back together.
-    """
-    rank = getattr(engine, "rank", 0)
-    found = {state["epoch"]: (path, state) for path, state in
-             checkpoint_io.load_latest(ckpt, warn=lambda m: print(f"rank {rank}: {m}", file=sys.stderr, flush=True))}
-    epoch = engine.min_over_ranks(max(found, default=0))
-    if epoch > 0 and engine.min_over_ranks(int(epoch in found)) == 0:
-        epoch = 0  # some rank lacks that epoch's checkpoint: start over rather than mix epochs
-    return found[epoch] if epoch > 0 else None
 
 
 def build_optimizer(cfg: TrainConfig, groups, lr: float, lr_scale: float, comm):
@@ -153,7 +145,137 @@ def build_optimizer(cfg: TrainConfig, groups, lr: float, lr_scale: float, comm):
                            lars=cfg.lars, trust=cfg.trust, comm=comm, seed=cfg.seed)
 
 
-def train(cfg: TrainConfig, engine, model: nn.Module, task, log: Callable[[str], None] | None = None,
+@dataclass
+class Run:
+    """What ``setup`` builds and the pieces of ``train`` share."""
+
+    cfg: TrainConfig
+    engine: Any
+    task: Task
+    workers: Any  # the engine's workers: forward_backward, parameters, eval_module, state_dict
+    optimizer: Any  # the extrap optimizer, or PostLocalSGD around it
+    schedule: Schedule
+    steps_per_epoch: int
+    peak_lr: float
+    lr_scale: float
+    probe: SmoothnessProbe | None = None
+    curve: list = field(default_factory=list)
+
+    @property
+    def global_batch(self) -> int:
+        return self.engine.world_size * self.cfg.local_batch
+
+
+def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[[str], None]) -> Run:
+    """The model on the engine's workers, the scaled and warmed-up schedule, the optimizer."""
+    k = engine.world_size
+    if cfg.dtype != "float32":
+        _use_dtype(model, getattr(torch, cfg.dtype))
+    workers = engine.prepare(model)
+    global_batch = k * cfg.local_batch
+    peak_lr, lr_scale = scaled_lr(cfg.base_lr, global_batch, cfg.base_batch, cfg.lr_scaling)
+    steps_per_epoch = task.steps_per_epoch(k, cfg.local_batch)
+    total = cfg.epochs * steps_per_epoch
+    warmup = (round(cfg.warmup_epochs * steps_per_epoch) if cfg.warmup_steps is None
+              else round(cfg.warmup_steps * cfg.base_batch / global_batch))  # fewer, larger steps
+    schedule = Schedule(cfg.base_lr, lr_scale, total, cfg.schedule,
+                        warmup_steps=max(warmup, int(cfg.schedule == "inverse-sqrt")),
+                        milestones=tuple(cfg.milestones))
+    groups = weight_decay_groups(model, cfg.weight_decay, workers.named_parameters(), log=say)
+    optimizer = build_optimizer(cfg, groups, peak_lr, lr_scale, engine.comm)
+    if cfg.post_local:
+        switch = (round(cfg.switch_epoch * steps_per_epoch) if cfg.switch_epoch is not None
+                  else round(min(cfg.milestones, default=1.0) * total))
+        optimizer = PostLocalSGD(optimizer, switch_step=switch, local_steps=cfg.local_steps)
+    probe = SmoothnessProbe(task.loss, task.probe_batch(), cfg.probe_every) if cfg.probe_every else None
+    return Run(cfg, engine, task, workers, optimizer, schedule, steps_per_epoch, peak_lr, lr_scale, probe)
+
+
+def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
+    """One epoch of extrap steps; returns (mean mini-batch loss at the workers' x̃, last lr)."""
+    cfg, engine, task, workers, optimizer = run.cfg, run.engine, run.task, run.workers, run.optimizer
+    k = engine.world_size
+    fresh = REGISTRY[cfg.perturbation].closure
+    loss_sum, lr = torch.zeros((), device=engine.device), 0.0
+    for i in range(run.steps_per_epoch):
+        step = epoch * run.steps_per_epoch + i
+        lr = run.schedule.apply(optimizer, step, gamma=False)  # γ: the optimizer's own default
+        inputs, targets = engine.stack([task.train_batch(w, epoch, i, cfg.local_batch, k)
+                                        for w in engine.worker_ids])
+
+        def closure():  # a gradient at x_t for extragradient and SAM
+            optimizer.zero_grad()
+            out = workers.forward_backward(task.loss, inputs, targets)
+            return out[0] if isinstance(out, tuple) else out
+
+        optimizer.zero_grad()
+        optimizer.perturb(closure if fresh else None)
+        losses = workers.forward_backward(task.loss, inputs, targets)
+        if isinstance(losses, tuple):
+            losses, aux = losses
+            task.after_step(dict(zip(engine.worker_ids, aux)))
+        loss_sum += losses.sum()
+        if cfg.clip_norm is not None:
+            clip_local_grads_(workers.parameters(), cfg.clip_norm, engine.comm)
+        optimizer.step()
+        if run.probe is not None and run.probe.due(step + 1):
+            run.probe.observe(step + 1, workers.eval_module(0))
+        if bar is not None:
+            bar.update(1)
+    n = run.steps_per_epoch * len(engine.worker_ids)
+    return float(engine.mean_over_workers(loss_sum / n)), lr
+
+
+def validate(run: Run, epoch: int, batch_loss: float, lr: float, elapsed: float) -> dict:
+    """The curve's point after ``epoch``: the task's evaluation at x_t (worker 0's model)."""
+    point = {"epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch, "lr": lr,
+             "batch_loss": batch_loss, **run.task.evaluate(run.workers.eval_module(0))}
+    point.setdefault("train_loss", batch_loss)
+    point["time_s"] = elapsed
+    return point
+
+
+def _checkpoint_path(run: Run, prefix: str | Path) -> Path:
+    return Path(f"{prefix}.rank{getattr(run.engine, 'rank', 0)}.pt")
+
+
+def save_checkpoint(run: Run, prefix: str | Path, epoch: int, elapsed: float) -> None:
+    """This rank's workers, optimizer, RNG, curve and probe after ``epoch`` epochs."""
+    checkpoint_io.save({"epoch": epoch, "workers": run.workers.state_dict(),
+                        "optimizer": run.optimizer.state_dict(), "rng": torch.get_rng_state(),
+                        "curve": run.curve, "elapsed": elapsed,
+                        "probe": run.probe.state_dict() if run.probe is not None else None},
+                       _checkpoint_path(run, prefix))
+
+
+def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], None]) -> tuple[int, float]:
+    """Load the newest checkpoint every rank holds and can verify (current or previous); returns
+    (epochs done, seconds spent), (0, 0.0) when there is none.
+
+    Ranks agree on its epoch, so one corrupt file (reported) makes all ranks step back together.
+    """
+    engine = run.engine
+    rank = getattr(engine, "rank", 0)
+    warn = lambda m: print(f"rank {rank}: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    found = {state["epoch"]: (path, state)
+             for path, state in checkpoint_io.load_latest(_checkpoint_path(run, prefix), warn=warn)}
+    epoch = engine.min_over_ranks(max(found, default=0))
+    if epoch > 0 and engine.min_over_ranks(int(epoch in found)) == 0:
+        epoch = 0  # some rank lacks that epoch's checkpoint: start over rather than mix epochs
+    if epoch == 0:
+        return 0, 0.0
+    path, state = found[epoch]
+    run.workers.load_state_dict(state["workers"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    run.curve = state["curve"]
+    if run.probe is not None:
+        run.probe.load_state_dict(state["probe"])
+    say(f"resumed from {path} at epoch {epoch}")
+    return epoch, state["elapsed"]
+
+
+def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[[str], None] | None = None,
           on_eval: Callable[[dict], None] | None = None, checkpoint: str | Path | None = None,
           progress: bool = False, desc: str = "") -> dict:
     """Train ``model`` with ``cfg`` on ``engine``'s K workers; return the run's record.
@@ -167,114 +289,50 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task, log: Callable[[str],
     ``progress``: a tqdm bar on rank 0.
     """
     say = log if (log is not None and engine.is_main) else (lambda _: None)
-    k = engine.world_size
-    if cfg.dtype != "float32":
-        _use_dtype(model, getattr(torch, cfg.dtype))
-    workers = engine.prepare(model)
-    global_batch = k * cfg.local_batch
-    peak_lr, lr_scale = scaled_lr(cfg.base_lr, global_batch, cfg.base_batch, cfg.lr_scaling)
-    steps_per_epoch = task.steps_per_epoch(k, cfg.local_batch)
-    total = cfg.epochs * steps_per_epoch
-    warmup = (round(cfg.warmup_epochs * steps_per_epoch) if cfg.warmup_steps is None
-              else round(cfg.warmup_steps * cfg.base_batch / global_batch))  # fewer, larger steps
-    schedule = Schedule(cfg.base_lr, lr_scale, total, cfg.schedule,
-                        warmup_steps=max(warmup, int(cfg.schedule == "inverse-sqrt")),
-                        milestones=tuple(cfg.milestones), gamma_multiplier=cfg.gamma_multiplier)
-    groups = weight_decay_groups(model, cfg.weight_decay, workers.named_parameters(), log=say)
-    opt = build_optimizer(cfg, groups, peak_lr, lr_scale, engine.comm)
-    stepper = opt
-    if cfg.post_local:
-        switch = (round(cfg.switch_epoch * steps_per_epoch) if cfg.switch_epoch is not None
-                  else round(min(cfg.milestones, default=1.0) * total))
-        stepper = PostLocalSGD(opt, switch_step=switch, local_steps=cfg.local_steps)
-    scheduled_gamma = cfg.gamma is None and cfg.perturbation in _STEP_SIZE
-    probe = SmoothnessProbe(task.loss, task.probe_batch(), cfg.probe_every) if cfg.probe_every else None
-    params = workers.parameters()
-
-    curve, status, start_epoch, elapsed = [], "completed", 0, 0.0
-    ckpt = None if checkpoint is None else Path(f"{checkpoint}.rank{getattr(engine, 'rank', 0)}.pt")
-    resume = _resume_point(engine, ckpt) if ckpt is not None else None
-    if resume is not None:
-        path, state = resume
-        workers.load_state_dict(state["workers"])
-        stepper.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        curve, start_epoch, elapsed = state["curve"], state["epoch"], state["elapsed"]
-        if probe is not None:
-            probe.history, probe._pending = state["probe"]
-        say(f"resumed from {path} at epoch {start_epoch}")
-    say(f"{engine.kind} engine, K={k} workers × b={cfg.local_batch} = B={global_batch}; "
-        f"η={peak_lr:g} (η_base={cfg.base_lr:g} × {lr_scale:g}), {total} steps, "
+    run = setup(cfg, engine, model, task, say)
+    start_epoch, elapsed = restart_from_checkpoint(run, checkpoint, say) if checkpoint is not None else (0, 0.0)
+    total = cfg.epochs * run.steps_per_epoch
+    say(f"{engine.kind} engine, K={engine.world_size} workers × b={cfg.local_batch} = B={run.global_batch}; "
+        f"η={run.peak_lr:g} (η_base={cfg.base_lr:g} × {run.lr_scale:g}), {total} steps, "
         f"{cfg.optimizer} perturbation={cfg.perturbation}{' + post-local SGD' if cfg.post_local else ''}")
-
     bar = None
     if progress and engine.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=desc, unit="step",
+        bar = tqdm(total=total, initial=start_epoch * run.steps_per_epoch, desc=desc, unit="step",
                    dynamic_ncols=True, leave=False)
     started = time.perf_counter() - elapsed
-    workers.train()
-    step = start_epoch * steps_per_epoch
+    status, step = "completed", start_epoch * run.steps_per_epoch
+    run.workers.train()
     for epoch in range(start_epoch, cfg.epochs):
-        loss_sum = torch.zeros((), device=engine.device)
-        for i in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            lr = schedule.apply(opt, step, gamma=scheduled_gamma)
-            inputs, targets = engine.stack([task.train_batch(w, epoch, i, cfg.local_batch, k)
-                                            for w in engine.worker_ids])
-
-            def closure():
-                stepper.zero_grad()
-                out = workers.forward_backward(task.loss, inputs, targets)
-                return out[0] if isinstance(out, tuple) else out
-
-            stepper.zero_grad()
-            stepper.perturb(closure if cfg.perturbation in _FRESH_GRADIENT else None)
-            out = workers.forward_backward(task.loss, inputs, targets)
-            if isinstance(out, tuple):
-                out, aux = out
-                task.after_step(aux, engine.worker_ids, opt.stacked)
-            loss_sum += out.sum()
-            if cfg.clip_norm is not None:
-                _clip_local_(params, cfg.clip_norm, opt.stacked)
-            stepper.step()
-            if probe is not None:
-                probe.observe(step + 1, workers.eval_module(0))
-            if bar is not None:
-                bar.update(1)
-        step = (epoch + 1) * steps_per_epoch
-        batch_loss = float(engine.mean_over_workers(loss_sum / (steps_per_epoch * len(engine.worker_ids))))
+        batch_loss, lr = train_one_epoch(run, epoch, bar)
+        step = (epoch + 1) * run.steps_per_epoch
         if not math.isfinite(batch_loss) or batch_loss > cfg.loss_bound:
             status = "diverged"
-            curve.append({"epoch": epoch + 1, "step": step, "lr": lr, "batch_loss": batch_loss})
+            run.curve.append({"epoch": epoch + 1, "step": step, "lr": lr, "batch_loss": batch_loss})
             say(f"diverged at step {step} (mean mini-batch loss {batch_loss:g} > bound {cfg.loss_bound:g})")
             break
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            point = {"epoch": epoch + 1, "step": step, "lr": lr, "batch_loss": batch_loss,
-                     **task.evaluate(workers.eval_module(0))}
-            point.setdefault("train_loss", batch_loss)
-            point["time_s"] = time.perf_counter() - started
-            curve.append(point)
+        last = epoch + 1 == cfg.epochs
+        if (epoch + 1) % cfg.eval_every == 0 or last:
+            point = validate(run, epoch, batch_loss, lr, time.perf_counter() - started)
+            run.curve.append(point)
             if on_eval is not None and engine.is_main:
                 on_eval(point)
             if bar is not None:
                 bar.set_postfix({key: f"{v:.4g}" for key, v in point.items()
                                  if key in ("epoch", "train_loss", getattr(task, "metric", ""))})
-        if ckpt is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            checkpoint_io.save({"epoch": epoch + 1, "workers": workers.state_dict(),
-                                "optimizer": stepper.state_dict(), "rng": torch.get_rng_state(),
-                                "curve": curve, "elapsed": time.perf_counter() - started,
-                                "probe": (probe.history, probe._pending) if probe is not None else None}, ckpt)
+        if checkpoint is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+            save_checkpoint(run, checkpoint, epoch + 1, time.perf_counter() - started)
     if bar is not None:
         bar.close()
+    curve = run.curve
     final = {key: v for key, v in curve[-1].items() if key not in ("epoch", "step", "lr", "time_s")} if curve else {}
     record = {
         "status": status,
         "steps": step,
-        "workers": k,
+        "workers": engine.world_size,
         "local_batch": cfg.local_batch,
-        "global_batch": global_batch,
+        "global_batch": run.global_batch,
         "engine": engine.kind,
         "final": final,
         "curve": curve,
@@ -283,8 +341,8 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task, log: Callable[[str],
     }
     if status == "diverged":
         record["diverged_at"] = step
-    if probe is not None:
-        record["smoothness"] = probe.history
+    if run.probe is not None:
+        record["smoothness"] = run.probe.history
     return record
 
 

@@ -143,7 +143,7 @@ def bench_optimizer_step(sz: dict, device) -> dict:
         "extrap-sgd": lambda ps: ExtrapolatedSGD(ps, lr=1e-3, perturbation="extrap", **SGD_KW),
         "extrap-none": lambda ps: ExtrapolatedSGD(ps, lr=1e-3, perturbation="none", **SGD_KW),
         # the update by foreach kernels instead of torch's fused one: what fusing gave
-        "extrap-sgd-foreach": lambda ps: ExtrapolatedSGD(ps, lr=1e-3, perturbation="extrap", fused=False, **SGD_KW),
+        "extrap-sgd-foreach": lambda ps: ExtrapolatedSGD(ps, lr=1e-3, perturbation="extrap", foreach=True, **SGD_KW),
     }
     try:  # the fused kernel exists on CPU from torch 2.4 on, on CUDA earlier
         torch.optim.SGD(fresh_params(), lr=1e-3, fused=True, **SGD_KW).step()
@@ -250,9 +250,9 @@ def rank_job(sz: dict, out: Path) -> None:
 
 
 def bench_mpi(sz: dict, tiny: bool) -> dict:
-    from reproduce.demo import _mpirun
+    from reproduce.demo import mpirun_command
 
-    mpirun = _mpirun()
+    mpirun = mpirun_command()
     if mpirun is None:
         return {"skipped": "no mpirun found (make install puts one in .venv)"}
     with tempfile.TemporaryDirectory() as tmp:

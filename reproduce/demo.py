@@ -9,7 +9,7 @@ Three methods, each over ``--seeds`` seeds:
 
 - ``sgd``: mini-batch SGD (perturbation ``none``);
 - ``extrap-sgd``: each worker's gradient at x_t − γ g_{t-1}^k, γ the unscaled rate (0.01, decayed);
-- ``smoothout``: filter-wise uniform noise of scale α = 0.05 (SmoothOut, SPEC §3 ``filter-uniform``).
+- ``smoothout``: filter-wise uniform noise of scale α = 0.05 (SmoothOut, the framework's ``filter-uniform``; docs/method.md).
 
 It prints, per method, the steps to reach a full-training-set loss of ``--target`` (mean over
 seeds; "—" if a seed never does) and the final test accuracy (mean ± std), and writes
@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _mpirun() -> list[str] | None:
+def mpirun_command() -> list[str] | None:
     """mpirun's argument list (root and oversubscription flags as needed), or None if absent.
     ``$MPIRUN`` names another launcher; otherwise the one beside this Python (.venv), or PATH's."""
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -78,7 +78,7 @@ def _mpirun() -> list[str] | None:
 
 def launch_under_mpi(args: argparse.Namespace, argv: list[str]) -> bool:
     """Re-run this script under mpirun; False (after saying why) if MPI cannot start."""
-    mpirun = _mpirun()
+    mpirun = mpirun_command()
     if mpirun is None:
         print("MPI could not start: no mpirun found (make install puts one in .venv)")
         return False

@@ -1,4 +1,5 @@
-"""The command line and run loop shared by the per-item scripts (SPEC §7)::
+"""The command line and run loop shared by the per-item scripts (README "Reproducing the
+paper's tables and figures")::
 
     python -m reproduce.<item> [--scale paper|smoke] [--engine auto|processes|horovod|virtual|single]
                                [--workers K] [--only CELL[,CELL]] [--seeds N] [--data-dir DIR]

@@ -9,7 +9,7 @@ from .tables import TABLE_ITEMS, build_table
 
 FIGURE_ITEMS = ("figure1", "figure2", "figure3", "figure4", "figure5")
 # figures drawn from another item's records (the appendix's Figure 5: Table 1's curves)
-_FIGURE_SOURCE = {"figure5": "table1"}
+FIGURE_SOURCE = {"figure5": "table1"}
 
 __all__ = ["write_all", "records_files", "RECORDS_FILE"]
 
@@ -46,11 +46,11 @@ def write_all(directory) -> list[Path]:
                 path = directory / f"{item}.{suffix}"
                 path.write_text(text, encoding="utf-8")
                 written.append(path)
-    figures = [item for item in FIGURE_ITEMS if _FIGURE_SOURCE.get(item, item) in present]
+    figures = [item for item in FIGURE_ITEMS if FIGURE_SOURCE.get(item, item) in present]
     if figures:
         from .figures import method_colors, write_figure  # matplotlib only when there is a figure to draw
 
-        sources = {_FIGURE_SOURCE.get(item, item) for item in figures}
+        sources = {FIGURE_SOURCE.get(item, item) for item in figures}
         colors = method_colors(r["cell"] for r in records if r["item"] in sources)
         for item in figures:
             written.append(write_figure(records, item, directory / f"{item}.png", colors))

@@ -236,7 +236,7 @@ def figure5(records: list[dict], path: Path, colors: dict) -> None:
 
 
 _DRAW = {"figure1": figure1, "figure2": figure2, "figure3": figure3, "figure4": figure4, "figure5": figure5}
-from .collate import _FIGURE_SOURCE as SOURCE_ITEM  # noqa: E402  (figure5 draws table1's records)
+from .collate import FIGURE_SOURCE as SOURCE_ITEM  # noqa: E402  (figure5 draws table1's records)
 
 
 def write_figure(records: list[dict], item: str, path, colors: dict | None = None) -> Path:

@@ -1,9 +1,10 @@
 """Reading ``records.jsonl`` and naming what is in it.
 
 A record is one finished (item, variant, cell, seed) as the ``reproduce/`` scripts append it
-(SPEC §7). The file is append-only and may end in a partial line after a crash, and a rerun cell
-appends a second record for the same key: ``load_records`` skips what does not parse (saying so
-on stderr, with the line number) and keeps the last record of each key.
+(README "Reproducing the paper's tables and figures"). The file is append-only and may end in a
+partial line after a crash, and a rerun cell appends a second record for the same key:
+``load_records`` skips what does not parse (saying so on stderr, with the line number) and keeps
+the last record of each key.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ METHOD_LABELS = {
 }
 
 # The order methods are listed in when an item does not fix one: Table 1's, then Table 2's, then
-# the rest of the SPEC §3 family. Slugs not listed follow in the order they first appear.
+# the rest of the framework (docs/method.md). Slugs not listed follow in the order they first appear.
 _DEFAULT_ORDER = ["sgd-nolars", "extrap-sgd-nolars", "sgd", "smoothout", "uniform-noise",
                   "stochastic-noise", "extrap-sgd", "sgd+post-local", "extrap-sgd+post-local",
                   "gaussian-noise", "filter-gaussian", "filter-uniform", "extragradient", "sam",

@@ -1,4 +1,4 @@
-"""ExtrapolatedSGD / ExtrapolatedAdam against torch.optim and against SPEC §2–§4 written out by hand."""
+"""ExtrapolatedSGD / ExtrapolatedAdam against torch.optim and against the method (docs/method.md) written out by hand."""
 
 import copy
 import io
@@ -49,7 +49,7 @@ def perturb(model, opt, x, y):
 
 
 def run(model, opt, data):
-    """The SPEC §7 loop for one worker."""
+    """The README's loop for one worker."""
     for x, y in data:
         opt.zero_grad()
         perturb(model, opt, x, y)
@@ -68,7 +68,7 @@ def run_plain(model, opt, data):
 # -- equal to torch.optim when the perturbation is zero ----------------------------------------
 
 # the SGD update's three kernels: torch's fused one (the default), foreach, the reference loop
-KERNELS = {"fused": dict(fused=True), "foreach": dict(fused=False), "loop": dict(foreach=False)}
+KERNELS = {"fused": dict(fused=True), "foreach": dict(foreach=True), "loop": dict(foreach=False)}
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
@@ -96,10 +96,10 @@ def test_adam_gamma_zero_matches_torch_adam(foreach):
     assert max_rel(a.parameters(), b.parameters()) <= 1e-6
 
 
-# -- against SPEC §3 written out ---------------------------------------------------------------
+# -- against Algorithm 1 written out------------------------------------------------------------
 
 def reference_extrap_sgd(model, data, lr, gamma, beta, wd):
-    """K = 1 extrap-SGD from SPEC §2–§3: x̃ = x − γ g_{t-1}; g = ∇f(x̃); d = g + λx;
+    """K = 1 extrap-SGD from Algorithm 1 (docs/method.md): x̃ = x − γ g_{t-1}; g = ∇f(x̃); d = g + λx;
     m = βm + d (m_0 = d_0); x ← x − η(d + βm)."""
     model = copy.deepcopy(model)
     names = [n for n, _ in model.named_parameters()]
@@ -260,8 +260,9 @@ def _noise(kind, gamma, shape, workers=2, seed=0):
     base = torch.randn(*shape) * torch.arange(1, shape[0] + 1).reshape(-1, *[1] * (len(shape) - 1))
     p = base.unsqueeze(0).repeat(workers, *[1] * len(shape)).requires_grad_()
     opt = ExtrapolatedSGD([p], lr=0.1, perturbation=kind, gamma=gamma, comm=VirtualComm(workers), seed=seed)
+    x_t = p.detach().clone()
     opt.perturb()
-    return (opt.state[p]["x_t"] - p).detach(), base
+    return (x_t - p).detach(), base
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "uniform"])
@@ -314,8 +315,9 @@ def test_stochastic_perturbation_sums_to_zero_across_workers():
     opt.perturb()
     p.grad = g.clone()
     opt.step()
+    x_t = p.detach().clone()
     opt.perturb()
-    u = (opt.state[p]["x_t"] - p).detach()
+    u = (x_t - p).detach()
     torch.testing.assert_close(u, 0.5 * (g - g.mean(0, keepdim=True)), rtol=1e-5, atol=1e-6)
     assert u.sum(0).abs().max().item() < 1e-5
 
@@ -410,7 +412,7 @@ def test_works_with_torch_lr_scheduler():
         run(model, opt, batches(1))
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.04)  # 0.4 × 0.1^(3 // 2)
-    assert opt._gamma(opt.param_groups[0]) == pytest.approx(0.01)  # γ = η_t / lr_scale
+    assert opt.gamma(opt.param_groups[0]) == pytest.approx(0.01)  # γ = η_t / lr_scale
 
 
 # -- arguments --------------------------------------------------------------------------------------
@@ -450,3 +452,80 @@ def test_weight_decay_groups_exclude_batchnorm_and_biases():
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 1, 3, 3]), torch.Size([3, 144])]
     assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0 and plain["lars"] is False
     assert "2 tensors" in lines[0] and "3 BatchNorm/bias tensors" in lines[0]
+
+
+# -- torch's optimizers underneath -----------------------------------------------------------------
+
+def test_the_optimizers_are_torchs():
+    params = list(small_model().parameters())
+    assert isinstance(ExtrapolatedSGD(params, lr=0.1), torch.optim.SGD)
+    assert isinstance(ExtrapolatedAdam(params, lr=1e-3), torch.optim.Adam)
+
+
+@pytest.mark.parametrize("kwargs, fused, foreach", [
+    (dict(fused=True), True, None), (dict(foreach=True), False, True), (dict(foreach=False), False, False),
+    (dict(), True, None),  # the default where torch has a fused kernel: one worker per tensor
+])
+def test_fused_and_foreach_reach_torch(kwargs, fused, foreach):
+    opt = ExtrapolatedSGD(small_model().parameters(), lr=0.1, **kwargs)
+    assert bool(opt.param_groups[0]["fused"]) == fused and opt.param_groups[0]["foreach"] == foreach
+
+
+def test_virtual_workers_default_to_foreach_and_stay_bitwise_equal():
+    """K workers side by side in one tensor: torch's fused kernel rounds its vector body and its
+    scalar tail differently, so synchronous workers at different offsets would drift apart."""
+    k = 3
+    p = torch.randn(1, 37, 5).repeat(k, 1, 1).requires_grad_()
+    opt = ExtrapolatedSGD([p], lr=0.05, weight_decay=1e-4, perturbation="none", comm=VirtualComm(k))
+    assert opt.param_groups[0]["foreach"] is True and not opt.param_groups[0]["fused"]
+    for _ in range(5):
+        opt.zero_grad()
+        (p.sin() * torch.arange(p[0].numel()).reshape(p[0].shape)).sum().backward()
+        opt.step()
+    assert torch.equal(p[0], p[1]) and torch.equal(p[1], p[2])
+
+
+def test_checkpoint_holds_no_copy_of_x_t():
+    """ResNet-20 with extrap-SGD: the optimizer's state is the momentum and the local gradient,
+    2 × 269,722 float32 values = 2.16 MB, and no x_t backup (which would make it 3.24 MB)."""
+    from models import build_model
+
+    model = build_model("resnet20")
+    numel = sum(p.numel() for p in model.parameters())
+    assert numel == 269_722
+    opt = ExtrapolatedSGD(model.parameters(), lr=0.1, weight_decay=5e-4, perturbation="extrap", lars=True)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    for _ in range(2):
+        opt.zero_grad()
+        opt.perturb()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad()
+    opt.perturb()  # mid-step, parameters at x̃: still nothing of x_t in the state
+    state = opt.state_dict()
+    assert {key for s in state["state"].values() for key in s} == {"momentum_buffer", "local_grad"}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    size = buf.getbuffer().nbytes
+    assert 2 * 4 * numel < size < 2 * 4 * numel + 100_000  # 2.16 MB + the groups and noise streams
+
+
+# -- γ: one definition ----------------------------------------------------------------------------
+
+def test_gamma_is_the_small_batch_rate_under_a_torch_scheduler():
+    """lr = 0.8 = η_base·8, warmed up from η_base over 5 steps and decayed ×0.1 at step 10 by a
+    torch scheduler: γ stays η_base = 0.1 through the warmup and drops with the decay, as
+    extrap.Schedule's closed form says."""
+    from extrap import Schedule
+
+    model = small_model()
+    opt = ExtrapolatedSGD(model.parameters(), lr=0.8, lr_scale=8.0, perturbation="extrap")
+    warmup_then_decay = lambda t: (1 + 7 * min(t, 5) / 5) / 8 * (0.1 if t >= 10 else 1.0)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_then_decay)
+    closed = Schedule(base_lr=0.1, scale=8.0, total_steps=20, kind="step", warmup_steps=5, milestones=(0.5,))
+    for t, (x, y) in enumerate(batches(20)):
+        assert opt.param_groups[0]["lr"] == pytest.approx(closed.lr(t))
+        run(model, opt, [(x, y)])
+        assert opt.gamma(opt.param_groups[0]) == pytest.approx(closed.gamma(t))
+        sched.step()
+    assert closed.gamma(0) == pytest.approx(0.1) and closed.gamma(19) == pytest.approx(0.01)

@@ -77,9 +77,8 @@ def test_three_kills_one_mid_checkpoint_then_the_same_records(tmp_path):
     # 1: a random moment while the first cell trains
     kill_at_random(killed / "figure1.smoke.resolved.yaml", "the run to start", 2.0, 8.0)
 
-    # 2: half-way through writing a checkpoint (the writer pauses there for the test)
-    env = {**launcher_env(), "EXTRAP_FAULT_CHECKPOINT_PAUSE_S": "30"}
-    proc = start(cmd, env=env)
+    # 2: half-way through writing a checkpoint (the test's launcher makes the writer pause there)
+    proc = start([sys.executable, str(ROOT / "tests" / "pause_in_checkpoint.py"), "30", *cmd[2:]])
     tmp_files = lambda: list(killed.glob("figure1/default/*/seed0/checkpoint.rank0.pt.tmp"))  # noqa: E731
     wait_for(lambda: any(p.stat().st_size > 100 for p in tmp_files()), proc, what="a checkpoint write")
     proc.send_signal(signal.SIGKILL)

@@ -58,3 +58,33 @@ def test_apply_sets_lr_and_gamma():
 def test_invalid_schedule(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name}:"):
         Schedule(**{"base_lr": 0.1, **kwargs})
+
+
+def test_gamma_under_train_is_the_optimizers_and_the_schedules(monkeypatch):
+    """train() leaves γ to the optimizer: at every step it equals Schedule.gamma(t), η_base = 0.1
+    through the warmup (not η_0/lr_scale = 0.025) and ×0.1 after each decay."""
+    from data import DigitsTask
+    from extrap.engines import make_engine
+    from extrap.train import TrainConfig, train
+    from models import build_model
+
+    seen = []
+    gamma = ExtrapolatedSGD.gamma
+
+    def spy(self, group):
+        value = gamma(self, group)
+        seen.append(value)
+        return value
+
+    monkeypatch.setattr(ExtrapolatedSGD, "gamma", spy)
+    cfg = TrainConfig(perturbation="extrap", local_batch=16, base_batch=16, base_lr=0.1, warmup_epochs=1,
+                      epochs=4, checkpoint_every=4)
+    task = DigitsTask()
+    engine = make_engine("virtual", 4)
+    train(cfg, engine, build_model("digits_cnn"), task)
+    steps = cfg.epochs * task.steps_per_epoch(4, 16)
+    closed = Schedule(base_lr=0.1, scale=4.0, total_steps=steps, kind="step", warmup_steps=task.steps_per_epoch(4, 16))
+    per_step = seen[::2]  # two parameter groups, one γ each
+    assert len(seen) == 2 * steps and seen[::2] == seen[1::2]
+    assert per_step == pytest.approx([closed.gamma(t) for t in range(steps)])
+    assert per_step[0] == pytest.approx(0.1) and per_step[-1] == pytest.approx(0.001)

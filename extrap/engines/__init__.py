@@ -1,9 +1,9 @@
-"""Where the K workers run — one algorithm, three engines (SPEC §5).
+"""Where the K workers run — one algorithm, several engines (docs/method.md, "Engines").
 
 - ``processes``: one worker per process (mpirun, torchrun, srun, a Kubernetes MPIJob), gradients
   averaged by torch.distributed;
 - ``horovod``: one worker per process under ``horovodrun``, gradients averaged by Horovod;
-- ``virtual``: K workers in one process, stacked, batched with ``torch.func``;
+- ``virtual``: K workers in one process, a worker axis on every tensor, batched with ``torch.func``;
 - ``single``: one worker.
 
 ``make_engine("auto", workers=K)`` picks horovod under ``horovodrun --gloo``, processes under
@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from .comm import CountingComm, LocalComm, TorchDistComm, VirtualComm
+from .comm import Communicator, CountingComm, LocalComm, OneWorker, TorchDistComm, VirtualComm, scale_per_worker_, worker_norms
 from .horovod import HorovodComm, HorovodEngine
 from .launch import DistInfo, init_distributed, under_launcher, world_info_from_env
 from .processes import ProcessEngine
@@ -26,7 +26,7 @@ from .virtual import VirtualEngine, VirtualWorkers
 
 __all__ = [
     "ENGINES", "make_engine", "init_distributed", "world_info_from_env", "under_launcher",
-    "DistInfo", "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm", "HorovodComm",
+    "DistInfo", "Communicator", "OneWorker", "worker_norms", "scale_per_worker_", "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm", "HorovodComm",
     "SingleEngine", "ProcessEngine", "HorovodEngine", "VirtualEngine", "ModuleWorkers", "VirtualWorkers",
 ]
 

@@ -1,25 +1,78 @@
-"""Communicators: where the K workers' tensors are averaged. The optimizer calls one method,
-``all_reduce_mean_(tensors, kind)``, once per step for the gradients (``kind="gradients"``) and
-post-local SGD once per averaging for the parameters (``kind="parameters"``).
-
-Each communicator says which workers it holds (``worker_ids``) and whether their tensors carry a
-leading worker axis (``stacked``: virtual workers).
+"""Communicators: where the K workers' tensors are averaged, and how one worker's slice of a
+tensor is found. The optimizer and the training loop meet the engines only through the
+``Communicator`` contract below.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["LocalComm", "TorchDistComm", "VirtualComm", "CountingComm"]
+__all__ = ["Communicator", "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm", "OneWorker",
+           "worker_norms", "scale_per_worker_"]
 
 
-class LocalComm:
+@runtime_checkable
+class Communicator(Protocol):
+    """What the optimizer needs to know about the workers this process holds.
+
+    - ``world_size``: K, all workers of the run; ``worker_ids``: the ids of those held here, in
+      the order of ``per_worker``'s leading axis (noise streams are seeded by these ids).
+    - ``all_reduce_mean_(tensors, kind)``: replace each tensor by its mean over the K workers, in
+      place; called once per step for the gradients (``kind="gradients"``) and by post-local SGD
+      for the parameters (``kind="parameters"``).
+    - ``per_worker(t)``: ``t`` viewed as ``[W, *one worker's shape]`` with W = len(worker_ids),
+      sharing t's storage. Every per-worker reduction (LARS and SAM norms, filter norms, noise
+      draws, gradient clipping) is taken over this view, so it is the same code whether a process
+      holds one worker (a view ``[1, ...]``) or the virtual engine holds K (tensors ``[K, ...]``).
+
+    An engine that keeps one x_t and K extrapolated points fits the same contract: its
+    per-worker tensors (local gradients, x̃) are viewed ``[K, ...]``, its parameters ``[1, ...]``.
+    A DDP communication hook is the case ``comm=None``: DDP has averaged ``.grad`` already and
+    the hook has kept the local gradient.
+    """
+
+    world_size: int
+    worker_ids: tuple[int, ...]
+
+    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None: ...
+
+    def per_worker(self, t: Tensor) -> Tensor: ...
+
+
+def worker_norms(comm: Communicator, tensors: list[Tensor]) -> Tensor:
+    """‖t‖ of each tensor for each worker held: shape [len(tensors), W], one fused norm kernel."""
+    views = [comm.per_worker(t) for t in tensors]
+    if not views:
+        return torch.zeros(0, len(comm.worker_ids))
+    slices = [s for v in views for s in v.unbind(0)]
+    return torch.stack(torch._foreach_norm(slices)).reshape(len(views), -1)
+
+
+def scale_per_worker_(comm: Communicator, tensors: list[Tensor], factors: Tensor) -> None:
+    """Multiply worker w's slice of tensor i by ``factors[i, w]`` (or ``factors[w]``), in place."""
+    views = [comm.per_worker(t) for t in tensors]
+    if not views:
+        return
+    rows = factors.expand(len(views), -1) if factors.dim() == 1 else factors
+    torch._foreach_mul_(views, [r.reshape(-1, *[1] * (v.dim() - 1)) for r, v in zip(rows, views)])
+
+
+class OneWorker:
+    """A process that holds one worker: its tensors are that worker's."""
+
+    world_size: int
+    worker_ids: tuple[int, ...]
+
+    def per_worker(self, t: Tensor) -> Tensor:
+        return t.unsqueeze(0)
+
+
+class LocalComm(OneWorker):
     """One worker: averaging is the identity."""
-
-    stacked = False
 
     def __init__(self, worker_id: int = 0):
         self.world_size = 1
@@ -45,11 +98,9 @@ def _flat_buckets(tensors: list[Tensor], bucket_bytes: int | None) -> list[list[
     return buckets
 
 
-class TorchDistComm:
+class TorchDistComm(OneWorker):
     """Processes: one torch.distributed all-reduce per bucket of a flattened copy (one bucket,
     so one call per step, unless ``bucket_mb`` is set). Gloo on CPU, NCCL on GPU."""
-
-    stacked = False
 
     def __init__(self, group=None, bucket_mb: float | None = None):
         import torch.distributed as dist
@@ -82,9 +133,8 @@ class TorchDistComm:
 
 
 class VirtualComm:
-    """K virtual workers in one process: tensors are stacked [K, ...] and averaged over axis 0."""
-
-    stacked = True
+    """K virtual workers in one process: every tensor carries the worker axis, [K, ...], and is
+    averaged over it."""
 
     def __init__(self, num_workers: int):
         if num_workers < 1:
@@ -101,6 +151,9 @@ class VirtualComm:
             parts = mean.split([t[0].numel() for t in bucket])
             torch._foreach_copy_(bucket, [c.view(1, *t.shape[1:]).expand_as(t) for c, t in zip(parts, bucket)])
 
+    def per_worker(self, t: Tensor) -> Tensor:
+        return t
+
 
 class CountingComm:
     """Wraps a communicator and counts its calls and the values it moves, per ``kind``.
@@ -115,15 +168,14 @@ class CountingComm:
         self.values: Counter = Counter()
         self.bytes: Counter = Counter()
 
-    stacked = property(lambda self: self.inner.stacked)
     world_size = property(lambda self: self.inner.world_size)
     worker_ids = property(lambda self: self.inner.worker_ids)
 
     def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
-        per_worker = (lambda t: t[0].numel()) if self.inner.stacked else (lambda t: t.numel())
+        numel = [self.inner.per_worker(t)[0].numel() for t in tensors]  # one worker's values
         self.calls[kind] += 1
-        self.values[kind] += sum(per_worker(t) for t in tensors)
-        self.bytes[kind] += sum(per_worker(t) * t.element_size() for t in tensors)
+        self.values[kind] += sum(numel)
+        self.bytes[kind] += sum(n * t.element_size() for n, t in zip(numel, tensors))
         self.inner.all_reduce_mean_(tensors, kind)
 
     def __getattr__(self, name):

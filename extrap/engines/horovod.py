@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .comm import OneWorker
 from .single import ModuleWorkers, SingleEngine
 
 __all__ = ["HorovodComm", "HorovodEngine", "import_horovod"]
@@ -24,11 +25,9 @@ def import_horovod():
     return hvd
 
 
-class HorovodComm:
+class HorovodComm(OneWorker):
     """One grouped all-reduce (op Average) of the step's tensors: Horovod fuses the group into one
     collective, so a step moves the gradients once, as ``TorchDistComm`` does."""
-
-    stacked = False
 
     def __init__(self, hvd=None):
         self._hvd = hvd or import_horovod()

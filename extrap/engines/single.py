@@ -38,10 +38,10 @@ class ModuleWorkers:
         """Loss of this worker's batch, backpropagated into ``.grad``; returns it as a [1] tensor.
 
         ``loss_fn(outputs, targets)`` may return ``(loss, aux)`` (e.g. an LSTM's next hidden
-        state); then ``(losses, aux)`` is returned."""
+        state); then ``(losses, [aux])`` is returned, one aux per worker as for virtual workers."""
         loss, aux = split_aux(loss_fn(self.model(inputs), targets))
         loss.backward()
-        return loss.detach().reshape(1) if aux is None else (loss.detach().reshape(1), aux)
+        return loss.detach().reshape(1) if aux is None else (loss.detach().reshape(1), [aux])
 
     def eval_module(self, worker: int = 0) -> nn.Module:
         """The module at x_t (call outside perturb/step)."""

@@ -1,9 +1,10 @@
-"""K virtual workers in one process on one device (SPEC §5.2).
+"""K virtual workers in one process on one device.
 
 Each worker has its own parameters (equal to the others' x_t while training is synchronous, its
 own x̃ when perturbed, its own model in post-local SGD's local phase), its own BatchNorm buffers,
-random stream and data shard. All of it lives in stacked tensors ``[K, ...]`` that one optimizer
-updates elementwise; ``VirtualComm`` averages over the worker axis.
+random stream and data shard. All of it lives in tensors with a leading worker axis ``[K, ...]``
+that one optimizer updates elementwise; ``VirtualComm`` averages over that axis and is the
+optimizer's only view of it.
 
 Two ways to run the K forwards and backwards:
 - batched (default): ``torch.func.functional_call`` under ``torch.func.vmap`` — one pass over the
@@ -66,11 +67,12 @@ class VirtualWorkers:
         """Each worker's loss on its own batch (``inputs[k]``; inputs and targets may be pytrees
         of tensors with a leading worker axis), summed and backpropagated: worker k's slice of
         every ``.grad`` is the gradient of its own loss. Returns the K losses, or ``(losses, aux)``
-        stacked over workers when ``loss_fn`` returns ``(loss, aux)``."""
+        with one aux per worker when ``loss_fn`` returns ``(loss, aux)``."""
         if self.batched:
             fn = lambda p, b, x, y: self._worker_loss(p, b, x, y, loss_fn)  # noqa: E731
             out = vmap(fn, randomness="different")(self.params, self.buffers, inputs, targets)
             losses, aux = split_aux(out)
+            aux = None if aux is None else [tree_map(lambda t: t[k], aux) for k in range(self.num_workers)]
         else:
             outs = [split_aux(self._worker_loss({n: p[k] for n, p in self.params.items()},
                                                 {n: b[k] for n, b in self.buffers.items()},
@@ -78,7 +80,7 @@ class VirtualWorkers:
                                                 tree_map(lambda t: t[k], targets), loss_fn))
                     for k in range(self.num_workers)]
             losses = torch.stack([loss for loss, _ in outs])
-            aux = None if outs[0][1] is None else stack_trees([a for _, a in outs])
+            aux = None if outs[0][1] is None else [a for _, a in outs]
         losses.sum().backward()
         return losses.detach() if aux is None else (losses.detach(), aux)
 
