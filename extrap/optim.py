@@ -37,29 +37,33 @@ LARS_EPS = 1e-8  # apex LARC's ε
 # -- u, the perturbation: one registry entry per name ---------------------------------------------
 
 def _past_gradient(opt, groups):
-    """extrap: g_{t-1}^k; stochastic: g_{t-1}^k − g_{t-1}. Nothing is kept before the first step."""
+    """extrap: g_{t-1}^k; stochastic: g_{t-1}^k − g_{t-1} (as step() kept it; none before step 1)."""
     out = []
     for group, ps in groups:
-        state = [opt.state.get(p, {}) for p in ps]
-        kept = [(p, s) for p, s in zip(ps, state) if "local_grad" in s]
-        ds = [s["local_grad"] for _, s in kept]
+        ps = [p for p in ps if "local_grad" in opt.state.get(p, {})]
+        ds = [opt.state[p]["local_grad"] for p in ps]
         if opt.direction == "momentum":  # look ahead along the momentum too (docs/method.md)
-            ds = [d.add(s["momentum_buffer"], alpha=group.get("momentum", 0.0))
-                  if s.get("momentum_buffer") is not None else d for d, (_, s) in zip(ds, kept)]
-        out.append(([p for p, _ in kept], opt.precondition(group, [p for p, _ in kept], ds)))
+            ds = [d.add(opt.state[p].get("momentum_buffer", torch.zeros_like(d)), alpha=group.get("momentum", 0.0))
+                  for p, d in zip(ps, ds)]
+        out.append((ps, opt.precondition(group, ps, ds)))
     return out
 
 
 def _noise(dist: str, per_filter: bool):
-    """N(0, 1) or U(−1, 1) per element from each worker's own stream; per filter j of a tensor
-    (output-channel slice; a 1-D tensor is one filter) times ‖x_j‖/√n_j."""
+    """N(0, 1) or U(−1, 1) per element, one draw of all its values per worker from its own stream;
+    per filter j (an output-channel slice; a 1-D tensor is one filter) times ‖x_j‖/√n_j."""
     def form(opt, groups):
         out = []
         for _, ps in groups:
-            views = [opt.layout.per_worker(p) for p in ps]
+            if not ps:
+                out.append((ps, []))
+                continue
+            views = [opt.layout.per_worker(p) for p in ps]  # [W, ...]
             sizes = [v[0].numel() for v in views]
-            draws = torch.stack([_draw(opt.generator(w, ps[0].device), sum(sizes), ps[0].dtype, dist)
-                                 for w in opt.layout.worker_ids])  # [W, all of one worker's values]
+            draws = torch.empty(len(opt.layout.worker_ids), sum(sizes), device=ps[0].device, dtype=ps[0].dtype)
+            for flat, w in zip(draws, opt.layout.worker_ids):
+                gen = opt.generator(w, flat.device)
+                flat.normal_(generator=gen) if dist == "normal" else flat.uniform_(-1.0, 1.0, generator=gen)
             noise = [c.reshape(v.shape) for c, v in zip(draws.split(sizes, dim=1), views)]
             if per_filter:
                 torch._foreach_mul_(noise, [_filter_rms(v) for v in views])
@@ -68,17 +72,12 @@ def _noise(dist: str, per_filter: bool):
     return form
 
 
-def _draw(gen: torch.Generator, n: int, dtype, dist: str) -> Tensor:
-    flat = torch.empty(n, device=gen.device, dtype=dtype)
-    return flat.normal_(generator=gen) if dist == "normal" else flat.uniform_(-1.0, 1.0, generator=gen)
-
-
 def _filter_rms(v: Tensor) -> Tensor:
-    """‖x_j‖/√n_j for each worker and filter of a per-worker view [W, ...], shaped to broadcast."""
-    lead = 2 if v.dim() > 2 else 1  # (worker, filter), or (worker,) for a 1-D tensor: one filter
+    """‖x_j‖/√n_j per worker and filter of a view [W, ...] (a 1-D tensor is one filter), to broadcast."""
+    lead = 2 if v.dim() > 2 else 1
     flat = v.reshape(*v.shape[:lead], -1)
-    rms = torch.linalg.vector_norm(flat, dim=-1) / math.sqrt(flat.shape[-1])
-    return rms.reshape(*rms.shape, *[1] * (v.dim() - lead))
+    return (torch.linalg.vector_norm(flat, dim=-1) / math.sqrt(flat.shape[-1])).reshape(
+        *v.shape[:lead], *[1] * (v.dim() - lead))
 
 
 def _fresh_gradient(opt, groups):
@@ -133,6 +132,19 @@ def _check(name: str, ok: bool, value, expected: str) -> None:
 
 def _nonneg(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def _larc_(opt, group: dict) -> None:
+    """LARS as apex's LARC, on ``.grad`` before the base step: (g + λx)·min(τ‖x‖/(‖g‖ + λ‖x‖ + ε)/η, 1)
+    per worker for tensors of ≥ 2 dimensions (factor 1 where ‖x‖ or ‖g‖ is 0), g + λx for the rest."""
+    ps, wd = [p for p in group["params"] if p.grad is not None], group["weight_decay"]
+    adapt = [p for p in ps if opt.layout.per_worker(p).dim() >= 3]
+    pn, gn = worker_norms(opt.layout, adapt), worker_norms(opt.layout, [p.grad for p in adapt])
+    ratio = group["trust"] * pn / (gn + wd * pn + LARS_EPS) / group["lr"]
+    factor = torch.where((pn > 0) & (gn > 0), ratio.clamp(max=1.0), torch.ones_like(ratio))
+    if wd != 0 and ps:
+        torch._foreach_add_([p.grad for p in ps], ps, alpha=wd)
+    scale_per_worker_(opt.layout, [p.grad for p in adapt], factor)
 
 
 def _unhooked(step):
@@ -269,21 +281,19 @@ class _Extrapolation:
                 torch._foreach_sub_(local, grads)
             else:  # a local phase has no average to deviate from
                 torch._foreach_zero_(local)
-        self.transform_gradients()
+        decayed = [(g, g["weight_decay"]) for g in self.param_groups if g.get("lars")]
+        for group, _ in decayed:
+            _larc_(self, group)  # folds weight decay into .grad, so torch's step must not add it
+            group["weight_decay"] = 0.0
         try:
             _unhooked(type(self).base_step)(self)
         finally:
-            self.after_base_step()
+            for group, wd in decayed:
+                group["weight_decay"] = wd
         if keep:
             for i in new:
                 self.state[params[i]]["local_grad"] = local[i]
         return loss
-
-    def transform_gradients(self) -> None:
-        """A change to ``.grad`` before the base step (LARS)."""
-
-    def after_base_step(self) -> None:
-        """Undo what ``transform_gradients`` set in the groups."""
 
     def state_dict(self) -> dict:
         """torch's state (momentum or moments, and the local gradient) and each worker's noise
@@ -340,30 +350,6 @@ class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
             foreach = None if fused else True
         super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, foreach=foreach, fused=fused or None)
-
-    def transform_gradients(self) -> None:
-        """LARS as apex's LARC: .grad ← (g + λx)·min(τ‖x‖/(‖g‖ + λ‖x‖ + ε)/η, 1) per worker on
-        tensors of ≥ 2 dimensions (1 where ‖x‖ or ‖g‖ is 0); the base step then adds no decay."""
-        self._decay = []
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            if not group["lars"] or not ps:
-                continue
-            wd = group["weight_decay"]
-            adapt = [p for p in ps if self.layout.per_worker(p).dim() >= 3]
-            pn = worker_norms(self.layout, adapt)
-            gn = worker_norms(self.layout, [p.grad for p in adapt])
-            ratio = group["trust"] * pn / (gn + wd * pn + LARS_EPS) / group["lr"]
-            factor = torch.where((pn > 0) & (gn > 0), ratio.clamp(max=1.0), torch.ones_like(ratio))
-            if wd != 0:
-                torch._foreach_add_([p.grad for p in ps], ps, alpha=wd)
-            scale_per_worker_(self.layout, [p.grad for p in adapt], factor)
-            self._decay.append((group, wd))
-            group["weight_decay"] = 0.0
-
-    def after_base_step(self) -> None:
-        for group, wd in self._decay:
-            group["weight_decay"] = wd
 
 
 class ExtrapolatedAdam(_Extrapolation, torch.optim.Adam):
