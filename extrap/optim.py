@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .engines.comm import Communicator, LocalComm, scale_per_worker_, worker_norms
+from .engines.comm import Communicator, LocalComm, scale_per_worker_, total_worker_norms, worker_norms
 
 __all__ = ["Perturbation", "PERTURBATIONS", "REGISTRY", "DIRECTIONS", "ExtrapolatedSGD",
            "ExtrapolatedAdam"]
@@ -43,8 +43,8 @@ def _past_gradient(opt, groups):
         ps = [p for p in ps if "local_grad" in opt.state.get(p, {})]
         ds = [opt.state[p]["local_grad"] for p in ps]
         if opt.direction == "momentum":  # look ahead along the momentum too (docs/method.md)
-            ds = [d.add(opt.state[p].get("momentum_buffer", torch.zeros_like(d)), alpha=group.get("momentum", 0.0))
-                  for p, d in zip(ps, ds)]
+            bufs = [opt.state[p].get("momentum_buffer") for p in ps]
+            ds = [d if m is None else d.add(m, alpha=group.get("momentum", 0.0)) for d, m in zip(ds, bufs)]
         out.append((ps, opt.precondition(group, ps, ds)))
     return out
 
@@ -54,14 +54,15 @@ def _noise(dist: str, per_filter: bool):
     per filter j (an output-channel slice; a 1-D tensor is one filter) times ‖x_j‖/√n_j."""
     def form(opt, groups):
         out = []
+        layout = opt.layout
         for _, ps in groups:
             if not ps:
                 out.append((ps, []))
                 continue
-            views = [opt.layout.per_worker(p) for p in ps]  # [W, ...]
+            views = [layout.per_worker(p) for p in ps]  # [W, ...]
             sizes = [v[0].numel() for v in views]
-            draws = torch.empty(len(opt.layout.worker_ids), sum(sizes), device=ps[0].device, dtype=ps[0].dtype)
-            for flat, w in zip(draws, opt.layout.worker_ids):
+            draws = torch.empty(len(layout.worker_ids), sum(sizes), device=ps[0].device, dtype=ps[0].dtype)
+            for flat, w in zip(draws, layout.worker_ids):
                 gen = opt.generator(w, flat.device)
                 flat.normal_(generator=gen) if dist == "normal" else flat.uniform_(-1.0, 1.0, generator=gen)
             noise = [c.reshape(v.shape) for c, v in zip(draws.split(sizes, dim=1), views)]
@@ -89,7 +90,7 @@ def _sam(opt, groups):
     """SAM's ascent (Foret et al. 2021): −∇f(x_t; ξ^k)/‖∇f(x_t; ξ^k)‖, the norm over all of a worker's
     gradients."""
     grads = [p.grad for _, ps in groups for p in ps]
-    inv = 1.0 / (worker_norms(opt.layout, grads).square().sum(0).sqrt() + 1e-12)  # [W]
+    inv = 1.0 / (total_worker_norms(opt.layout, grads) + 1e-12)  # [W]
     out = [(ps, torch._foreach_mul([p.grad for p in ps], -1.0) if ps else []) for _, ps in groups]
     scale_per_worker_(opt.layout, [d for _, ds in out for d in ds], inv)
     return out
@@ -137,14 +138,14 @@ def _nonneg(v) -> bool:
 def _larc_(opt, group: dict) -> None:
     """LARS as apex's LARC, on ``.grad`` before the base step: (g + λx)·min(τ‖x‖/(‖g‖ + λ‖x‖ + ε)/η, 1)
     per worker for tensors of ≥ 2 dimensions (factor 1 where ‖x‖ or ‖g‖ is 0), g + λx for the rest."""
-    ps, wd = [p for p in group["params"] if p.grad is not None], group["weight_decay"]
-    adapt = [p for p in ps if opt.layout.per_worker(p).dim() >= 3]
-    pn, gn = worker_norms(opt.layout, adapt), worker_norms(opt.layout, [p.grad for p in adapt])
+    ps, wd, layout = [p for p in group["params"] if p.grad is not None], group["weight_decay"], opt.layout
+    adapt = [p for p in ps if layout.per_worker(p).dim() >= 3]
+    pn, gn = worker_norms(layout, adapt), worker_norms(layout, [p.grad for p in adapt])
     ratio = group["trust"] * pn / (gn + wd * pn + LARS_EPS) / group["lr"]
     factor = torch.where((pn > 0) & (gn > 0), ratio.clamp(max=1.0), torch.ones_like(ratio))
     if wd != 0 and ps:
         torch._foreach_add_([p.grad for p in ps], ps, alpha=wd)
-    scale_per_worker_(opt.layout, [p.grad for p in adapt], factor)
+    scale_per_worker_(layout, [p.grad for p in adapt], factor)
 
 
 def _unhooked(step):
@@ -171,6 +172,7 @@ class _Extrapolation:
         self._perturbed: list[Tensor] | None = None  # the parameters perturb() moved
         self._generators: dict[int, torch.Generator] = {}
         self._generator_states: dict[int, Tensor] = {}
+        self._alone: LocalComm | None = None  # the layout when comm is None
 
     def add_param_group(self, param_group: dict) -> None:
         for key, value in self._extra.items():
@@ -187,7 +189,10 @@ class _Extrapolation:
         if self.comm is not None:
             return self.comm
         dist = torch.distributed
-        return LocalComm(dist.get_rank() if dist.is_available() and dist.is_initialized() else 0)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if self._alone is None or self._alone.worker_ids != (rank,):  # built once, not per access
+            self._alone = LocalComm(rank)
+        return self._alone
 
     def generator(self, worker: int, device: torch.device) -> torch.Generator:
         """Worker ``worker``'s noise stream: the same numbers in a process and as a virtual worker."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from . import checkpoint as checkpoint_io
-from .engines.comm import Communicator, scale_per_worker_, worker_norms
+from .engines.comm import Communicator, scale_per_worker_, total_worker_norms
 from .local_sgd import PostLocalSGD
 from .optim import PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD
 from .param_groups import weight_decay_groups
@@ -123,7 +123,7 @@ class TrainConfig:
 def clip_local_grads_(params: list[Tensor], max_norm: float, comm: Communicator) -> None:
     """Clip each worker's local gradient (all its tensors together) to norm ``max_norm``."""
     grads = [p.grad for p in params if p.grad is not None]
-    total = worker_norms(comm, grads).square().sum(0).sqrt()  # [workers]
+    total = total_worker_norms(comm, grads)  # [workers]
     scale_per_worker_(comm, grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Communicator", "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm", "OneWorker",
-           "worker_norms", "scale_per_worker_"]
+           "worker_norms", "total_worker_norms", "scale_per_worker_"]
 
 
 @runtime_checkable
@@ -50,6 +50,11 @@ def worker_norms(comm: Communicator, tensors: list[Tensor]) -> Tensor:
         return torch.zeros(0, len(comm.worker_ids))
     slices = [s for v in views for s in v.unbind(0)]
     return torch.stack(torch._foreach_norm(slices)).reshape(len(views), -1)
+
+
+def total_worker_norms(comm: Communicator, tensors: list[Tensor]) -> Tensor:
+    """‖(t_1, ..., t_n)‖ for each worker held, all of its tensors together: shape [W]."""
+    return worker_norms(comm, tensors).square().sum(0).sqrt()
 
 
 def scale_per_worker_(comm: Communicator, tensors: list[Tensor], factors: Tensor) -> None:
