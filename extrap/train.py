@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from . import checkpoint as checkpoint_io
+from .arguments import require
 from .engines.comm import Communicator, scale_per_worker_, total_worker_norms
 from .local_sgd import PostLocalSGD
 from .optim import PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD
@@ -98,7 +99,7 @@ class TrainConfig:
     dtype: str = "float32"  # float64: engine-equivalence and numerics checks
 
     def __post_init__(self):
-        checks = {
+        require({key: (getattr(self, key), ok, expected) for key, (ok, expected) in {
             "perturbation": (self.perturbation in PERTURBATIONS, "one of " + ", ".join(PERTURBATIONS)),
             "lr_scaling": (self.lr_scaling in SCALINGS, "one of " + ", ".join(SCALINGS)),
             "schedule": (self.schedule in KINDS, "one of " + ", ".join(KINDS)),
@@ -114,10 +115,7 @@ class TrainConfig:
             "checkpoint_every": (self.checkpoint_every >= 1, "an integer >= 1"),
             "clip_norm": (self.clip_norm is None or self.clip_norm > 0, "None or a number > 0"),
             "dtype": (self.dtype in ("float32", "float64"), "float32 or float64"),
-        }
-        for key, (ok, expected) in checks.items():
-            if not ok:
-                raise ValueError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+        }.items()})
 
 
 def clip_local_grads_(params: list[Tensor], max_norm: float, comm: Communicator) -> None:

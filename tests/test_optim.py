@@ -305,6 +305,36 @@ def test_noise_stream_is_the_workers_not_the_engines():
     assert not torch.allclose(stacked[0], stacked[1])
 
 
+@pytest.mark.parametrize("perturbation", ["gaussian", "filter-uniform"])
+def test_a_resumed_optimizer_draws_the_noise_an_uninterrupted_one_would(perturbation):
+    """The noise streams' positions are optimizer state: saved, reloaded (weights only), continued."""
+    p = torch.ones(50, requires_grad=True)
+    opt = ExtrapolatedSGD([p], lr=0.1, momentum=0.0, nesterov=False, perturbation=perturbation, gamma=0.05)
+    draws = []
+    for _ in range(2):  # the stream moves on from step to step
+        opt.perturb()
+        draws.append(p.detach().clone())
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    assert not torch.equal(*draws)
+    data = batches(4)
+    whole, first = small_model(), small_model()
+    make = lambda m: ExtrapolatedSGD(m.parameters(), lr=0.1, perturbation=perturbation, gamma=0.05, seed=3)
+    run(whole, make(whole), data)
+    opt = make(first)
+    run(first, opt, data[:2])
+    buf = io.BytesIO()
+    torch.save({"model": first.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    resumed = small_model(seed=5)
+    resumed.load_state_dict(saved["model"])
+    opt = make(resumed)
+    opt.load_state_dict(saved["opt"])
+    run(resumed, opt, data[2:])
+    assert max_rel(resumed.parameters(), whole.parameters()) == 0.0
+
+
 def test_stochastic_perturbation_sums_to_zero_across_workers():
     k = 3
     p = torch.randn(k, 6, 5).requires_grad_()

@@ -1,0 +1,41 @@
+"""Argument checks, with one message format: ``name: expected <what>, got <value>``."""
+
+from __future__ import annotations
+
+from .engines.comm import Communicator
+
+__all__ = ["require", "check_optimizer_arguments"]
+
+
+def require(checks: dict[str, tuple[object, bool, str]]) -> None:
+    """Raise ``ValueError`` for the first check ``name: (value, ok, expected)`` that fails."""
+    for name, (value, ok, expected) in checks.items():
+        if not ok:
+            raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _choice(names):
+    return (lambda v: v in names), "one of " + ", ".join(names)
+
+
+_OPTIMIZER_RULES = {  # argument: (test, what it must be)
+    **{k: (lambda v: _real(v) and v >= 0, "a float >= 0") for k in ("lr", "weight_decay", "eps")},
+    **{k: (lambda v: _real(v) and v > 0, "a float > 0") for k in ("lr_scale", "trust")},
+    "momentum": (lambda v: _real(v) and 0 <= v < 1, "a float in [0, 1)"),
+    "betas": (lambda v: len(v) == 2 and all(_real(b) and 0 <= b < 1 for b in v), "two floats in [0, 1)"),
+    "gamma": (lambda v: v is None or _real(v) and v >= 0, "None or a float >= 0"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "comm": (lambda v: v is None or isinstance(v, Communicator),
+             "a communicator (all_reduce_mean_, per_worker, worker_ids)"),
+}
+
+
+def check_optimizer_arguments(choices: dict[str, tuple[str, ...]], **args) -> None:
+    """Check ``ExtrapolatedSGD``/``ExtrapolatedAdam`` arguments by name; ``choices`` gives the
+    allowed values of the named ones (``perturbation``, ``direction``)."""
+    rules = {**_OPTIMIZER_RULES, **{name: _choice(names) for name, names in choices.items()}}
+    require({name: (value, rules[name][0](value), rules[name][1]) for name, value in args.items()})
