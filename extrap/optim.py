@@ -40,10 +40,10 @@ def _past_gradient(opt, groups):
     """extrap: d = g_{t-1}^k; stochastic: g_{t-1}^k − g_{t-1} (kept by step(); none before step 1)."""
     out = []
     for group, ps in groups:
-        ps = [p for p in ps if "local_grad" in opt.state.get(p, {})]
-        ds = [opt.state[p]["local_grad"] for p in ps]
+        kept = [(p, state) for p in ps if "local_grad" in (state := opt.state.get(p, {}))]
+        ps, ds = [p for p, _ in kept], [state["local_grad"] for _, state in kept]
         if opt.direction == "momentum":  # look ahead along the momentum too (docs/method.md)
-            bufs = [opt.state[p].get("momentum_buffer") for p in ps]
+            bufs = [state.get("momentum_buffer") for _, state in kept]
             ds = [d if m is None else d.add(m, alpha=group.get("momentum", 0.0)) for d, m in zip(ds, bufs)]
         out.append((ps, opt.precondition(group, ps, ds)))
     return out
@@ -237,9 +237,11 @@ class _Extrapolation:
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         grads = [p.grad for p in params]
         keep = self.kind.keeps_local_grad and params
-        if keep:
+        if keep:  # torch's step fills only empty state, so new ones are stored after it
             local = [self.state[p].get("local_grad") for p in params]
-            local = [torch.empty_like(g) if t is None else t for t, g in zip(local, grads)]
+            new = [i for i, t in enumerate(local) if t is None]
+            for i in new:
+                local[i] = torch.empty_like(grads[i])
             torch._foreach_copy_(local, grads)
         if average and self.comm is not None and grads:
             self.comm.all_reduce_mean_(grads)
@@ -255,8 +257,8 @@ class _Extrapolation:
         finally:
             for group, wd in lars:
                 group["weight_decay"] = wd
-        for p, t in zip(params, local) if keep else ():  # after torch's step: it fills only empty state
-            self.state[p]["local_grad"] = t
+        for i in new if keep else ():
+            self.state[params[i]]["local_grad"] = local[i]
         return loss
 
 
