@@ -9,6 +9,7 @@
         opt.step()                       # restore x_t, average gradients, Nesterov update
 """
 
+from .engines.ddp import register_ddp
 from .local_sgd import PostLocalSGD
 from .optim import DIRECTIONS, PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD, Perturbation
 from .param_groups import no_decay_names, weight_decay_groups
@@ -19,6 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExtrapolatedSGD", "ExtrapolatedAdam", "PERTURBATIONS", "REGISTRY", "Perturbation", "DIRECTIONS",
-    "PostLocalSGD", "Schedule", "scaled_lr", "SmoothnessProbe",
+    "PostLocalSGD", "register_ddp", "Schedule", "scaled_lr", "SmoothnessProbe",
     "weight_decay_groups", "no_decay_names", "__version__",
 ]

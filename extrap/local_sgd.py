@@ -15,7 +15,8 @@ __all__ = ["PostLocalSGD"]
 
 
 class PostLocalSGD:
-    """Wraps an ``ExtrapolatedSGD``/``ExtrapolatedAdam`` with a communicator.
+    """Wraps an ``ExtrapolatedSGD``/``ExtrapolatedAdam`` with a communicator (``comm=``, or the one
+    ``extrap.register_ddp(ddp_model, optimizer)`` gave it: register first, then wrap).
 
     Use it where the optimizer would be used: ``perturb()``, ``step()``, ``zero_grad()``.
     """
@@ -26,7 +27,10 @@ class PostLocalSGD:
         if not isinstance(local_steps, int) or local_steps < 1:
             raise ValueError(f"local_steps: expected an integer >= 1, got {local_steps!r}")
         if optimizer.comm is None:
-            raise ValueError("optimizer: post-local SGD needs the optimizer's comm to average models")
+            raise ValueError("optimizer: post-local SGD needs the optimizer's comm to average models "
+                             "(comm=..., or extrap.register_ddp(ddp_model, optimizer) before this)")
+        if hasattr(optimizer.comm, "local_phase"):  # DDP's hook averages in backward: not in the local phase
+            optimizer.comm.local_phase = lambda: self.local_phase
         self.optimizer = optimizer
         self.switch_step = switch_step
         self.local_steps = local_steps

@@ -26,7 +26,9 @@ import torch
 from torch import Tensor
 
 from .arguments import check_optimizer_arguments
-from .engines.comm import Communicator, LocalComm, scale_per_worker_, total_worker_norms, worker_norms
+from .engines.comm import (Communicator, LocalComm, local_backward, scale_per_worker_, total_worker_norms,
+                           worker_norms)
+from .engines.ddp import refuse_without_comm
 
 __all__ = ["Perturbation", "PERTURBATIONS", "REGISTRY", "DIRECTIONS", "ExtrapolatedSGD",
            "ExtrapolatedAdam"]
@@ -140,6 +142,13 @@ def _larc_(opt, group: dict) -> None:
 class _Extrapolation:
     """perturb() and step() around a torch optimizer's update; mixed in before the torch class."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if hasattr(cls, "_allreduce_grad_async"):  # horovod.torch.DistributedOptimizer's class
+            raise TypeError("hvd.DistributedOptimizer averages gradients during backward, so every worker "
+                            "would keep the average as its local gradient; do not wrap an extrap optimizer "
+                            "in it: give the optimizer comm=extrap.engines.HorovodComm() (the horovod engine)")
+
     def _setup(self, perturbation, direction, comm, seed, **group_keys):
         check_optimizer_arguments(dict(perturbation=tuple(REGISTRY), direction=DIRECTIONS),
                                   perturbation=perturbation, direction=direction, comm=comm, seed=seed,
@@ -205,7 +214,7 @@ class _Extrapolation:
             if closure is None:
                 raise ValueError(f"closure: perturbation={self.perturbation!r} needs a closure that "
                                  "computes this worker's gradient at x_t")
-            with torch.enable_grad():
+            with torch.enable_grad(), local_backward(self.comm):  # d is this worker's own
                 loss = closure()
         groups = [(g, [p for p in g["params"] if p.requires_grad and (not self.kind.closure or p.grad is not None)])
                   for g in self.param_groups]
@@ -236,6 +245,8 @@ class _Extrapolation:
         self._perturbed = None
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         grads = [p.grad for p in params]
+        if self.comm is None and (self.kind.keeps_local_grad or self.kind.closure):
+            refuse_without_comm(self.perturbation)
         keep = self.kind.keeps_local_grad and params
         if keep:  # torch's step fills only empty state, so new ones are stored after it
             local = [self.state[p].get("local_grad") for p in params]

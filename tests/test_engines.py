@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, find_mpirun, launcher_env
 from extrap.engines import DistInfo, make_engine, world_info_from_env
 
-RUN = str(ROOT / "tests" / "engine_run.py")
+RUN = str(ROOT / "examples" / "engine_equivalence.py")
 STEPS = 20
 
 
@@ -23,7 +23,9 @@ def launch(cmd, timeout=240, path=None):
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, weights_only=True)
+    """The run's record, with worker 0's parameters as ``params``."""
+    run = torch.load(path, weights_only=True)
+    return {**run, "params": run["workers"][0]["params"]}
 
 
 def max_rel(a: dict, b: dict) -> float:

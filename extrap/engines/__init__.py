@@ -18,7 +18,8 @@ import os
 import torch
 
 from .comm import (Communicator, CountingComm, LocalComm, OneWorker, TorchDistComm, VirtualComm,
-                   scale_per_worker_, total_worker_norms, worker_norms)
+                   local_backward, scale_per_worker_, total_worker_norms, worker_norms)
+from .ddp import DDPComm, register_ddp
 from .horovod import HorovodComm, HorovodEngine
 from .launch import DistInfo, init_distributed, under_launcher, world_info_from_env
 from .processes import ProcessEngine
@@ -28,7 +29,7 @@ from .virtual import VirtualEngine, VirtualWorkers
 __all__ = [
     "ENGINES", "make_engine", "init_distributed", "world_info_from_env", "under_launcher",
     "DistInfo", "Communicator", "OneWorker", "worker_norms", "total_worker_norms", "scale_per_worker_",
-    "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm", "HorovodComm",
+    "local_backward", "LocalComm", "TorchDistComm", "DDPComm", "register_ddp", "VirtualComm", "CountingComm", "HorovodComm",
     "SingleEngine", "ProcessEngine", "HorovodEngine", "VirtualEngine", "ModuleWorkers", "VirtualWorkers",
 ]
 

@@ -5,6 +5,7 @@ tensor is found. The optimizer and the training loop meet the engines only throu
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from typing import Protocol, runtime_checkable
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Communicator", "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm", "OneWorker",
-           "worker_norms", "total_worker_norms", "scale_per_worker_"]
+           "worker_norms", "total_worker_norms", "scale_per_worker_", "local_backward"]
 
 
 @runtime_checkable
@@ -31,8 +32,8 @@ class Communicator(Protocol):
 
     An engine that keeps one x_t and K extrapolated points fits the same contract: its
     per-worker tensors (local gradients, x̃) are viewed ``[K, ...]``, its parameters ``[1, ...]``.
-    A DDP communication hook is the case ``comm=None``: DDP has averaged ``.grad`` already and
-    the hook has kept the local gradient.
+    A communicator that averages during backward (DDP's hook, ``DDPComm``) also has
+    ``no_sync()``: a context in which backward keeps gradients local (see ``local_backward``).
     """
 
     world_size: int
@@ -41,6 +42,13 @@ class Communicator(Protocol):
     def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None: ...
 
     def per_worker(self, t: Tensor) -> Tensor: ...
+
+
+def local_backward(comm: Communicator | None):
+    """A context in which backward keeps this worker's gradient local: ``comm.no_sync()`` where
+    the communicator averages during backward, else nothing to do."""
+    no_sync = getattr(comm, "no_sync", None)
+    return no_sync() if no_sync is not None else contextlib.nullcontext()
 
 
 def worker_norms(comm: Communicator, tensors: list[Tensor]) -> Tensor:

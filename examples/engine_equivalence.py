@@ -1,0 +1,124 @@
+"""One short extrap run on the digits, under any engine or a plain DistributedDataParallel: the
+trajectories must agree (tests/test_engines.py and tests/test_ddp.py compare them).
+
+    mpirun -np 2 python examples/engine_equivalence.py OUT.pt                 # the processes engine
+    torchrun --standalone --nproc_per_node 2 examples/engine_equivalence.py OUT.pt
+    torchrun --standalone --nproc_per_node 2 examples/engine_equivalence.py OUT.pt --engine ddp
+    horovodrun --gloo -np 2 -H localhost:2 python examples/engine_equivalence.py OUT.pt
+    python examples/engine_equivalence.py OUT.pt --engine virtual --workers 2 [--loop]
+
+``--engine ddp`` is a user's own training: ``DistributedDataParallel`` and ``extrap.register_ddp``. Each process writes what its workers hold after ``--steps`` steps
+(x_t, BatchNorm buffers, the last x̃) to OUT.pt (rank 0) or OUT.pt.rank<r>. Run it from the
+checkout (it uses the suite's ``data`` and ``models``).
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from data import DigitsTask  # noqa: E402
+from extrap import ExtrapolatedAdam, ExtrapolatedSGD, PostLocalSGD, register_ddp  # noqa: E402
+from extrap.engines import CountingComm, ModuleWorkers, init_distributed, make_engine  # noqa: E402
+from models import build_model  # noqa: E402
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("--engine", default="auto", help="auto, processes, horovod, virtual, single, or ddp")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--perturbation", default="extrap")
+    ap.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    ap.add_argument("--post-local", type=int, default=0, metavar="H",
+                    help="post-local SGD from the middle step on, averaging every H steps")
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--loop", action="store_true", help="virtual workers by the reference loop")
+    ap.add_argument("--bucket-mb", type=float, default=None, help="bucket size (processes, ddp)")
+    ap.add_argument("--no-hook", action="store_true", help="ddp without register_ddp: must be refused")
+    return ap.parse_args()
+
+
+def build(args):
+    """(engine or None, rank, worker ids, workers, optimizer, ddp comm or None)."""
+    torch.manual_seed(0)
+    model = build_model("digits_cnn").to(getattr(torch, args.dtype))
+    if args.engine == "ddp":
+        info = init_distributed()
+        kw = {} if args.bucket_mb is None else {"bucket_cap_mb": args.bucket_mb}
+        ddp = torch.nn.parallel.DistributedDataParallel(model, **kw)  # register_ddp: own BatchNorm statistics
+        engine, rank, ids, workers, comm = None, info.rank, (info.rank,), ModuleWorkers(ddp), None
+    else:
+        engine = make_engine(args.engine, args.workers, device="cpu", batched=not args.loop)
+        if args.bucket_mb is not None:
+            engine.comm.bucket_bytes = int(args.bucket_mb * 2**20)
+        rank, ids, workers, comm = engine.rank, engine.worker_ids, engine.prepare(model), CountingComm(engine.comm)
+    params = workers.parameters()
+    if args.optimizer == "adam":
+        opt = ExtrapolatedAdam(params, lr=1e-3, perturbation=args.perturbation, gamma=0.01, comm=comm, lr_scale=2.0)
+    else:
+        opt = ExtrapolatedSGD(params, lr=0.02, weight_decay=1e-4, lr_scale=2.0,
+                              perturbation=args.perturbation, gamma=0.01, comm=comm)
+    ddp_comm = None
+    if args.engine == "ddp" and not args.no_hook:
+        ddp_comm = register_ddp(workers.model, opt)
+    if args.post_local:
+        opt = PostLocalSGD(opt, switch_step=args.steps // 2, local_steps=args.post_local)
+    return engine, rank, ids, workers, opt, ddp_comm
+
+
+def main() -> None:
+    args = parse_args()
+    engine, rank, ids, workers, opt, ddp_comm = build(args)
+    world = torch.distributed.get_world_size() if engine is None else engine.world_size
+    task, dtype = DigitsTask(), getattr(torch, args.dtype)
+    fresh = args.perturbation in ("extragradient", "sam")
+    late_grads = 0  # gradients that arrived after DDP's hook had already sent a bucket (overlap)
+    if ddp_comm is not None:
+        def count_late(p):
+            nonlocal late_grads
+            late_grads += ddp_comm.hook_calls > calls_before
+        for p in workers.parameters():
+            p.register_post_accumulate_grad_hook(count_late)
+    x_tilde = None
+    for t in range(args.steps):
+        batches = [task.train_batch(w, 0, t, 16, world) for w in ids]
+        x, y = batches[0] if engine is None else engine.stack(batches)
+        x = x.to(dtype)
+
+        def closure():
+            opt.zero_grad()
+            return workers.forward_backward(task.loss, x, y)
+
+        opt.zero_grad()
+        calls_before = ddp_comm.hook_calls if ddp_comm is not None else 0
+        opt.perturb(closure if fresh else None)  # its closure's backward does not communicate
+        x_tilde = [p.detach().clone() for p in workers.parameters()]
+        workers.forward_backward(task.loss, x, y)
+        opt.step()
+    named = dict(workers.named_parameters())
+    buffers = workers.buffers if hasattr(workers, "buffers") else dict(workers.model.named_buffers())
+    one = lambda t, k: t[k] if engine is not None and engine.kind == "virtual" else t  # noqa: E731
+    strip = lambda n: n.removeprefix("module.")  # noqa: E731
+    out = {"workers": {w: {"params": {strip(n): one(p, k).detach().clone() for n, p in named.items()},
+                           "buffers": {strip(n): one(b, k).clone() for n, b in buffers.items()},
+                           "x_tilde": {strip(n): one(p, k) for n, p in zip(named, x_tilde)}}
+                       for k, w in enumerate(ids)},
+           "engine": args.engine if engine is None else engine.kind, "world_size": world,
+           "late_grads": late_grads, "hook_calls": ddp_comm.hook_calls if ddp_comm is not None else 0}
+    counting = opt.optimizer.comm if isinstance(opt, PostLocalSGD) else opt.comm
+    if isinstance(counting, CountingComm):
+        out.update(calls=dict(counting.calls), values=dict(counting.values))
+    torch.save(out, args.out if rank == 0 else f"{args.out}.rank{rank}")
+    if engine is not None:
+        engine.close()
+    elif torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
