@@ -52,16 +52,19 @@ def run_virtual(tmp_path, args) -> dict:
     return torch.load(out, weights_only=True)["workers"]
 
 
+def two_ranks(launcher: str) -> list[str]:
+    """The command that starts the example on 2 ranks."""
+    if launcher == "torchrun":
+        return [*TORCHRUN, RUN]
+    exe = find_mpirun()
+    if exe is None:
+        pytest.skip("mpirun not found: `make install` installs Open MPI into .venv")
+    return [exe, "-np", "2", sys.executable, RUN]
+
+
 def run_ddp(tmp_path, launcher, args, name="ddp.pt") -> list[dict]:
     out = tmp_path / name
-    if launcher == "torchrun":
-        cmd = [*TORCHRUN, RUN]
-    else:
-        exe = find_mpirun()
-        if exe is None:
-            pytest.skip("mpirun not found: `make install` installs Open MPI into .venv")
-        cmd = [exe, "-np", "2", sys.executable, RUN]
-    launch([*cmd, str(out), "--engine", "ddp", "--steps", str(STEPS), *args])
+    launch([*two_ranks(launcher), str(out), "--engine", "ddp", "--steps", str(STEPS), *args])
     return ranks(out)
 
 
@@ -103,14 +106,7 @@ def test_stochastic_under_ddp_is_not_minibatch_sgd(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
 def test_ddp_without_the_hook_is_refused_at_the_first_step(tmp_path, launcher):
-    if launcher == "torchrun":
-        cmd = [*TORCHRUN, RUN]
-    else:
-        exe = find_mpirun()
-        if exe is None:
-            pytest.skip("mpirun not found: `make install` installs Open MPI into .venv")
-        cmd = [exe, "-np", "2", sys.executable, RUN]
-    proc = launch([*cmd, str(tmp_path / "x.pt"), "--engine", "ddp", "--no-hook", "--steps", "3"], ok=False)
+    proc = launch([*two_ranks(launcher), str(tmp_path / "x.pt"), "--engine", "ddp", "--no-hook", "--steps", "3"], ok=False)
     assert proc.returncode != 0
     assert "needs each rank's local gradient" in proc.stderr
     assert "extrap.register_ddp(ddp_model, optimizer)" in proc.stderr and "comm=" in proc.stderr
