@@ -36,7 +36,7 @@ IMAGE    = $(shell sed -n 's/^image: *//p' k8s/settings.yaml)
 help:
 	@echo "make demo     the main job: SGD vs extrap-SGD vs SmoothOut on digits, 4 MPI workers (-> $(DEMO_OUT))"
 	@echo "make test     the test suite"
-	@echo "make bench    measure extrap's costs side by side -> results/bench.{md,json} (BENCH_ARGS=--tiny)"
+	@echo "make bench    measure extrap's costs side by side -> docs/bench.{md,json} (BENCH_ARGS=--tiny)"
 	@echo "make install  create $(VENV) with torch ($(TORCH)), Open MPI + mpi4py, and this project"
 	@echo "make install-horovod   build Horovod 0.28.1 into $(VENV) (~3 min) for ENGINE=horovod"
 	@echo "make reproduce-table1 ... reproduce-figure4, reproduce-all   a paper item (SCALE=paper|smoke, -> $(OUT))"
@@ -50,7 +50,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[mpi,dev]"
+	$(PY) -m pip install --quiet -e ".[suite,mpi,dev]"
 	@touch $@
 
 install-horovod: $(VENV)/.horovod
@@ -82,7 +82,7 @@ test: install
 
 BENCH_ARGS ?=
 bench: install
-	$(PY) -m reproduce.bench --out results $(BENCH_ARGS)
+	$(PY) -m reproduce.bench --out docs $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

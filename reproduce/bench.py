@@ -1,7 +1,7 @@
 """``make bench``: extrap's costs measured side by side in one run, written to
-``results/bench.md`` and ``results/bench.json``::
+``docs/bench.md`` and ``docs/bench.json``::
 
-    python -m reproduce.bench [--out results] [--tiny] [--device cpu|cuda] [--no-mpi]
+    python -m reproduce.bench [--out docs] [--tiny] [--device cpu|cuda] [--no-mpi]
 
 1. a training step of extrap-SGD ÷ one of mini-batch SGD (ResNet-20, batch 128, one process);
 2. the optimizer step alone ÷ ``torch.optim.SGD(foreach=True)`` (also against ``fused=True``);
@@ -336,7 +336,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m reproduce.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="results", help="folder for bench.md and bench.json (default: results)")
+    ap.add_argument("--out", default="docs", help="folder for bench.md and bench.json (default: docs)")
     ap.add_argument("--tiny", action="store_true", help="toy sizes: checks that the bench runs")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--no-mpi", action="store_true", help="leave out the two-process measurements")

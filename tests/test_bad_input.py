@@ -103,8 +103,11 @@ def test_unusable_data_and_output_folders(tmp_path):
     a_file.write_text("not a folder")
     check_refused(["--data-dir", str(tmp_path / "missing")], tmp_path, str(tmp_path / "missing"))
     check_refused(["--data-dir", str(a_file)], tmp_path, str(a_file))
-    # an output folder below a file cannot be made (a permission test would not bite as root)
-    code, _, stderr = call([], a_file / "out")
+    # an output folder below a file cannot be made (a permission test would not bite as root);
+    # the data folder is one that exists, in a clone without ../shared as well
+    data = tmp_path / "data"
+    (data / "cifar10-subset").mkdir(parents=True)
+    code, _, stderr = call(["--data-dir", str(data)], a_file / "out")
     assert code == 2 and stderr.strip() == f"reproduce.{ITEM}: --out: {a_file} is not a directory"
 
 
