@@ -40,6 +40,7 @@ def parse_args():
     ap.add_argument("--loop", action="store_true", help="virtual workers by the reference loop")
     ap.add_argument("--bucket-mb", type=float, default=None, help="bucket size (processes, ddp)")
     ap.add_argument("--no-hook", action="store_true", help="ddp without register_ddp: must be refused")
+    ap.add_argument("--processes-ddp", action="store_true", help="the processes engine on DDP with extrap's hook")
     return ap.parse_args()
 
 
@@ -51,12 +52,11 @@ def build(args):
         info = init_distributed()
         kw = {} if args.bucket_mb is None else {"bucket_cap_mb": args.bucket_mb}
         ddp = torch.nn.parallel.DistributedDataParallel(model, **kw)  # register_ddp: own BatchNorm statistics
-        engine, rank, ids, workers, comm = None, info.rank, (info.rank,), ModuleWorkers(ddp), None
+        engine, rank, ids, workers, comm = None, info.rank, (info.rank,), ModuleWorkers(model, ddp), None
     else:
-        engine = make_engine(args.engine, args.workers, device="cpu", batched=not args.loop)
-        if args.bucket_mb is not None:
-            engine.comm.bucket_bytes = int(args.bucket_mb * 2**20)
-        rank, ids, workers, comm = engine.rank, engine.worker_ids, engine.prepare(model), CountingComm(engine.comm)
+        engine = make_engine(args.engine, args.workers, device="cpu", batched=not args.loop,
+                             bucket_mb=args.bucket_mb, ddp=args.processes_ddp)
+        rank, ids, workers, comm = engine.rank, engine.worker_ids, engine.prepare(model), engine.comm
     params = workers.parameters()
     if args.optimizer == "adam":
         opt = ExtrapolatedAdam(params, lr=1e-3, perturbation=args.perturbation, gamma=0.01, comm=comm, lr_scale=2.0)
@@ -65,7 +65,10 @@ def build(args):
                               perturbation=args.perturbation, gamma=0.01, comm=comm)
     ddp_comm = None
     if args.engine == "ddp" and not args.no_hook:
-        ddp_comm = register_ddp(workers.model, opt)
+        ddp_comm = register_ddp(workers.forward, opt)
+    elif engine is not None:
+        engine.attach(opt)  # the processes engine's DDP hook
+        opt.comm = CountingComm(opt.comm)  # counts the optimizer's all-reduces of the gradients
     if args.post_local:
         opt = PostLocalSGD(opt, switch_step=args.steps // 2, local_steps=args.post_local)
     return engine, rank, ids, workers, opt, ddp_comm
@@ -103,10 +106,9 @@ def main() -> None:
     named = dict(workers.named_parameters())
     buffers = workers.buffers if hasattr(workers, "buffers") else dict(workers.model.named_buffers())
     one = lambda t, k: t[k] if engine is not None and engine.kind == "virtual" else t  # noqa: E731
-    strip = lambda n: n.removeprefix("module.")  # noqa: E731
-    out = {"workers": {w: {"params": {strip(n): one(p, k).detach().clone() for n, p in named.items()},
-                           "buffers": {strip(n): one(b, k).clone() for n, b in buffers.items()},
-                           "x_tilde": {strip(n): one(p, k) for n, p in zip(named, x_tilde)}}
+    out = {"workers": {w: {"params": {n: one(p, k).detach().clone() for n, p in named.items()},
+                           "buffers": {n: one(b, k).clone() for n, b in buffers.items()},
+                           "x_tilde": {n: one(p, k) for n, p in zip(named, x_tilde)}}
                        for k, w in enumerate(ids)},
            "engine": args.engine if engine is None else engine.kind, "world_size": world,
            "late_grads": late_grads, "hook_calls": ddp_comm.hook_calls if ddp_comm is not None else 0}

@@ -29,8 +29,8 @@ class PostLocalSGD:
         if optimizer.comm is None:
             raise ValueError("optimizer: post-local SGD needs the optimizer's comm to average models "
                              "(comm=..., or extrap.register_ddp(ddp_model, optimizer) before this)")
-        if hasattr(optimizer.comm, "local_phase"):  # DDP's hook averages in backward: not in the local phase
-            optimizer.comm.local_phase = lambda: self.local_phase
+        if hasattr(optimizer.comm, "skip_averaging_when"):  # DDP's hook averages in backward: not locally
+            optimizer.comm.skip_averaging_when(lambda: self.local_phase)
         self.optimizer = optimizer
         self.switch_step = switch_step
         self.local_steps = local_steps

@@ -181,6 +181,7 @@ def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[
                         milestones=tuple(cfg.milestones))
     groups = weight_decay_groups(model, cfg.weight_decay, workers.named_parameters(), log=say)
     optimizer = build_optimizer(cfg, groups, peak_lr, lr_scale, engine.comm)
+    engine.attach(optimizer)
     if cfg.post_local:
         switch = (round(cfg.switch_epoch * steps_per_epoch) if cfg.switch_epoch is not None
                   else round(min(cfg.milestones, default=1.0) * total))

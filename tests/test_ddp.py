@@ -167,3 +167,16 @@ def test_hvd_distributed_optimizer_around_an_extrap_optimizer_is_refused():
     the subclass is refused as it is made (Horovod itself is not needed to show it)."""
     with pytest.raises(TypeError, match="HorovodComm"):
         type("ExtrapolatedSGD", (ExtrapolatedSGD,), {"_allreduce_grad_async": lambda self, p: None})
+
+
+@pytest.mark.slow
+def test_the_processes_engine_on_ddp_equals_the_virtual_engine(tmp_path):
+    """ProcessEngine(ddp=True): the suite's runs on the users' DDP path, one optimizer average per step."""
+    args = ["--dtype", "float64", "--steps", str(STEPS)]
+    virtual = run_virtual(tmp_path, args[:2])
+    out = tmp_path / "engine.pt"
+    launch([*TORCHRUN, RUN, str(out), "--engine", "processes", "--processes-ddp", *args])
+    got = ranks(out)
+    for rank, record in enumerate(got):
+        assert rel(record["workers"][rank]["params"], virtual[rank]["params"]) <= 1e-6
+    assert got[0]["calls"] == {"gradients": STEPS}

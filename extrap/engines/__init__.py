@@ -48,8 +48,11 @@ def _share_cpu_threads(local_ranks: int) -> None:
     torch.set_num_threads(max(1, share))
 
 
-def make_engine(kind: str = "auto", workers: int | None = None, device=None, batched: bool = True):
-    """Build an engine. ``workers`` is K; under a launcher it must equal the number of ranks."""
+def make_engine(kind: str = "auto", workers: int | None = None, device=None, batched: bool = True,
+                bucket_mb: float | None = None, ddp: bool = False):
+    """Build an engine. ``workers`` is K; under a launcher it must equal the number of ranks.
+    The processes engine's ``bucket_mb`` (gradient buckets) and ``ddp`` (DDP with extrap's hook
+    instead of one flat all-reduce): see ``ProcessEngine``."""
     if kind not in ENGINES:
         raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {kind!r}")
     if workers is not None and workers < 1:
@@ -65,7 +68,9 @@ def make_engine(kind: str = "auto", workers: int | None = None, device=None, bat
             raise ValueError(f"workers: {workers} requested but the launcher started "
                              f"{launched.world_size} ranks")
         _share_cpu_threads(launched.local_size)
-        return ProcessEngine(device=device) if kind == "processes" else HorovodEngine(device=device)
+        if kind == "horovod":
+            return HorovodEngine(device=device)
+        return ProcessEngine(device=device, bucket_mb=bucket_mb, ddp=ddp)
     if launched.world_size > 1:
         raise ValueError(f"engine: {kind!r} runs in one process, but a launcher started "
                          f"{launched.world_size} ranks (use --engine processes)")

@@ -10,6 +10,7 @@ averages are in flight (overlapping the rest of backward, as in DDP), and the op
 ``step()`` keeps the local gradient and then takes the average from ``DDPComm.all_reduce_mean_``.
 """
 
+import inspect
 import warnings
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from .comm import TorchDistComm
 
-__all__ = ["DDPComm", "register_ddp", "refuse_without_comm"]
+__all__ = ["DDPComm", "register_ddp", "refuse_without_comm", "ddp_keeping_buffers"]
 
 
 class DDPComm(TorchDistComm):
@@ -32,7 +33,7 @@ class DDPComm(TorchDistComm):
         super().__init__(group=ddp_model.process_group)
         self.model = ddp_model
         self.local_phase = lambda: False  # True: no averaging this step (PostLocalSGD sets it)
-        self.hook_calls = 0  # buckets all-reduced so far; the tests read it
+        self.hook_calls = self.hook_bytes = 0  # buckets (and their bytes) all-reduced so far
         self._copies: dict[int, Tensor] = {}  # per bucket index, reused from step to step
         self._pending: dict[int, tuple[list[Tensor], Tensor, object]] = {}
 
@@ -50,6 +51,7 @@ class DDPComm(TorchDistComm):
             work = self._dist.all_reduce(copy, group=self.group, async_op=True)  # SUM: Gloo has no AVG
             self._pending[index] = (list(bucket.parameters()), copy, work)
             self.hook_calls += 1
+            self.hook_bytes += copy.numel() * copy.element_size()
         future = torch.futures.Future()
         future.set_result(buffer)
         return future
@@ -75,9 +77,23 @@ class DDPComm(TorchDistComm):
             raise RuntimeError(f"extrap.register_ddp: {missing} of the optimizer's gradients are not in the "
                                "DDP model's buckets; give the optimizer the DDP model's parameters only")
 
+    def skip_averaging_when(self, predicate) -> None:
+        """No all-reduce in a backward where ``predicate()`` holds (post-local SGD's local phase)."""
+        self.local_phase = predicate
+
     def no_sync(self):
         """A backward that keeps its gradient local (the closure of ``extragradient`` and ``sam``)."""
         return self.model.no_sync()
+
+
+def ddp_keeping_buffers(module: nn.Module, **kwargs) -> nn.Module:
+    """``DistributedDataParallel(module, **kwargs)`` that leaves each rank's buffers alone after
+    construction (``forward_sync_buffers=False``; ``broadcast_buffers=False`` before torch 2.13)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    flag = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+        else "broadcast_buffers"
+    return DistributedDataParallel(module, **{flag: False}, **kwargs)
 
 
 def register_ddp(ddp_model: nn.Module, optimizer) -> DDPComm:

@@ -19,10 +19,14 @@ def split_aux(result) -> tuple[Tensor, object]:
 
 
 class ModuleWorkers:
-    """This process's one worker: ``forward_backward`` takes its batch ``[b, ...]``."""
+    """This process's one worker: ``forward_backward`` takes its batch ``[b, ...]``.
 
-    def __init__(self, model: nn.Module):
+    ``forward`` runs the model in training (default: the model itself; a DistributedDataParallel
+    around it, whose backward averages the gradients)."""
+
+    def __init__(self, model: nn.Module, forward: nn.Module | None = None):
         self.model = model
+        self.forward = model if forward is None else forward
 
     def named_parameters(self):
         return self.model.named_parameters()
@@ -39,7 +43,7 @@ class ModuleWorkers:
 
         ``loss_fn(outputs, targets)`` may return ``(loss, aux)`` (e.g. an LSTM's next hidden
         state); then ``(losses, [aux])`` is returned, one aux per worker as for virtual workers."""
-        loss, aux = split_aux(loss_fn(self.model(inputs), targets))
+        loss, aux = split_aux(loss_fn(self.forward(inputs), targets))
         loss.backward()
         return loss.detach().reshape(1) if aux is None else (loss.detach().reshape(1), [aux])
 
@@ -73,6 +77,10 @@ class SingleEngine:
 
     def prepare(self, model: nn.Module) -> ModuleWorkers:
         return ModuleWorkers(model.to(self.device))
+
+    def attach(self, optimizer) -> None:
+        """Connect the optimizer to the engine's communication (the processes engine's DDP hook);
+        call it before wrapping the optimizer in ``PostLocalSGD``. Nothing to do here."""
 
     def stack(self, per_worker: list):
         """This process's batch from the list of its workers' batches (here: one)."""
