@@ -180,3 +180,13 @@ def test_the_processes_engine_on_ddp_equals_the_virtual_engine(tmp_path):
     for rank, record in enumerate(got):
         assert rel(record["workers"][rank]["params"], virtual[rank]["params"]) <= 1e-6
     assert got[0]["calls"] == {"gradients": STEPS}
+
+
+def test_horovods_own_distributed_optimizer_is_refused():
+    """The real hvd.DistributedOptimizer, where Horovod is installed (CI builds it)."""
+    hvd = pytest.importorskip("horovod.torch", reason="Horovod is not installed: `make install-horovod`")
+    hvd.init()
+    model = nn.Linear(4, 2)
+    with pytest.raises(TypeError, match="HorovodComm"):
+        hvd.DistributedOptimizer(ExtrapolatedSGD(model.parameters(), lr=0.1),
+                                 named_parameters=model.named_parameters())
