@@ -68,9 +68,11 @@ class DDPComm(TorchDistComm):
         for params, copy, work in self._pending.values():
             work.wait()
             copy.div_(self.world_size)
-            grads = [p.grad for p in params]
-            torch._foreach_copy_(grads, [c.view_as(g) for c, g in zip(copy.split([g.numel() for g in grads]), grads)])
-            covered.update(map(id, grads))
+            means = copy.split([p.numel() for p in params])
+            pairs = [(p.grad, m.view_as(p)) for p, m in zip(params, means) if p.grad is not None]  # unused: None
+            if pairs:
+                torch._foreach_copy_([g for g, _ in pairs], [m for _, m in pairs])
+            covered.update(id(g) for g, _ in pairs)
         self._pending.clear()
         missing = sum(id(t) not in covered for t in tensors)
         if missing:
