@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from data import DigitsTask  # noqa: E402
-from extrap import ExtrapolatedAdam, ExtrapolatedSGD, PostLocalSGD, register_ddp  # noqa: E402
+from extrap import REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD, PostLocalSGD, register_ddp  # noqa: E402
 from extrap.engines import CountingComm, ModuleWorkers, init_distributed, make_engine  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
     engine, rank, ids, workers, opt, ddp_comm = build(args)
     world = torch.distributed.get_world_size() if engine is None else engine.world_size
     task, dtype = DigitsTask(), getattr(torch, args.dtype)
-    fresh = args.perturbation in ("extragradient", "sam")
+    fresh = REGISTRY[args.perturbation].closure  # extragradient and SAM: u from a gradient at x_t
     late_grads = 0  # gradients that arrived after DDP's hook had already sent a bucket (overlap)
     if ddp_comm is not None:
         def count_late(p):

@@ -18,10 +18,6 @@ def _real(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _choice(names):
-    return (lambda v: v in names), "one of " + ", ".join(names)
-
-
 _OPTIMIZER_RULES = {  # argument: (test, what it must be)
     **{k: (lambda v: _real(v) and v >= 0, "a float >= 0") for k in ("lr", "weight_decay", "eps")},
     **{k: (lambda v: _real(v) and v > 0, "a float > 0") for k in ("lr_scale", "trust")},
@@ -34,8 +30,7 @@ _OPTIMIZER_RULES = {  # argument: (test, what it must be)
 }
 
 
-def check_optimizer_arguments(choices: dict[str, tuple[str, ...]], **args) -> None:
-    """Check ``ExtrapolatedSGD``/``ExtrapolatedAdam`` arguments by name; ``choices`` gives the
-    allowed values of the named ones (``perturbation``, ``direction``)."""
-    rules = {**_OPTIMIZER_RULES, **{name: _choice(names) for name, names in choices.items()}}
-    require({name: (value, rules[name][0](value), rules[name][1]) for name, value in args.items()})
+def check_optimizer_arguments(**args) -> None:
+    """Check ``ExtrapolatedSGD``/``ExtrapolatedAdam``'s numeric and typed arguments by name."""
+    require({name: (value, _OPTIMIZER_RULES[name][0](value), _OPTIMIZER_RULES[name][1])
+             for name, value in args.items()})

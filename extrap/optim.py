@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .arguments import check_optimizer_arguments
+from .arguments import check_optimizer_arguments, require
 from .engines.comm import (Communicator, LocalComm, local_backward, scale_per_worker_, total_worker_norms,
                            worker_norms)
 from .engines.ddp import refuse_without_comm
@@ -150,9 +150,9 @@ class _Extrapolation:
                             "in it: give the optimizer comm=extrap.engines.HorovodComm() (the horovod engine)")
 
     def _setup(self, perturbation, direction, comm, seed, **group_keys):
-        check_optimizer_arguments(dict(perturbation=tuple(REGISTRY), direction=DIRECTIONS),
-                                  perturbation=perturbation, direction=direction, comm=comm, seed=seed,
-                                  gamma=group_keys["gamma"], lr_scale=group_keys["lr_scale"])
+        require({"perturbation": (perturbation, perturbation in PERTURBATIONS, "one of " + ", ".join(PERTURBATIONS)),
+                 "direction": (direction, direction in DIRECTIONS, "one of " + ", ".join(DIRECTIONS))})
+        check_optimizer_arguments(comm=comm, seed=seed, gamma=group_keys["gamma"], lr_scale=group_keys["lr_scale"])
         self.perturbation, self.kind = perturbation, REGISTRY[perturbation]
         self.direction, self.comm, self.seed = direction, comm, seed
         self._group_keys = group_keys  # the group keys torch does not know; see add_param_group
@@ -290,7 +290,7 @@ class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
                  lr_scale: float = 1.0, lars: bool = False, trust: float = 0.02, comm=None, *,
                  direction: str = "gradient", seed: int = 0, foreach: bool | None = None,
                  fused: bool | None = None):
-        check_optimizer_arguments({}, lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust)
+        check_optimizer_arguments(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust)
         if nesterov and momentum == 0:
             raise ValueError("nesterov: expected False when momentum is 0, got True")
         params = list(params)
@@ -320,7 +320,7 @@ class ExtrapolatedAdam(_Extrapolation, torch.optim.Adam):
                  gamma: float | None = None, comm=None, *, lr_scale: float = 1.0,
                  precondition: bool = True, direction: str = "gradient", seed: int = 0,
                  foreach: bool | None = None, fused: bool | None = None):
-        check_optimizer_arguments({}, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        check_optimizer_arguments(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self._setup(perturbation, direction, comm, seed, gamma=gamma, lr_scale=lr_scale,
                     precondition=bool(precondition))
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,

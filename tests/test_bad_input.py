@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from extrap import PERTURBATIONS
 from reproduce import runner
 
 ITEM = "table1"
@@ -55,8 +56,7 @@ BAD_VALUES = {
     "gamma": st.one_of(st.sampled_from(["abc", "[1]"]), NEGATIVE),
     "trust": st.one_of(NOT_A_NUMBER, st.sampled_from(["0", "-1.0"])),
     "perturbation": st.text(string.ascii_lowercase + "-", min_size=1, max_size=12).filter(
-        lambda s: s not in ("none", "extrap", "stochastic", "gaussian", "uniform", "filter-gaussian",
-                            "filter-uniform", "extragradient", "sam")),
+        lambda s: s not in PERTURBATIONS),
     "lr_scaling": st.sampled_from(["quadratic", "cubic", "3", "Linear"]),
     "schedule": st.sampled_from(["cosine", "exp", "steps", "1"]),
     "workers": st.one_of(NOT_A_NUMBER, st.integers(max_value=0).map(str)),

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from extrap import PERTURBATIONS, ExtrapolatedAdam, ExtrapolatedSGD, weight_decay_groups
+from extrap import PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD, weight_decay_groups
 from extrap.engines import CountingComm, LocalComm, VirtualComm
 
-FRESH = ("extragradient", "sam")
+FRESH = tuple(name for name, kind in REGISTRY.items() if kind.closure)  # extragradient, sam
 
 
 def small_model(seed=0):

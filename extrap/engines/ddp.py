@@ -88,14 +88,21 @@ class DDPComm(TorchDistComm):
         return self.model.no_sync()
 
 
-def ddp_keeping_buffers(module: nn.Module, **kwargs) -> nn.Module:
-    """``DistributedDataParallel(module, **kwargs)`` that leaves each rank's buffers alone after
-    construction (``forward_sync_buffers=False``; ``broadcast_buffers=False`` before torch 2.13)."""
+def _buffer_sync_flag() -> str:
+    """DDP's switch for copying rank 0's buffers at every forward: the argument and attribute
+    ``forward_sync_buffers`` from torch 2.13 on, ``broadcast_buffers`` before."""
     from torch.nn.parallel import DistributedDataParallel
 
-    flag = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
-        else "broadcast_buffers"
-    return DistributedDataParallel(module, **{flag: False}, **kwargs)
+    return ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else "broadcast_buffers")
+
+
+def ddp_keeping_buffers(module: nn.Module, **kwargs) -> nn.Module:
+    """``DistributedDataParallel(module, **kwargs)`` that leaves each rank's buffers alone after
+    construction."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, **{_buffer_sync_flag(): False}, **kwargs)
 
 
 def register_ddp(ddp_model: nn.Module, optimizer) -> DDPComm:
@@ -120,7 +127,7 @@ def register_ddp(ddp_model: nn.Module, optimizer) -> DDPComm:
     if optimizer.comm is not None:
         raise ValueError("optimizer: it already has comm=...; register_ddp gives it the DDP communicator, "
                          "so build it with comm=None")
-    flag = "forward_sync_buffers" if hasattr(ddp_model, "forward_sync_buffers") else "broadcast_buffers"
+    flag = _buffer_sync_flag()
     if getattr(ddp_model, flag) and any(True for _ in ddp_model.module.buffers()):
         setattr(ddp_model, flag, False)
         warnings.warn(f"extrap.register_ddp: set the DDP model's {flag}=False, so that each rank keeps its "
