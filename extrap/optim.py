@@ -26,81 +26,76 @@ import torch
 from torch import Tensor
 
 from .arguments import check_optimizer_arguments, require
-from .engines.comm import (Communicator, LocalComm, local_backward, scale_per_worker_, total_worker_norms,
+from .engines.comm import (LocalComm, local_backward, scale_per_worker_, total_worker_norms,
                            worker_norms)
 from .engines.ddp import refuse_without_comm
+from .engines.horovod import refuse_horovod_wrapper
 
-__all__ = ["Perturbation", "PERTURBATIONS", "REGISTRY", "DIRECTIONS", "ExtrapolatedSGD",
-           "ExtrapolatedAdam"]
+__all__ = ["Perturbation", "PERTURBATIONS", "REGISTRY", "DIRECTIONS", "ExtrapolatedSGD", "ExtrapolatedAdam"]
 
 DIRECTIONS = ("gradient", "momentum")  # the past-gradient direction: g_{t-1}^k, or g_{t-1}^k + β m_{t-1}
 
 
-# -- u = γ·d, the perturbation: each direction maps [(group, params)] to [(params, d)] --------------
+# -- u = γ·d, the perturbation: each direction maps [(group, params)] to one list of d per group ------
 
 def _past_gradient(opt, groups):
-    """extrap: d = g_{t-1}^k; stochastic: g_{t-1}^k − g_{t-1} (kept by step(); none before step 1)."""
+    """extrap: d = g_{t-1}^k; stochastic: g_{t-1}^k − g_{t-1}; kept by step(), 0 before step 1."""
     out = []
     for group, ps in groups:
-        kept = [(p, state) for p in ps if "local_grad" in (state := opt.state.get(p, {}))]
-        ps, ds = [p for p, _ in kept], [state["local_grad"] for _, state in kept]
+        states = [opt.state.get(p, {}) for p in ps]
+        ds = [s["local_grad"] if "local_grad" in s else torch.zeros_like(p) for p, s in zip(ps, states)]
         if opt.direction == "momentum":  # look ahead along the momentum too (docs/method.md)
-            bufs = [state.get("momentum_buffer") for _, state in kept]
-            ds = [d if m is None else d.add(m, alpha=group.get("momentum", 0.0)) for d, m in zip(ds, bufs)]
-        out.append((ps, opt.precondition(group, ps, ds)))
+            beta = group.get("momentum", 0.0)
+            ds = [d if "momentum_buffer" not in s else d.add(s["momentum_buffer"], alpha=beta)
+                  for d, s in zip(ds, states)]
+        out.append(opt.precondition(group, ps, ds))
     return out
 
 
 def _noise(dist: str, per_filter: bool):
-    """d ~ N(0, 1) or U(−1, 1) per element, all of a worker's values drawn at once from its own
-    stream; per filter j (an output-channel slice; a 1-D tensor is one filter) times ‖x_j‖/√n_j."""
+    """d ~ N(0, 1) or U(−1, 1) per element, a worker's values drawn at once from its own stream
+    (seeded seed·1000003 + worker id, its position kept in the state, so a resumed run draws
+    what an uninterrupted one would); per filter j (an output-channel slice; a 1-D tensor is one
+    filter) times ‖x_j‖/√n_j."""
     def direction(opt, groups):
-        out, ids = [], opt.layout.worker_ids
+        out, ids, streams = [], opt.layout.worker_ids, opt.state["noise_streams"]
         for _, ps in groups:
-            if not ps:
-                out.append((ps, []))
-                continue
             views = [opt.layout.per_worker(p) for p in ps]  # [W, ...]
             sizes = [v[0].numel() for v in views]
             draws = torch.empty(len(ids), sum(sizes), device=ps[0].device, dtype=ps[0].dtype)
             for flat, w in zip(draws, ids):
-                gen = opt.generator(w, flat.device)
+                gen = torch.Generator(flat.device)
+                gen.manual_seed(opt.seed * 1_000_003 + w) if w not in streams else gen.set_state(streams[w].cpu())
                 flat.normal_(generator=gen) if dist == "normal" else flat.uniform_(-1.0, 1.0, generator=gen)
-                opt.state["noise_streams"][w] = gen.get_state()
+                streams[w] = gen.get_state()
             noise = [c.reshape(v.shape) for c, v in zip(draws.split(sizes, dim=1), views)]
-            if per_filter:
-                torch._foreach_mul_(noise, [_filter_rms(v) for v in views])
-            out.append((ps, [n.view(p.shape) for n, p in zip(noise, ps)]))
+            if per_filter:  # ‖x_j‖/√n_j per worker and filter of [W, filters, n] (or [W, n])
+                flats = [v.flatten(2) if v.dim() > 2 else v for v in views]
+                rms = [torch.linalg.vector_norm(f, dim=-1, keepdim=True) / math.sqrt(f.shape[-1]) for f in flats]
+                torch._foreach_mul_(noise, [r.view(*r.shape[:2], *[1] * (v.dim() - 2)) for r, v in zip(rms, views)])
+            out.append([n.view(p.shape) for n, p in zip(noise, ps)])
         return out
     return direction
 
 
-def _filter_rms(v: Tensor) -> Tensor:
-    """‖x_j‖/√n_j per worker and filter of a view [W, ...], shaped to broadcast against it."""
-    flat = v.flatten(2) if v.dim() > 2 else v  # [W, filters, n] or [W, n]
-    rms = torch.linalg.vector_norm(flat, dim=-1) / math.sqrt(flat.shape[-1])
-    return rms.reshape(*rms.shape, *[1] * (v.dim() - rms.dim()))
-
-
 def _fresh_gradient(opt, groups):
     """extragradient: d = ∇f(x_t; ξ^k), from the closure's backward at x_t."""
-    return [(ps, [p.grad for p in ps]) for _, ps in groups]
+    return [[p.grad for p in ps] for _, ps in groups]
 
 
 def _sam(opt, groups):
-    """SAM's ascent (Foret et al. 2021): d = −∇f(x_t; ξ^k)/‖∇f(x_t; ξ^k)‖ over all of a worker's
-    gradients."""
-    out = [(ps, torch._foreach_mul(ds, -1.0) if ps else []) for ps, ds in _fresh_gradient(opt, groups)]
-    inv = 1.0 / (total_worker_norms(opt.layout, [p.grad for ps, _ in out for p in ps]) + 1e-12)
-    scale_per_worker_(opt.layout, [d for _, ds in out for d in ds], inv)
+    """SAM's ascent (Foret et al. 2021): d = −∇f(x_t; ξ^k)/‖∇f(x_t; ξ^k)‖ over a worker's gradients."""
+    out = [torch._foreach_mul(ds, -1.0) for ds in _fresh_gradient(opt, groups)]
+    inv = 1.0 / (total_worker_norms(opt.layout, [p.grad for _, ps in groups for p in ps]) + 1e-12)
+    scale_per_worker_(opt.layout, [d for ds in out for d in ds], inv)
     return out
 
 
 @dataclass(frozen=True)
 class Perturbation:
-    """One member of the framework: how d is formed (``None``: u ≡ 0), whether that needs a fresh
-    gradient at x_t (a closure), whether γ follows the small-batch learning rate's decays (else it
-    is a fixed magnitude: σ, a, α, ρ), and whether step() keeps g_t^k for the next d."""
+    """A member of the framework: how d is formed (``None``: u ≡ 0); whether that needs a fresh
+    gradient at x_t (a closure); whether γ follows the small-batch rate's decays (else it is a
+    fixed magnitude: σ, a, α, ρ); whether step() keeps g_t^k for the next d."""
 
     direction: Callable | None
     closure: bool = False
@@ -122,8 +117,6 @@ REGISTRY: dict[str, Perturbation] = {
 PERTURBATIONS = tuple(REGISTRY)
 
 
-# -- LARS ---------------------------------------------------------------------------------------------
-
 def _larc_(opt, group: dict) -> None:
     """LARS as apex's LARC, on ``.grad`` before the base step: (g + λx)·min(τ‖x‖/(‖g‖ + λ‖x‖ + ε)/η, 1)
     per worker for tensors of ≥ 2 dimensions (factor 1 where ‖x‖ or ‖g‖ is 0), g + λx for the rest."""
@@ -137,54 +130,31 @@ def _larc_(opt, group: dict) -> None:
     scale_per_worker_(layout, [p.grad for p in adapt], factor)
 
 
-# -- the layer on torch's optimizers ---------------------------------------------------------------
-
 class _Extrapolation:
     """perturb() and step() around a torch optimizer's update; mixed in before the torch class."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if hasattr(cls, "_allreduce_grad_async"):  # horovod.torch.DistributedOptimizer's class
-            raise TypeError("hvd.DistributedOptimizer averages gradients during backward, so every worker "
-                            "would keep the average as its local gradient; do not wrap an extrap optimizer "
-                            "in it: give the optimizer comm=extrap.engines.HorovodComm() (the horovod engine)")
+        refuse_horovod_wrapper(cls)
 
-    def _setup(self, perturbation, direction, comm, seed, **group_keys):
+    def __init__(self, params, perturbation, direction, comm, seed, group_keys, **torch_args):
         require({"perturbation": (perturbation, perturbation in PERTURBATIONS, "one of " + ", ".join(PERTURBATIONS)),
                  "direction": (direction, direction in DIRECTIONS, "one of " + ", ".join(DIRECTIONS))})
         check_optimizer_arguments(comm=comm, seed=seed, gamma=group_keys["gamma"], lr_scale=group_keys["lr_scale"])
         self.perturbation, self.kind = perturbation, REGISTRY[perturbation]
         self.direction, self.comm, self.seed = direction, comm, seed
-        self._group_keys = group_keys  # the group keys torch does not know; see add_param_group
+        self._group_keys = group_keys
         self._x_t: list[Tensor] = []  # scratch, not state: x_t while the parameters are at x̃
         self._perturbed: list[Tensor] | None = None  # the parameters perturb() moved
-        self._generators: dict = {}  # scratch too: the noise streams' positions are in the state
+        super().__init__(params, **torch_args)
 
     def add_param_group(self, param_group: dict) -> None:
-        for key, value in self._group_keys.items():
-            param_group.setdefault(key, value)
+        param_group.update({**self._group_keys, "peak_lr": 0.0, **param_group})  # keys torch does not know
         # γ's default, the small-batch rate: η/lr_scale at the rate given here (see gamma())
         param_group.setdefault("small_batch_lr", param_group.get("lr", self.defaults["lr"]) / param_group["lr_scale"])
-        param_group.setdefault("peak_lr", 0.0)
         super().add_param_group(param_group)
 
-    @property
-    def layout(self) -> Communicator:
-        """The communicator, or this process alone (its rank, under torch.distributed, seeds its noise)."""
-        if self.comm is not None:
-            return self.comm
-        dist = torch.distributed
-        return LocalComm(dist.get_rank() if dist.is_available() and dist.is_initialized() else 0)
-
-    def generator(self, worker: int, device: torch.device) -> torch.Generator:
-        """Worker ``worker``'s noise stream, seeded seed·1000003 + worker (the same numbers in a
-        process and as a virtual worker), at the position ``state["noise_streams"]`` keeps, so that
-        a resumed run draws what an uninterrupted one would."""
-        if (worker, device) not in self._generators:
-            self._generators[worker, device] = torch.Generator(device)
-        gen = self._generators[worker, device]
-        saved = self.state["noise_streams"].get(worker)
-        return gen.manual_seed(self.seed * 1_000_003 + worker) if saved is None else gen.set_state(saved.cpu())
+    layout = property(lambda self: self.comm or LocalComm(), doc="The communicator, or this process alone.")
 
     def gamma(self, group: dict) -> float:
         """γ_t: the group's ``gamma``; by default the learning rate of small-batch training,
@@ -198,7 +168,7 @@ class _Extrapolation:
         return group["small_batch_lr"] * group["lr"] / group["peak_lr"] if group["peak_lr"] > 0 else 0.0
 
     def precondition(self, group: dict, params: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
-        return directions
+        return directions  # ExtrapolatedAdam's passes d through Adam's preconditioner
 
     @torch.no_grad()
     def perturb(self, closure: Callable[[], Tensor] | None = None):
@@ -216,16 +186,15 @@ class _Extrapolation:
                                  "computes this worker's gradient at x_t")
             with torch.enable_grad(), local_backward(self.comm):  # d is this worker's own
                 loss = closure()
-        groups = [(g, [p for p in g["params"] if p.requires_grad and (not self.kind.closure or p.grad is not None)])
-                  for g in self.param_groups]
+        groups = [(g, ps) for g in self.param_groups if (ps := [p for p in g["params"] if p.requires_grad
+                                                                and (not self.kind.closure or p.grad is not None)])]
         self._perturbed = [p for _, ps in groups for p in ps]
         if [t.shape for t in self._x_t] != [p.shape for p in self._perturbed]:
             self._x_t = [torch.empty_like(p) for p in self._perturbed]
         if self._perturbed:
             torch._foreach_copy_(self._x_t, self._perturbed)
-        for (group, _), (ps, ds) in zip(groups, self.kind.direction(self, groups)):
-            gamma = self.gamma(group)
-            if ps and gamma != 0:
+        for (group, ps), ds in zip(groups, self.kind.direction(self, groups)):
+            if gamma := self.gamma(group):
                 torch._foreach_add_(ps, ds, alpha=-gamma)
         if self.kind.closure:
             self.zero_grad(set_to_none=True)  # the caller's backward at x̃ starts clean
@@ -236,10 +205,8 @@ class _Extrapolation:
         """Restore x_t, keep the local gradient (g^k for ``extrap``, g^k − ḡ for ``stochastic``),
         average through ``comm``, then torch's update. ``average=False`` steps on the local
         gradient alone (post-local SGD's local phase)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():
+            loss = closure() if closure is not None else None
         if self._perturbed:
             torch._foreach_copy_(self._perturbed, self._x_t)
         self._perturbed = None
@@ -247,12 +214,9 @@ class _Extrapolation:
         grads = [p.grad for p in params]
         if self.comm is None and (self.kind.keeps_local_grad or self.kind.closure):
             refuse_without_comm(self.perturbation)
-        keep = self.kind.keeps_local_grad and params
-        if keep:  # torch's step fills only empty state, so new ones are stored after it
-            local = [self.state[p].get("local_grad") for p in params]
-            new = [i for i, t in enumerate(local) if t is None]
-            for i in new:
-                local[i] = torch.empty_like(grads[i])
+        if keep := self.kind.keeps_local_grad and params:  # put in the state after torch's step,
+            local = [self.state[p].get("local_grad") for p in params]  # which fills only empty state
+            local = [torch.empty_like(g) if t is None else t for t, g in zip(local, grads)]
             torch._foreach_copy_(local, grads)
         if average and self.comm is not None and grads:
             self.comm.all_reduce_mean_(grads)
@@ -268,8 +232,8 @@ class _Extrapolation:
         finally:
             for group, wd in lars:
                 group["weight_decay"] = wd
-        for i in new if keep else ():
-            self.state[params[i]]["local_grad"] = local[i]
+        for p, t in zip(params, local) if keep else ():
+            self.state[p]["local_grad"] = t
         return loss
 
 
@@ -290,21 +254,21 @@ class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
                  lr_scale: float = 1.0, lars: bool = False, trust: float = 0.02, comm=None, *,
                  direction: str = "gradient", seed: int = 0, foreach: bool | None = None,
                  fused: bool | None = None):
-        check_optimizer_arguments(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust)
+        check_optimizer_arguments(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust, comm=comm)
         if nesterov and momentum == 0:
             raise ValueError("nesterov: expected False when momentum is 0, got True")
         params = list(params)
-        self._setup(perturbation, direction, comm, seed, gamma=gamma, lr_scale=lr_scale,
-                    lars=bool(lars), trust=float(trust))
         if fused is None and foreach is None:  # torch's one-pass kernel where it has one, but not
             # over K workers side by side in one tensor: its vector body and scalar tail round
             # differently, and would drift apart workers that foreach keeps bitwise equal
             tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
             fused = all(t.is_floating_point() and t.device.type in ("cpu", "cuda")
-                        and len(self.layout.per_worker(t)) == 1 for t in tensors)
+                        and len((comm or LocalComm()).per_worker(t)) == 1 for t in tensors)
             foreach = None if fused else True
-        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay, foreach=foreach, fused=fused or None)
+        super().__init__(params, perturbation, direction, comm, seed,
+                         dict(gamma=gamma, lr_scale=lr_scale, lars=bool(lars), trust=float(trust)),
+                         lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                         foreach=foreach, fused=fused or None)
 
 
 class ExtrapolatedAdam(_Extrapolation, torch.optim.Adam):
@@ -321,18 +285,12 @@ class ExtrapolatedAdam(_Extrapolation, torch.optim.Adam):
                  precondition: bool = True, direction: str = "gradient", seed: int = 0,
                  foreach: bool | None = None, fused: bool | None = None):
         check_optimizer_arguments(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self._setup(perturbation, direction, comm, seed, gamma=gamma, lr_scale=lr_scale,
-                    precondition=bool(precondition))
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         foreach=foreach, fused=fused)
+        super().__init__(params, perturbation, direction, comm, seed,
+                         dict(gamma=gamma, lr_scale=lr_scale, precondition=bool(precondition)),
+                         lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused)
 
     def precondition(self, group, params, directions):
         """d / (√v̂ + ε) with Adam's current second moment; the raw d before Adam's first step."""
-        out = []
-        for p, d in zip(params, directions):
-            state = self.state.get(p, {})
-            if group["precondition"] and "exp_avg_sq" in state:
-                v_hat = state["exp_avg_sq"] / (1 - group["betas"][1] ** state["step"])
-                d = d / v_hat.sqrt_().add_(group["eps"])
-            out.append(d)
-        return out
+        states = [self.state.get(p, {}) for p in params]
+        return [d / (s["exp_avg_sq"] / (1 - group["betas"][1] ** s["step"])).sqrt_().add_(group["eps"])
+                if group["precondition"] and "exp_avg_sq" in s else d for d, s in zip(directions, states)]

@@ -85,9 +85,13 @@ class OneWorker:
 
 
 class LocalComm(OneWorker):
-    """One worker: averaging is the identity."""
+    """One worker: averaging is the identity. Its id (which seeds its noise) is by default this
+    process's torch.distributed rank, or 0."""
 
-    def __init__(self, worker_id: int = 0):
+    def __init__(self, worker_id: int | None = None):
+        dist = torch.distributed
+        if worker_id is None:
+            worker_id = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self.world_size = 1
         self.worker_ids = (worker_id,)
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .comm import OneWorker
 from .single import ModuleWorkers, SingleEngine
 
-__all__ = ["HorovodComm", "HorovodEngine", "import_horovod"]
+__all__ = ["HorovodComm", "HorovodEngine", "import_horovod", "refuse_horovod_wrapper"]
 
 
 def import_horovod():
@@ -23,6 +23,16 @@ def import_horovod():
     except ImportError as e:
         raise RuntimeError(f"the horovod engine needs Horovod: run `make install-horovod` ({e})") from None
     return hvd
+
+
+def refuse_horovod_wrapper(cls: type) -> None:
+    """Refuse ``hvd.DistributedOptimizer`` around an extrap optimizer (it subclasses the
+    optimizer's class): it averages gradients during backward, so every worker would keep the
+    average as its local gradient."""
+    if hasattr(cls, "_allreduce_grad_async"):  # horovod.torch.DistributedOptimizer's class
+        raise TypeError("hvd.DistributedOptimizer averages gradients during backward, so every worker "
+                        "would keep the average as its local gradient; do not wrap an extrap optimizer "
+                        "in it: give the optimizer comm=extrap.engines.HorovodComm() (the horovod engine)")
 
 
 class HorovodComm(OneWorker):

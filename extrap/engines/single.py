@@ -66,7 +66,7 @@ class SingleEngine:
 
     def __init__(self, device: str | torch.device | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.comm = LocalComm()
+        self.comm = LocalComm(0)
         self.world_size = 1
         self.rank = 0
         self.is_main = True
