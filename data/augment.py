@@ -49,26 +49,36 @@ def worker_generator(seed: int, worker: int, device="cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(step_seed(seed, worker))
 
 
-def random_crop_flip(batch: Tensor, generator: torch.Generator, padding: int = 4,
+def random_crop_flip(batch: Tensor, generator: torch.Generator | Sequence[torch.Generator], padding: int = 4,
                      flip: bool = True) -> Tensor:
     """Each image of ``batch`` [B, C, H, W] zero-padded by ``padding``, cropped back to H×W at
     a uniform offset in [0, 2·padding]², and mirrored left-right with probability 1/2. Same
-    dtype as the input (zero padding is black in pixel space, as torchvision's RandomCrop)."""
+    dtype as the input (zero padding is black in pixel space, as torchvision's RandomCrop).
+
+    ``generator`` may be a list of G generators, one per equal part of the batch (one per
+    worker): part g's offsets and flips come from generator g, drawn as for that part alone,
+    and all G parts are cropped in one gather."""
     if batch.dim() != 4:
         raise ValueError(f"batch: expected [B, C, H, W], got shape {tuple(batch.shape)}")
-    if generator.device != batch.device:
-        raise ValueError(f"generator: on {generator.device}, the batch is on {batch.device}; "
-                         "draw the random numbers where the batch is")
+    gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    if len(batch) % len(gens):
+        raise ValueError(f"generator: {len(gens)} generators cannot share a batch of {len(batch)} equally")
+    for g in gens:
+        if g.device != batch.device:
+            raise ValueError(f"generator: on {g.device}, the batch is on {batch.device}; "
+                             "draw the random numbers where the batch is")
     b, c, h, w = batch.shape
-    dev = batch.device
+    part, dev, span = b // len(gens), batch.device, 2 * padding + 1
     hp, wp = h + 2 * padding, w + 2 * padding
     padded = torch.nn.functional.pad(batch, (padding,) * 4) if padding else batch
-    oy = torch.randint(0, 2 * padding + 1, (b, 1), device=dev, generator=generator)
-    ox = torch.randint(0, 2 * padding + 1, (b, 1), device=dev, generator=generator)
+    draws = [(torch.randint(0, span, (part, 1), device=dev, generator=g),
+              torch.randint(0, span, (part, 1), device=dev, generator=g),
+              torch.randint(0, 2, (part, 1), device=dev, generator=g) if flip else None) for g in gens]
+    oy, ox = (torch.cat([d[i] for d in draws]) for i in (0, 1))
     ys = oy + torch.arange(h, device=dev)                                   # [B, H]
     xs = torch.arange(w, device=dev)
     if flip:
-        mirror = torch.randint(0, 2, (b, 1), device=dev, generator=generator).bool()
+        mirror = torch.cat([d[2] for d in draws]).bool()
         xs = ox + torch.where(mirror, w - 1 - xs, xs)                       # [B, W]
     else:
         xs = ox + xs
@@ -96,7 +106,7 @@ class Augment:
         self.padding, self.flip = padding, flip
         self._affine: dict = {}
 
-    def __call__(self, batch: Tensor, generator: torch.Generator) -> Tensor:
+    def __call__(self, batch: Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
         return self.normalize(random_crop_flip(batch, generator, self.padding, self.flip))
 
     def normalize(self, batch: Tensor) -> Tensor:

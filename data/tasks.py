@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Augment, step_seed
 from .cifar import load_cifar
 from .multi30k import BOS, EOS, PAD, bleu, bucket_batches, pad_batch, prepare_multi30k
-from .sharding import shard_indices
+from .sharding import epoch_shards
 from .wikitext import batchify, get_batch, load_wikitext, worker_stream
 
 __all__ = ["ClassificationTask", "CifarTask", "LanguageModelTask", "TranslationTask"]
@@ -45,12 +47,21 @@ class _NoProbe:
         raise NotImplementedError("the smoothness probe is for image classification (Figure 1b)")
 
 
+def _one_worker(batch):
+    """The single worker's batch from a batch stacked over one worker."""
+    return tree_map(lambda t: t[0], batch)
+
+
 class ClassificationTask:
     """Shards, batches and evaluation over tensors already on ``device``.
 
-    ``transform(images, worker, epoch, step)`` turns a raw training batch into model input
-    (augmentation); ``prepare(images)`` does it for evaluation. Training loss is measured at x_t
-    in eval mode on the first ``eval_train_samples`` training images (all by default).
+    ``transform(images, workers, epoch, step)`` turns the raw training images of the workers
+    ``workers`` (equal consecutive parts, one per worker) into model input (augmentation);
+    ``prepare(images)`` does it for evaluation. Training loss is measured at x_t in eval mode on
+    the first ``eval_train_samples`` training images (all by default).
+
+    A step's batches need no host–device synchronisation: the epoch's shards go to the device
+    once, and every worker's images are gathered and augmented in one pass.
     """
 
     metric = "test_top1"
@@ -61,9 +72,9 @@ class ClassificationTask:
         self.seed = seed
         self.eval_train_samples = eval_train_samples
         self.eval_batch = eval_batch
-        self._shard: tuple | None = None
+        self._shards: tuple | None = None
 
-    def transform(self, images: Tensor, worker: int, epoch: int, step: int) -> Tensor:
+    def transform(self, images: Tensor, workers: Sequence[int], epoch: int, step: int) -> Tensor:
         return self.prepare(images)
 
     def prepare(self, images: Tensor) -> Tensor:
@@ -75,32 +86,41 @@ class ClassificationTask:
     def steps_per_epoch(self, num_workers: int, local_batch: int) -> int:
         return _steps_per_epoch(len(self.y_train), num_workers, local_batch, "training images")
 
+    def train_batches(self, workers: Sequence[int], epoch: int, step: int, local_batch: int, num_workers: int):
+        """The ``step``-th batches of ``epoch`` of the workers ``workers``, each from its own
+        shard, stacked: ``([W, b, ...], [W, b])``."""
+        key = (epoch, num_workers, tuple(workers))
+        if self._shards is None or self._shards[0] != key:  # once per epoch, one copy to the device
+            rows = epoch_shards(len(self.y_train), num_workers, epoch, self.seed)[list(workers)]
+            self._shards = (key, rows.to(self.y_train.device, non_blocking=True))
+        idx = self._shards[1][:, step * local_batch:(step + 1) * local_batch].reshape(-1)
+        x = self.transform(self.x_train.index_select(0, idx), workers, epoch, step)
+        return x.view(len(workers), local_batch, *x.shape[1:]), self.y_train.index_select(0, idx).view(len(workers), -1)
+
     def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
         """Worker ``worker``'s ``step``-th batch of ``epoch`` from its own shard."""
-        key = (worker, epoch, num_workers)
-        if self._shard is None or self._shard[0] != key:  # one shard per (worker, epoch)
-            idx = shard_indices(len(self.y_train), num_workers, worker, epoch, self.seed)
-            self._shard = (key, idx.to(self.y_train.device))
-        idx = self._shard[1][step * local_batch:(step + 1) * local_batch]
-        return self.transform(self.x_train[idx], worker, epoch, step), self.y_train[idx]
+        return _one_worker(self.train_batches((worker,), epoch, step, local_batch, num_workers))
 
     def probe_batch(self, size: int = 256):
         return self.prepare(self.x_train[:size]), self.y_train[:size]
 
-    def _loss_and_top1(self, module: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
-        loss, correct = 0.0, 0
+    def _loss_and_top1(self, module: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """[mean loss, top-1 %] on the device (no synchronisation)."""
+        sums = torch.zeros(2, device=y.device, dtype=torch.float64)
         for i in range(0, len(y), self.eval_batch):
             out = module(self.prepare(x[i:i + self.eval_batch]))
-            loss += F.cross_entropy(out, y[i:i + self.eval_batch], reduction="sum").item()
-            correct += (out.argmax(1) == y[i:i + self.eval_batch]).sum().item()
-        return loss / len(y), 100.0 * correct / len(y)
+            sums[0] += F.cross_entropy(out.float(), y[i:i + self.eval_batch], reduction="sum")
+            sums[1] += (out.argmax(1) == y[i:i + self.eval_batch]).sum()
+        return torch.stack([sums[0] / len(y), sums[1] * (100.0 / len(y))])
 
     def evaluate(self, module: nn.Module) -> dict:
-        """Training loss (at x_t, eval mode, no augmentation) and test top-1 (%)."""
+        """Training loss (at x_t, eval mode, no augmentation) and test top-1 (%), read from the
+        device once."""
         n = self.eval_train_samples or len(self.y_train)
         with evaluating(module):
-            train_loss, _ = self._loss_and_top1(module, self.x_train[:n], self.y_train[:n])
-            _, top1 = self._loss_and_top1(module, self.x_test, self.y_test)
+            train = self._loss_and_top1(module, self.x_train[:n], self.y_train[:n])
+            test = self._loss_and_top1(module, self.x_test, self.y_test)
+        train_loss, _, _, top1 = torch.cat([train, test]).tolist()
         return {"train_loss": train_loss, "test_top1": top1}
 
 
@@ -119,11 +139,13 @@ class CifarTask(ClassificationTask):
         mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
         self.augment = Augment(mean, std)
         self.num_classes = 10 if name == "cifar10" else 100
-        self._generator = torch.Generator(device=device)
+        self._generators: dict[int, torch.Generator] = {}
 
-    def transform(self, images, worker, epoch, step):
-        self._generator.manual_seed(step_seed(self.seed, worker, epoch, step))
-        return self.augment(images, self._generator)
+    def transform(self, images, workers, epoch, step):
+        gens = [self._generators.setdefault(w, torch.Generator(device=images.device)) for w in workers]
+        for g, w in zip(gens, workers):  # seeding is host-side: no synchronisation
+            g.manual_seed(step_seed(self.seed, w, epoch, step))
+        return self.augment(images, gens)
 
     def prepare(self, images):
         return self.augment.normalize(images)
@@ -170,14 +192,23 @@ class LanguageModelTask(_NoProbe):
                              f"no full BPTT window of {self.bptt} tokens")
         return steps
 
-    def _zeros(self, local_batch: int):
-        shape = (self.num_layers, local_batch, self.hidden_size)
-        return (torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device))
+    def train_batches(self, workers: Sequence[int], epoch: int, step: int, local_batch: int, num_workers: int):
+        """The workers' BPTT windows and hidden states, stacked: ``(([W, L, b], (h, c)), [W, L, b])``
+        with h, c ``[W, layers, b, hidden]``; views of streams already on the device."""
+        key = ("stacked", tuple(workers), num_workers, local_batch)
+        if key not in self._streams:  # [T, W, b]: the workers' streams side by side
+            self._streams[key] = torch.stack([self._stream(w, num_workers, local_batch) for w in workers], dim=1)
+        x, y = (t.movedim(1, 0) for t in get_batch(self._streams[key], step * self.bptt, self.bptt))
+        if step > 0 and all(w in self._hidden for w in workers):
+            hidden = tuple(torch.stack([self._hidden[w][j] for w in workers]) for j in (0, 1))
+        else:
+            shape = (len(workers), self.num_layers, local_batch, self.hidden_size)
+            hidden = (torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device))
+        return (x, hidden), y
 
     def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
-        x, y = get_batch(self._stream(worker, num_workers, local_batch), step * self.bptt, self.bptt)
-        hidden = self._hidden.get(worker) if step > 0 else None
-        return (x, hidden if hidden is not None else self._zeros(local_batch)), y
+        """Worker ``worker``'s window and hidden state."""
+        return _one_worker(self.train_batches((worker,), epoch, step, local_batch, num_workers))
 
     def loss(self, outputs, targets):
         logits, hidden = outputs
@@ -189,23 +220,25 @@ class LanguageModelTask(_NoProbe):
         self._hidden.update(aux)
 
     def evaluate(self, module: nn.Module) -> dict:
-        total, count, hidden = 0.0, 0, None
+        total, count, hidden = torch.zeros((), device=self.device, dtype=torch.float64), 0, None
         with evaluating(module):
             for i in range(0, self.eval_data.size(0) - 1, self.bptt):
                 y = self.eval_data[i + 1:i + 1 + self.bptt]
                 logits, hidden = module(self.eval_data[i:i + len(y)], hidden)
-                total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+                total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum")
                 count += y.numel()
-        return {"val_loss": total / count, "val_ppl": math.exp(min(total / count, 50.0))}
+        loss = total.item() / count  # the evaluation's one synchronisation
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
 
 class TranslationTask(_NoProbe):
     """Multi30k English→German for ``extrap.train`` (Figure 3).
 
-    A worker's pairs are its shard (``shard_indices``), bucketed by length and shuffled by
+    A worker's pairs are its shard (``epoch_shards``), bucketed by length and shuffled by
     (seed, epoch, worker). At each step every worker's batch is padded to the longest of that
     step's K batches, so K workers stack into one tensor and a process pads exactly as its
-    virtual twin. Inputs are ``(src, tgt_in)``; the loss is label-smoothed cross-entropy over
+    virtual twin. The padded pairs live on the device and an epoch's batch plan is sent there
+    once, so a step's batches need no host–device synchronisation. Inputs are ``(src, tgt_in)``; the loss is label-smoothed cross-entropy over
     non-pad tokens; the metric is greedy-decoding BLEU (sacrebleu) on ``eval_samples`` sentences
     of ``eval_split``, plus the teacher-forced ``val_loss``.
     """
@@ -220,39 +253,52 @@ class TranslationTask(_NoProbe):
         self.data = prepare_multi30k(root, min_freq, splits=("train", eval_split))
         self.src, self.tgt = (ids[:max_train_pairs] for ids in self.data.ids["train"])
         self.lengths = torch.tensor([len(s) for s in self.src])
+        self.tgt_lengths = torch.tensor([len(t) for t in self.tgt])
+        self.src_table, self.tgt_table = pad_batch(self.src).to(self.device), pad_batch(self.tgt).to(self.device)
         self.src_vocab_size, self.tgt_vocab_size = len(self.data.src_vocab), len(self.data.tgt_vocab)
         self.eval_src = self.data.ids[eval_split][0][:eval_samples]
         self.eval_tgt = self.data.ids[eval_split][1][:eval_samples]
         self.eval_refs = self.data.text[eval_split][1][:eval_samples]
         self.seed, self.smoothing, self.decode_max_len, self.eval_batch = seed, label_smoothing, decode_max_len, eval_batch
-        self._epoch_batches: tuple | None = None
+        self._plan: tuple | None = None
+        self._eval: list | None = None
 
     def steps_per_epoch(self, num_workers: int, local_batch: int) -> int:
         return _steps_per_epoch(len(self.src), num_workers, local_batch, "training pairs")
 
-    def _batches(self, epoch: int, num_workers: int, local_batch: int) -> list[list[Tensor]]:
-        key = (epoch, num_workers, local_batch)
-        if self._epoch_batches is None or self._epoch_batches[0] != key:
-            per_worker = []
-            for w in range(num_workers):
-                gen = torch.Generator().manual_seed(step_seed(self.seed, w, epoch))
-                shard = shard_indices(len(self.src), num_workers, w, epoch, self.seed)
-                per_worker.append(bucket_batches(self.lengths, shard, local_batch, generator=gen))
-            self._epoch_batches = (key, per_worker)
-        return self._epoch_batches[1]
+    def _epoch_plan(self, epoch: int, num_workers: int, local_batch: int, workers: tuple[int, ...]):
+        """The epoch's batches of the workers held, [steps, W, b] on the device, and each step's
+        source and target lengths (the longest over all K workers' batches), as host integers."""
+        key = (epoch, num_workers, local_batch, workers)
+        if self._plan is None or self._plan[0] != key:
+            shards = epoch_shards(len(self.src), num_workers, epoch, self.seed)
+            batches = torch.stack([torch.stack(bucket_batches(
+                self.lengths, shards[w], local_batch, generator=torch.Generator().manual_seed(step_seed(self.seed, w, epoch))))
+                for w in range(num_workers)], dim=1)  # [steps, K, b]
+            src_len = self.lengths[batches].flatten(1).amax(1).tolist()
+            tgt_len = self.tgt_lengths[batches].flatten(1).amax(1).tolist()
+            self._plan = (key, batches[:, list(workers)].to(self.device, non_blocking=True), src_len, tgt_len)
+        return self._plan[1:]
+
+    def train_batches(self, workers: Sequence[int], epoch: int, step: int, local_batch: int, num_workers: int):
+        """The workers' ``((src, tgt_in), tgt_out)``, stacked: [W, b, length]."""
+        plan, src_len, tgt_len = self._epoch_plan(epoch, num_workers, local_batch, tuple(workers))
+        idx = plan[step].reshape(-1)
+        src = self.src_table.index_select(0, idx)[:, :src_len[step]].view(len(workers), local_batch, -1)
+        tgt = self.tgt_table.index_select(0, idx)[:, :tgt_len[step]].view(len(workers), local_batch, -1)
+        return (src, tgt[:, :, :-1]), tgt[:, :, 1:]
 
     def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
-        batches = self._batches(epoch, num_workers, local_batch)
-        rows = [batches[w][step].tolist() for w in range(num_workers)]
-        src_len = max(len(self.src[i]) for r in rows for i in r)
-        tgt_len = max(len(self.tgt[i]) for r in rows for i in r)
-        src = torch.full((local_batch, src_len), PAD, dtype=torch.long)
-        tgt = torch.full((local_batch, tgt_len), PAD, dtype=torch.long)
-        for j, i in enumerate(rows[worker]):
-            src[j, :len(self.src[i])] = self.src[i]
-            tgt[j, :len(self.tgt[i])] = self.tgt[i]
-        src, tgt = src.to(self.device), tgt.to(self.device)
-        return (src, tgt[:, :-1]), tgt[:, 1:]
+        """Worker ``worker``'s ``((src, tgt_in), tgt_out)``."""
+        return _one_worker(self.train_batches((worker,), epoch, step, local_batch, num_workers))
+
+    def _eval_batches(self) -> list[tuple[Tensor, Tensor]]:
+        """The evaluation pairs, padded per batch, on the device (sent there once)."""
+        if self._eval is None:
+            self._eval = [(pad_batch(self.eval_src[i:i + self.eval_batch]).to(self.device),
+                           pad_batch(self.eval_tgt[i:i + self.eval_batch]).to(self.device))
+                          for i in range(0, len(self.eval_src), self.eval_batch)]
+        return self._eval
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         from models.transformer import label_smoothed_loss  # noqa: PLC0415 (data needs the model's loss)
@@ -262,15 +308,16 @@ class TranslationTask(_NoProbe):
     def evaluate(self, module: nn.Module) -> dict:
         from models.transformer import greedy_decode
 
-
-        hyps, loss, tokens = [], 0.0, 0
+        hyps, sums = [], torch.zeros(2, device=self.device, dtype=torch.float64)  # loss, tokens
+        early_stop = self.device.type == "cpu"  # reading the device each token costs only off the CPU
         with evaluating(module):
-            for i in range(0, len(self.eval_src), self.eval_batch):
-                src = pad_batch(self.eval_src[i:i + self.eval_batch]).to(self.device)
-                tgt = pad_batch(self.eval_tgt[i:i + self.eval_batch]).to(self.device)
+            for src, tgt in self._eval_batches():
                 logits = module((src, tgt[:, :-1]))
-                mask = tgt[:, 1:] != 0
-                loss += F.cross_entropy(logits[mask], tgt[:, 1:][mask], reduction="sum").item()
-                tokens += int(mask.sum())
-                hyps.extend(greedy_decode(module, src, BOS, EOS, self.decode_max_len).tolist())
-        return {"val_loss": loss / tokens, "bleu": bleu(hyps, self.eval_refs, self.data.tgt_vocab)}
+                mask = tgt[:, 1:] != PAD
+                sums[0] += F.cross_entropy(logits.flatten(0, 1).float(), tgt[:, 1:].flatten(), ignore_index=PAD,
+                                           reduction="sum")
+                sums[1] += mask.sum()
+                out = greedy_decode(module, src, BOS, EOS, self.decode_max_len, early_stop=early_stop)
+                hyps.append(F.pad(out, (0, self.decode_max_len - out.shape[1]), value=PAD))
+        loss, tokens = sums.tolist()  # the evaluation's reads from the device: these and the hypotheses
+        return {"val_loss": loss / tokens, "bleu": bleu(torch.cat(hyps).tolist(), self.eval_refs, self.data.tgt_vocab)}

@@ -89,8 +89,8 @@ def main() -> None:
             p.register_post_accumulate_grad_hook(count_late)
     x_tilde = None
     for t in range(args.steps):
-        batches = [task.train_batch(w, 0, t, 16, world) for w in ids]
-        x, y = batches[0] if engine is None else engine.stack(batches)
+        x, y = (task.train_batch(ids[0], 0, t, 16, world) if engine is None
+                else engine.worker_batch(task.train_batches(ids, 0, t, 16, world)))
         x = x.to(dtype)
 
         def closure():

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +52,11 @@ class Task(Protocol):
 
     def steps_per_epoch(self, num_workers: int, local_batch: int) -> int: ...
 
-    def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int) -> tuple:
-        """Worker ``worker``'s batch ``(inputs, targets)`` from its own shard."""
+    def train_batches(self, workers: Sequence[int], epoch: int, step: int, local_batch: int,
+                      num_workers: int) -> tuple:
+        """The batches ``(inputs, targets)`` of the workers ``workers``, each from its own shard,
+        stacked: every tensor ``[len(workers), b, ...]``. One call for all the workers a process
+        holds; in steady state it should not read the device (no host–device synchronisation)."""
 
     def evaluate(self, module: nn.Module) -> dict:
         """``train_loss`` and the task's metric, at x_t."""
@@ -199,8 +202,7 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
     for i in range(run.steps_per_epoch):
         step = epoch * run.steps_per_epoch + i
         lr = run.schedule.apply(optimizer, step, gamma=False)  # γ: the optimizer's own default
-        inputs, targets = engine.stack([task.train_batch(w, epoch, i, cfg.local_batch, k)
-                                        for w in engine.worker_ids])
+        inputs, targets = engine.worker_batch(task.train_batches(engine.worker_ids, epoch, i, cfg.local_batch, k))
 
         def closure():  # a gradient at x_t for extragradient and SAM
             optimizer.zero_grad()

@@ -124,10 +124,13 @@ def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float = 0.1, 
 
 
 @torch.no_grad()
-def greedy_decode(model: Seq2SeqTransformer, src: Tensor, bos: int, eos: int, max_len: int) -> Tensor:
+def greedy_decode(model: Seq2SeqTransformer, src: Tensor, bos: int, eos: int, max_len: int,
+                  early_stop: bool = True) -> Tensor:
     """Greedy translations of ``src [B, S]``: token ids ``[B, L]`` (L ≤ max_len), BOS not
     included, each row ending with its EOS and padded with ``model.pad_idx`` after it. Stops
-    once every row has produced EOS. Call in eval mode."""
+    once every row has produced EOS, unless ``early_stop=False``: then it decodes all
+    ``max_len`` tokens (the same rows, padded further) without reading the device each token.
+    Call in eval mode."""
     memory, src_pad = model.encode(src)
     ys = torch.full((src.shape[0], 1), bos, dtype=torch.long, device=src.device)
     done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
@@ -137,6 +140,6 @@ def greedy_decode(model: Seq2SeqTransformer, src: Tensor, bos: int, eos: int, ma
         nxt = nxt.masked_fill(done, model.pad_idx)
         ys = torch.cat([ys, nxt.unsqueeze(1)], dim=1)
         done |= nxt == eos
-        if done.all():
+        if early_stop and done.all():
             break
     return ys[:, 1:]

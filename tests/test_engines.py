@@ -114,7 +114,7 @@ def test_virtual_workers_keep_their_own_batchnorm_statistics():
     engine = make_engine("virtual", 3)
     workers = engine.prepare(build_model("digits_cnn"))
     task = DigitsTask()
-    x, y = engine.stack([task.train_batch(w, 0, 0, 16, 3) for w in engine.worker_ids])
+    x, y = engine.worker_batch(task.train_batches(engine.worker_ids, 0, 0, 16, 3))
     losses = workers.forward_backward(task.loss, x, y)
     assert losses.shape == (3,)
     mean = workers.buffers["features.1.running_mean"]

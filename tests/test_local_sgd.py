@@ -19,7 +19,7 @@ def train(k, steps, *, post_local, switch=0, local_steps=1, momentum=0.0, pertur
                           weight_decay=1e-4, perturbation=perturbation, gamma=0.02, comm=comm)
     stepper = PostLocalSGD(opt, switch_step=switch, local_steps=local_steps) if post_local else opt
     for t in range(steps):
-        x, y = engine.stack([task.train_batch(w, 0, t, 16, k) for w in engine.worker_ids])
+        x, y = engine.worker_batch(task.train_batches(engine.worker_ids, 0, t, 16, k))
         stepper.zero_grad()
         stepper.perturb()
         workers.forward_backward(task.loss, x, y)

@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from .comm import LocalComm
 
@@ -86,6 +87,11 @@ class SingleEngine:
         """This process's batch from the list of its workers' batches (here: one)."""
         (batch,) = per_worker
         return batch
+
+    def worker_batch(self, stacked):
+        """What this engine's workers take, from a batch stacked over the workers it holds
+        (``Task.train_batches``): here the one worker's ``[b, ...]``, a view."""
+        return tree_map(lambda t: t[0], stacked)
 
     def mean_over_workers(self, values: Tensor) -> Tensor:
         """Mean of per-worker metric values across all workers (metrics, not gradients)."""

@@ -124,5 +124,9 @@ class VirtualEngine(SingleEngine):
         """Stack the K workers' batches (pytrees of tensors) along a new leading axis."""
         return stack_trees(per_worker)
 
+    def worker_batch(self, stacked):
+        """The K workers take the stacked batch ``[K, b, ...]`` as it is."""
+        return stacked
+
     def mean_over_workers(self, values: Tensor) -> Tensor:
         return values.float().mean()
