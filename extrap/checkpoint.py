@@ -6,6 +6,12 @@ bytes. ``save`` writes a temporary file, fsyncs it, moves the current checkpoint
 moment leaves a complete current or previous checkpoint. ``load_latest`` verifies the checksum
 and reads with ``torch.load(weights_only=True)`` (no code runs from a checkpoint); a corrupt or
 truncated file is reported and the previous one used.
+
+``Writer`` does the file work (checksum, write, fsync, renames) in a background thread, so
+training goes on while a checkpoint is written; the state is serialised before ``save`` returns.
+``pack_worker_copies`` stores once what all K workers of a process hold identically (their
+parameters and momentum while training is synchronous); ``unpack_worker_copies`` restores it
+bit for bit.
 """
 
 from __future__ import annotations
@@ -13,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
-__all__ = ["save", "load", "load_latest", "previous", "CheckpointError"]
+__all__ = ["save", "Writer", "load", "load_latest", "previous", "CheckpointError", "pack_worker_copies",
+           "unpack_worker_copies"]
 
 MAGIC = b"EXTRAP-CHECKPOINT 1 "
 
@@ -32,10 +41,43 @@ def previous(path: Path) -> Path:
 
 
 def save(obj, path: str | Path) -> None:
-    path = Path(path)
     buf = io.BytesIO()
     torch.save(obj, buf)
-    data = buf.getvalue()
+    _write(buf.getvalue(), Path(path))
+
+
+class Writer:
+    """``save`` whose file work runs in a background thread. One write at a time: the next
+    ``save`` (and ``wait``) first waits for the one before, and re-raises its error."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, obj, path: str | Path) -> None:
+        buf = io.BytesIO()
+        torch.save(obj, buf)  # serialised now: training may change the tensors once this returns
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(buf.getvalue(), Path(path)), daemon=True)
+        self._thread.start()
+
+    def _run(self, data: bytes, path: Path) -> None:
+        try:
+            _write(data, path)
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        """Until the last write is on disk."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _write(data: bytes, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n")
@@ -92,3 +134,38 @@ def load_latest(path: str | Path, warn: Callable[[str], None] = print, map_locat
         except (CheckpointError, OSError) as e:
             warn(f"warning: {e}; trying the previous checkpoint")
     return found
+
+
+_SHARED = "extrap: the same for all workers"
+
+
+def pack_worker_copies(obj, workers: int):
+    """``obj`` (nested dicts, lists, tuples) with every tensor whose leading axis holds
+    ``workers`` bitwise-equal slices replaced by one slice, marked; lossless. ``workers <= 1``:
+    ``obj`` unchanged."""
+    if workers <= 1:
+        return obj
+    leaves, spec = tree_flatten(obj)
+    stacked = [i for i, t in enumerate(leaves) if torch.is_tensor(t) and t.dim() >= 1 and t.shape[0] == workers]
+    if not stacked:
+        return obj
+    same = []
+    for i in stacked:  # compare the bytes: 0.0 and −0.0, or two NaNs, are not the same bits
+        b = leaves[i].detach().contiguous().reshape(workers, -1).view(torch.uint8)
+        same.append((b == b[:1]).all())
+    for i, equal in zip(stacked, torch.stack(same).tolist()):  # one read of the device
+        if equal:
+            leaves[i] = {_SHARED: leaves[i][0].clone(), "workers": workers}
+    return tree_unflatten(leaves, spec)
+
+
+def unpack_worker_copies(obj):
+    """The inverse of ``pack_worker_copies``: each marked slice repeated for its workers."""
+    if isinstance(obj, dict):
+        if _SHARED in obj:
+            t = obj[_SHARED]
+            return t.unsqueeze(0).repeat(obj["workers"], *[1] * t.dim())
+        return {k: unpack_worker_copies(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(unpack_worker_copies(v) for v in obj)
+    return obj

@@ -6,9 +6,12 @@
 from ``data/`` or ``models/``) is the only thing that knows the dataset.
 
 Checkpoints (one file per rank: a rank's workers, optimizer, RNG and curve) are written
-atomically at the end of every ``checkpoint_every`` epochs, with a checksum, keeping the previous
-one (``extrap.checkpoint``); ``train`` resumes from the newest that every rank can verify, so
-rerunning an interrupted run continues it and ends with the same record.
+atomically at the end of every ``checkpoint_every`` epochs (or, with ``checkpoint_minutes``, of
+the first epoch that ends that long after the last one), with a checksum, keeping the previous
+one (``extrap.checkpoint``). What a process's workers hold identically is stored once, and the
+file is written in the background while training goes on. ``train`` resumes from the newest
+checkpoint that every rank can verify, so rerunning an interrupted run continues it and ends
+with the same record.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ class TrainConfig:
     eps: float = 1e-8  # adam
     clip_norm: float | None = None  # clip each worker's local gradient to this norm
     checkpoint_every: int = 1  # epochs
+    checkpoint_minutes: float | None = None  # instead: at the end of the first epoch this long after the last
     dtype: str = "float32"  # float64: engine-equivalence and numerics checks
 
     def __post_init__(self):
@@ -116,6 +120,8 @@ class TrainConfig:
             "local_steps": (self.local_steps >= 1, "an integer >= 1"),
             "optimizer": (self.optimizer in ("sgd", "adam"), "sgd or adam"),
             "checkpoint_every": (self.checkpoint_every >= 1, "an integer >= 1"),
+            "checkpoint_minutes": (self.checkpoint_minutes is None or self.checkpoint_minutes > 0,
+                                   "None or a number > 0"),
             "clip_norm": (self.clip_norm is None or self.clip_norm > 0, "None or a number > 0"),
             "dtype": (self.dtype in ("float32", "float64"), "float32 or float64"),
         }.items()})
@@ -240,13 +246,25 @@ def _checkpoint_path(run: Run, prefix: str | Path) -> Path:
     return Path(f"{prefix}.rank{getattr(run.engine, 'rank', 0)}.pt")
 
 
-def save_checkpoint(run: Run, prefix: str | Path, epoch: int, elapsed: float) -> None:
-    """This rank's workers, optimizer, RNG, curve and probe after ``epoch`` epochs."""
-    checkpoint_io.save({"epoch": epoch, "workers": run.workers.state_dict(),
-                        "optimizer": run.optimizer.state_dict(), "rng": torch.get_rng_state(),
-                        "curve": run.curve, "elapsed": elapsed,
-                        "probe": run.probe.state_dict() if run.probe is not None else None},
-                       _checkpoint_path(run, prefix))
+def save_checkpoint(run: Run, prefix: str | Path, epoch: int, elapsed: float,
+                    writer: checkpoint_io.Writer | None = None) -> None:
+    """This rank's workers, optimizer, RNG, curve and probe after ``epoch`` epochs; what its
+    workers hold identically, once. ``writer``: write the file in the background."""
+    held = len(run.engine.worker_ids)
+    state = {"epoch": epoch, "workers": checkpoint_io.pack_worker_copies(run.workers.state_dict(), held),
+             "optimizer": checkpoint_io.pack_worker_copies(run.optimizer.state_dict(), held),
+             "rng": torch.get_rng_state(), "curve": run.curve, "elapsed": elapsed,
+             "probe": run.probe.state_dict() if run.probe is not None else None}
+    (writer or checkpoint_io).save(state, _checkpoint_path(run, prefix))
+
+
+def _checkpoint_due(run: Run, epoch: int, last_saved: float) -> bool:
+    """Whether to checkpoint after ``epoch``: every ``checkpoint_every`` epochs, or once
+    ``checkpoint_minutes`` have passed on every rank's clock (so that all ranks agree)."""
+    minutes = run.cfg.checkpoint_minutes
+    if minutes is None:
+        return (epoch + 1) % run.cfg.checkpoint_every == 0
+    return run.engine.min_over_ranks(int(time.perf_counter() - last_saved >= 60 * minutes)) == 1
 
 
 def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], None]) -> tuple[int, float]:
@@ -266,8 +284,8 @@ def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], N
     if epoch == 0:
         return 0, 0.0
     path, state = found[epoch]
-    run.workers.load_state_dict(state["workers"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    run.workers.load_state_dict(checkpoint_io.unpack_worker_copies(state["workers"]))
+    run.optimizer.load_state_dict(checkpoint_io.unpack_worker_copies(state["optimizer"]))
     torch.set_rng_state(state["rng"])
     run.curve = state["curve"]
     if run.probe is not None:
@@ -303,6 +321,7 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[
         bar = tqdm(total=total, initial=start_epoch * run.steps_per_epoch, desc=desc, unit="step",
                    dynamic_ncols=True, leave=False)
     started = time.perf_counter() - elapsed
+    writer, last_saved = checkpoint_io.Writer(), time.perf_counter()
     status, step = "completed", start_epoch * run.steps_per_epoch
     run.workers.train()
     for epoch in range(start_epoch, cfg.epochs):
@@ -322,8 +341,10 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[
             if bar is not None:
                 bar.set_postfix({key: f"{v:.4g}" for key, v in point.items()
                                  if key in ("epoch", "train_loss", getattr(task, "metric", ""))})
-        if checkpoint is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-            save_checkpoint(run, checkpoint, epoch + 1, time.perf_counter() - started)
+        if checkpoint is not None and (last or _checkpoint_due(run, epoch, last_saved)):
+            save_checkpoint(run, checkpoint, epoch + 1, time.perf_counter() - started, writer)
+            last_saved = time.perf_counter()
+    writer.wait()
     if bar is not None:
         bar.close()
     curve = run.curve

@@ -2,6 +2,8 @@
 a truncated, corrupt or foreign file is reported and the previous one used; a run whose newest
 checkpoint is corrupt resumes from the one before and ends with the uninterrupted run's record."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -79,3 +81,92 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_epoch(tmp_path, c
     assert "checksum mismatch" in err and str(ckpt) in err
     assert f"resumed from {ckpt}.prev at epoch 2" in out
     assert whole == again == resumed  # epoch 3 retrained from epoch 2's checkpoint, bit for bit
+
+
+# -- one copy of what K workers hold alike; written in the background; interval in minutes -------
+
+def test_worker_copies_pack_losslessly():
+    k = 4
+    same = torch.randn(1, 3, 2).repeat(k, 1, 1)
+    signed_zero = torch.zeros(k, 5)
+    signed_zero[2, 1] = -0.0  # equal as numbers, not as bits
+    nan = torch.full((k, 2), float("nan"))
+    state = {"a": same, "b": [signed_zero, torch.randn(k, 3)], "c": (nan, torch.arange(k)), "d": torch.ones(k + 1),
+             "e": 7, "f": torch.tensor(1.0)}
+    packed = checkpoint.pack_worker_copies(state, k)
+    assert packed["a"]["workers"] == k and packed["a"][checkpoint._SHARED].shape == (3, 2)
+    assert torch.is_tensor(packed["b"][0]) and torch.is_tensor(packed["b"][1])  # −0.0 keeps its copies
+    assert not torch.is_tensor(packed["c"][0])  # all NaN with the same bits: one copy
+    assert torch.is_tensor(packed["d"]) and packed["e"] == 7
+    back = checkpoint.unpack_worker_copies(packed)
+    flat = lambda s: [s["a"], *s["b"], *s["c"], s["d"], s["f"]]  # noqa: E731
+    for x, y in zip(flat(state), flat(back)):
+        bits = lambda t: t.reshape(-1).view(torch.uint8) if t.is_floating_point() else t  # noqa: E731
+        assert x.shape == y.shape and torch.equal(bits(x), bits(y))
+        assert y.is_contiguous()
+    assert checkpoint.pack_worker_copies(state, 1) is state
+
+
+def test_background_writer_writes_the_same_file_and_reports_errors(tmp_path):
+    obj = {"epoch": 3, "w": torch.randn(100)}
+    checkpoint.save(obj, tmp_path / "direct.pt")
+    writer = checkpoint.Writer()
+    writer.save(obj, tmp_path / "background.pt")
+    obj["w"].zero_()  # after save() returns, the state may change: the file holds the old one
+    writer.wait()
+    assert (tmp_path / "direct.pt").read_bytes() == (tmp_path / "background.pt").read_bytes()
+    writer.save(obj, tmp_path / "missing" / "x.pt")
+    with pytest.raises(FileNotFoundError):
+        writer.wait()
+
+
+def _resnet_run(tmp_path, epochs, prefix="ck", **overrides):
+    """K = 16 virtual ResNet-20 workers with extrap-SGD and LARS on random images."""
+    from data import ClassificationTask
+    from models import build_model
+
+    gen = torch.Generator().manual_seed(0)
+    task = ClassificationTask(torch.randn(96, 3, 32, 32, generator=gen), torch.randint(0, 10, (96,), generator=gen),
+                              torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen))
+    torch.manual_seed(0)
+    cfg = TrainConfig(perturbation="extrap", local_batch=3, epochs=epochs, lars=True, weight_decay=1e-4,
+                      **overrides)
+    engine = make_engine("virtual", 16)
+    record = train(cfg, engine, build_model("resnet20"), task, checkpoint=tmp_path / prefix)
+    return record
+
+
+def test_k16_resnet20_lars_checkpoint_is_small_and_resumes_bit_for_bit(tmp_path):
+    """16 workers' parameters and momentum are stored once (1.08 MB each); their local
+    gradients, 16 × 1.08 MB = 17.3 MB, are the real per-worker state. Before: 52 MB."""
+    whole = _resnet_run(tmp_path, 2, "whole")
+    size = (tmp_path / "whole.rank0.pt").stat().st_size
+    print(f"K=16 ResNet-20 + LARS checkpoint: {size / 1e6:.2f} MB")
+    assert size <= 25e6
+    assert 16 * 4 * 269_722 < size  # the local gradients are all there
+    shutil.copy(tmp_path / "whole.rank0.pt.prev", tmp_path / "split.rank0.pt")  # after epoch 1
+    resumed = _resnet_run(tmp_path, 2, "split")
+    assert resumed["curve"][0] == whole["curve"][0]  # from the checkpoint
+    strip = lambda r: [{k: v for k, v in p.items() if k != "time_s"} for p in r["curve"]]  # noqa: E731
+    assert strip(resumed) == strip(whole)
+    a = checkpoint.load(tmp_path / "whole.rank0.pt")
+    b = checkpoint.load(tmp_path / "split.rank0.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("workers", "optimizer"):  # the states after epoch 2, bit for bit
+        x, y = torch.utils._pytree.tree_leaves(a[key]), torch.utils._pytree.tree_leaves(b[key])
+        assert len(x) == len(y) and all(torch.equal(u, v) if torch.is_tensor(u) else u == v for u, v in zip(x, y))
+
+
+@pytest.mark.parametrize("minutes, saves", [(1e-9, 3), (1e6, 1)])
+def test_checkpoint_interval_in_minutes(tmp_path, monkeypatch, minutes, saves):
+    import extrap.train
+
+    epochs, real = [], extrap.train.save_checkpoint
+    monkeypatch.setattr(extrap.train, "save_checkpoint", lambda run, prefix, epoch, *a: (epochs.append(epoch),
+                                                                                        real(run, prefix, epoch, *a)))
+    from data import DigitsTask
+    from models import build_model
+
+    cfg = TrainConfig(perturbation="extrap", local_batch=32, epochs=3, checkpoint_every=100, checkpoint_minutes=minutes)
+    train(cfg, make_engine("virtual", 2), build_model("digits_cnn"), DigitsTask(), checkpoint=tmp_path / "m")
+    assert epochs == ([1, 2, 3] if saves == 3 else [3])
