@@ -111,6 +111,7 @@ def main() -> None:
                            "x_tilde": {n: one(p, k) for n, p in zip(named, x_tilde)}}
                        for k, w in enumerate(ids)},
            "engine": args.engine if engine is None else engine.kind, "world_size": world,
+           "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
            "late_grads": late_grads, "hook_calls": ddp_comm.hook_calls if ddp_comm is not None else 0}
     counting = opt.optimizer.comm if isinstance(opt, PostLocalSGD) else opt.comm
     if isinstance(counting, CountingComm):

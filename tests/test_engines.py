@@ -16,8 +16,8 @@ RUN = str(ROOT / "examples" / "engine_equivalence.py")
 STEPS = 20
 
 
-def launch(cmd, timeout=240, path=None):
-    env = launcher_env() if path is None else {**launcher_env(), "PATH": path}
+def launch(cmd, timeout=240, path=None, **extra_env):
+    env = {**(launcher_env() if path is None else {**launcher_env(), "PATH": path}), **extra_env}
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
 
@@ -93,9 +93,9 @@ def test_torchrun_matches_virtual_workers(virtual_run, tmp_path, bucket_mb):
     out = tmp_path / "torchrun.pt"
     buckets = [] if bucket_mb is None else ["--bucket-mb", str(bucket_mb)]
     launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            RUN, str(out), "--steps", str(STEPS), *buckets])
+            RUN, str(out), "--steps", str(STEPS), *buckets], EXTRAP_BACKEND="gloo")  # the override's path
     got = load(out)
-    assert got["engine"] == "processes" and got["world_size"] == 2
+    assert got["engine"] == "processes" and got["world_size"] == 2 and got["backend"] == "gloo"
     assert max_rel(got["params"], virtual_run["params"]) <= 1e-5
 
 
@@ -155,6 +155,16 @@ def test_make_engine_rejects_bad_choices():
         make_engine("virtual", workers=0)
     assert make_engine("auto", workers=4).kind == "virtual"
     assert make_engine("auto").kind == "single"
+
+
+def test_an_unknown_backend_is_refused_before_any_rendezvous(monkeypatch):
+    from extrap.engines import init_distributed
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "EXTRAP_BACKEND": "carrier-pigeon"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="^backend: expected one of gloo, nccl, mpi, got 'carrier-pigeon'"):
+        init_distributed()
 
 
 def test_buckets_group_consecutive_tensors_up_to_the_cap():

@@ -49,10 +49,12 @@ def _share_cpu_threads(local_ranks: int) -> None:
 
 
 def make_engine(kind: str = "auto", workers: int | None = None, device=None, batched: bool = True,
-                bucket_mb: float | None = None, ddp: bool = False):
+                bucket_mb: float | None = None, ddp: bool = False, backend: str | None = None):
     """Build an engine. ``workers`` is K; under a launcher it must equal the number of ranks.
     The processes engine's ``bucket_mb`` (gradient buckets) and ``ddp`` (DDP with extrap's hook
-    instead of one flat all-reduce): see ``ProcessEngine``."""
+    instead of one flat all-reduce): see ``ProcessEngine``; its ``backend`` (``gloo``, ``nccl``,
+    ``mpi``; default ``EXTRAP_BACKEND``, else NCCL on GPU and Gloo on CPU): see
+    ``init_distributed``."""
     if kind not in ENGINES:
         raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {kind!r}")
     if workers is not None and workers < 1:
@@ -70,7 +72,7 @@ def make_engine(kind: str = "auto", workers: int | None = None, device=None, bat
         _share_cpu_threads(launched.local_size)
         if kind == "horovod":
             return HorovodEngine(device=device)
-        return ProcessEngine(device=device, bucket_mb=bucket_mb, ddp=ddp)
+        return ProcessEngine(device=device, bucket_mb=bucket_mb, ddp=ddp, backend=backend)
     if launched.world_size > 1:
         raise ValueError(f"engine: {kind!r} runs in one process, but a launcher started "
                          f"{launched.world_size} ranks (use --engine processes)")

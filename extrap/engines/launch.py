@@ -15,7 +15,9 @@ from datetime import timedelta
 
 import torch
 
-__all__ = ["DistInfo", "world_info_from_env", "init_distributed", "under_launcher", "collective_timeout_s"]
+__all__ = ["DistInfo", "world_info_from_env", "init_distributed", "under_launcher", "collective_timeout_s", "BACKENDS"]
+
+BACKENDS = ("gloo", "nccl", "mpi")  # torch.distributed's
 
 # (rank, world size, local rank, local size) variables, by launcher; first match wins.
 _LAUNCHERS = {
@@ -99,8 +101,10 @@ def collective_timeout_s() -> float:
 def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> DistInfo:
     """Initialise torch.distributed from the launcher's variables (no-op for one process).
 
-    ``backend``: ``nccl`` when CUDA is available, else ``gloo``. On GPU each rank takes the
-    device of its local rank. ``timeout_s``: see ``collective_timeout_s``. Failures raise:
+    ``backend``: the argument, else the ``EXTRAP_BACKEND`` variable, else ``nccl`` when CUDA is
+    available and ``gloo`` otherwise. ``gloo`` on GPUs lets several ranks share one GPU, which
+    NCCL refuses (the baseline of K processes on one device). On GPU each rank takes the device
+    of its local rank (modulo the number of devices). ``timeout_s``: see ``collective_timeout_s``. Failures raise:
     there is no silent fall-back to one process.
     """
     if timeout_s is None:
@@ -119,9 +123,10 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
             hint = " (under horovodrun use --engine horovod)" if info.launcher == "horovod" else ""
             raise RuntimeError(f"{info.launcher}: MASTER_ADDR is not set{hint}")
     os.environ.setdefault("MASTER_PORT", "29500")
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    backend = backend or os.environ.get("EXTRAP_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
     dist.init_process_group(backend, init_method="env://", rank=info.rank,
                             world_size=info.world_size, timeout=timedelta(seconds=timeout_s))
