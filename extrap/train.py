@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_map
 from . import checkpoint as checkpoint_io
 from .arguments import require
 from .engines.comm import Communicator, scale_per_worker_, total_worker_norms
+from .engines import PRECISIONS, Execution
 from .local_sgd import PostLocalSGD
 from .optim import PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD
 from .param_groups import weight_decay_groups
@@ -104,6 +105,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs
     checkpoint_minutes: float | None = None  # instead: at the end of the first epoch this long after the last
     dtype: str = "float32"  # float64: engine-equivalence and numerics checks
+    precision: str = "float32"  # "bf16": the forward under bfloat16 autocast (extrap.engines.Execution)
+    channels_last: bool = False  # 4-D weights and images in channels-last memory order
+    compile: str | None = None  # a torch.compile backend for the workers' forward and backward
 
     def __post_init__(self):
         require({key: (getattr(self, key), ok, expected) for key, (ok, expected) in {
@@ -124,6 +128,8 @@ class TrainConfig:
                                    "None or a number > 0"),
             "clip_norm": (self.clip_norm is None or self.clip_norm > 0, "None or a number > 0"),
             "dtype": (self.dtype in ("float32", "float64"), "float32 or float64"),
+            "precision": (self.precision in PRECISIONS and (self.precision == "float32" or self.dtype == "float32"),
+                          f"one of {', '.join(PRECISIONS)} (bf16 with dtype float32)"),
         }.items()})
 
 
@@ -178,7 +184,7 @@ def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[
     k = engine.world_size
     if cfg.dtype != "float32":
         _use_dtype(model, getattr(torch, cfg.dtype))
-    workers = engine.prepare(model)
+    workers = engine.prepare(model, Execution(cfg.precision, cfg.channels_last, cfg.compile))
     global_batch = k * cfg.local_batch
     peak_lr, lr_scale = scaled_lr(cfg.base_lr, global_batch, cfg.base_batch, cfg.lr_scaling)
     steps_per_epoch = task.steps_per_epoch(k, cfg.local_batch)

@@ -23,7 +23,7 @@ from .ddp import DDPComm, register_ddp
 from .horovod import HorovodComm, HorovodEngine
 from .launch import DistInfo, init_distributed, under_launcher, world_info_from_env
 from .processes import ProcessEngine
-from .single import ModuleWorkers, SingleEngine
+from .single import PRECISIONS, Execution, ModuleWorkers, SingleEngine
 from .virtual import VirtualEngine, VirtualWorkers
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "DistInfo", "Communicator", "OneWorker", "worker_norms", "total_worker_norms", "scale_per_worker_",
     "local_backward", "LocalComm", "TorchDistComm", "DDPComm", "register_ddp", "VirtualComm", "CountingComm", "HorovodComm",
     "SingleEngine", "ProcessEngine", "HorovodEngine", "VirtualEngine", "ModuleWorkers", "VirtualWorkers",
+    "Execution", "PRECISIONS",
 ]
 
 ENGINES = ("auto", "processes", "horovod", "virtual", "single")

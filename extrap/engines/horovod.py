@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .comm import OneWorker
-from .single import ModuleWorkers, SingleEngine
+from .single import Execution, ModuleWorkers, SingleEngine
 
 __all__ = ["HorovodComm", "HorovodEngine", "import_horovod", "refuse_horovod_wrapper"]
 
@@ -83,10 +83,10 @@ class HorovodEngine(SingleEngine):
         self.rank = hvd.rank()
         self.is_main = self.rank == 0
 
-    def prepare(self, model: nn.Module) -> ModuleWorkers:
+    def prepare(self, model: nn.Module, execution: Execution = Execution()) -> ModuleWorkers:
         model = model.to(self.device)
         self._hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        return ModuleWorkers(model)
+        return ModuleWorkers(model, execution=execution)
 
     def mean_over_workers(self, values: Tensor) -> Tensor:
         return self.comm.all_reduce_mean_scalars(values.float().mean().reshape(1))[0]

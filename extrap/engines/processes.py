@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .comm import TorchDistComm
 from .ddp import ddp_keeping_buffers, register_ddp
 from .launch import init_distributed
-from .single import ModuleWorkers, SingleEngine
+from .single import Execution, ModuleWorkers, SingleEngine
 
 __all__ = ["ProcessEngine"]
 
@@ -54,19 +54,21 @@ class ProcessEngine(SingleEngine):
     def worker_ids(self) -> tuple[int, ...]:
         return (self.rank,)
 
-    def prepare(self, model: nn.Module) -> ModuleWorkers:
+    def prepare(self, model: nn.Module, execution: Execution = Execution()) -> ModuleWorkers:
         model = model.to(self.device)
         # every rank starts from rank 0's x_0 (buffers included), whatever its seed did
         with torch.no_grad():
             for t in list(model.parameters()) + list(model.buffers()):
                 torch.distributed.broadcast(t, src=0)
+        if execution.channels_last:  # before DDP lays its buckets over the gradients
+            model.to(memory_format=torch.channels_last)
         if not self.use_ddp:
-            return ModuleWorkers(model)
+            return ModuleWorkers(model, execution=execution)
         self.comm = None  # each model gets its own DDP, hook and communicator
         kw = {} if self.bucket_mb is None else {"bucket_cap_mb": self.bucket_mb}
         self.ddp = ddp_keeping_buffers(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                        **kw)
-        return ModuleWorkers(model, forward=self.ddp)
+        return ModuleWorkers(model, forward=self.ddp, execution=execution)
 
     def attach(self, optimizer) -> None:
         if self.ddp is not None and self.comm is None:

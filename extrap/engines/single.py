@@ -3,6 +3,8 @@ processes engine."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -11,12 +13,52 @@ from torch.utils._pytree import tree_map
 
 from .comm import LocalComm
 
-__all__ = ["ModuleWorkers", "SingleEngine", "split_aux"]
+__all__ = ["ModuleWorkers", "SingleEngine", "split_aux", "Execution", "PRECISIONS"]
+
+PRECISIONS = ("float32", "bf16")
 
 
 def split_aux(result) -> tuple[Tensor, object]:
     """A loss function's result as (loss, aux); aux is None when it returned the loss alone."""
     return result if isinstance(result, tuple) else (result, None)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the workers' forward and backward run; every option is off by default.
+
+    - ``precision="bf16"``: the forward under ``torch.autocast`` in bfloat16; parameters,
+      gradients, optimizer state and BatchNorm statistics stay float32.
+    - ``channels_last``: 4-D weights and image batches in channels-last memory order.
+    - ``compile``: a ``torch.compile`` backend (``"inductor"``, ``"aot_eager"``, ...) for the
+      forward and backward (for virtual workers: all K workers' as one graph); ``None``: eager.
+    """
+
+    precision: str = "float32"
+    channels_last: bool = False
+    compile: str | None = None
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def autocast(self, device: torch.device):
+        return (torch.autocast(device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                else contextlib.nullcontext())
+
+    def layout(self, batch, image_dims: int = 4):
+        """The batch's image tensors (``image_dims``-D floats) in channels-last order, where asked."""
+        if not self.channels_last:
+            return batch
+        return tree_map(lambda t: to_channels_last(t) if torch.is_tensor(t) and t.is_floating_point()
+                        and t.dim() == image_dims else t, batch)
+
+
+def to_channels_last(t: Tensor) -> Tensor:
+    """``t [..., C, H, W]`` with C innermost in memory (same values and shape); for a 4-D tensor,
+    ``torch.channels_last``; with more leading axes (virtual workers' [K, b, C, H, W]), the same
+    order within each worker."""
+    return t.movedim(-3, -1).contiguous().movedim(-1, -3)
 
 
 class ModuleWorkers:
@@ -25,9 +67,12 @@ class ModuleWorkers:
     ``forward`` runs the model in training (default: the model itself; a DistributedDataParallel
     around it, whose backward averages the gradients)."""
 
-    def __init__(self, model: nn.Module, forward: nn.Module | None = None):
-        self.model = model
-        self.forward = model if forward is None else forward
+    def __init__(self, model: nn.Module, forward: nn.Module | None = None, execution: Execution = Execution()):
+        self.model, self.execution = model, execution
+        if execution.channels_last:
+            model.to(memory_format=torch.channels_last)
+        forward = model if forward is None else forward
+        self.forward = forward if execution.compile is None else torch.compile(forward, backend=execution.compile)
 
     def named_parameters(self):
         return self.model.named_parameters()
@@ -44,9 +89,14 @@ class ModuleWorkers:
 
         ``loss_fn(outputs, targets)`` may return ``(loss, aux)`` (e.g. an LSTM's next hidden
         state); then ``(losses, [aux])`` is returned, one aux per worker as for virtual workers."""
-        loss, aux = split_aux(loss_fn(self.forward(inputs), targets))
+        with self.execution.autocast(self.model_device):
+            loss, aux = split_aux(loss_fn(self.forward(self.execution.layout(inputs)), targets))
         loss.backward()
         return loss.detach().reshape(1) if aux is None else (loss.detach().reshape(1), [aux])
+
+    @property
+    def model_device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def eval_module(self, worker: int = 0) -> nn.Module:
         """The module at x_t (call outside perturb/step)."""
@@ -76,8 +126,8 @@ class SingleEngine:
     def worker_ids(self) -> tuple[int, ...]:
         return self.comm.worker_ids
 
-    def prepare(self, model: nn.Module) -> ModuleWorkers:
-        return ModuleWorkers(model.to(self.device))
+    def prepare(self, model: nn.Module, execution: Execution = Execution()) -> ModuleWorkers:
+        return ModuleWorkers(model.to(self.device), execution=execution)
 
     def attach(self, optimizer) -> None:
         """Connect the optimizer to the engine's communication (the processes engine's DDP hook);

@@ -24,7 +24,7 @@ from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
 from .comm import VirtualComm
-from .single import SingleEngine, split_aux
+from .single import Execution, SingleEngine, split_aux, to_channels_last
 
 __all__ = ["VirtualWorkers", "VirtualEngine", "stack_trees"]
 
@@ -37,17 +37,22 @@ def stack_trees(trees: list):
 class VirtualWorkers:
     """K copies of a model as stacked leaf tensors; ``forward_backward`` takes ``[K, b, ...]``."""
 
-    def __init__(self, model: nn.Module, num_workers: int, batched: bool = True):
-        self.num_workers = num_workers
+    def __init__(self, model: nn.Module, num_workers: int, batched: bool = True, execution: Execution = Execution()):
+        self.num_workers, self.execution = num_workers, execution
         # a model may declare ``vmap_compatible = False`` (no batching rule for one of its kernels)
         self.batched = batched and getattr(model, "vmap_compatible", True)
         self.template = copy.deepcopy(model)  # structure only: its tensors are swapped in
         k = num_workers
-        self.params = {n: p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())).requires_grad_(p.requires_grad)
-                       for n, p in model.named_parameters()}
+
+        def stacked(p: Tensor) -> Tensor:  # [K, ...]: the K workers' copies side by side
+            t = p.detach().unsqueeze(0).repeat(k, *([1] * p.dim()))
+            return (to_channels_last(t) if execution.channels_last and p.dim() == 4 else t).requires_grad_(p.requires_grad)
+
+        self.params = {n: stacked(p) for n, p in model.named_parameters()}
         self.buffers = {n: b.detach().unsqueeze(0).repeat(k, *([1] * b.dim())).clone()
                         for n, b in model.named_buffers()}
         self._eval = None
+        self._batched_losses: dict = {}  # loss_fn -> the K-worker function (vmapped, compiled)
 
     def named_parameters(self):
         return iter(self.params.items())
@@ -68,21 +73,35 @@ class VirtualWorkers:
         of tensors with a leading worker axis), summed and backpropagated: worker k's slice of
         every ``.grad`` is the gradient of its own loss. Returns the K losses, or ``(losses, aux)``
         with one aux per worker when ``loss_fn`` returns ``(loss, aux)``."""
+        inputs = self.execution.layout(inputs, image_dims=5)
         if self.batched:
-            fn = lambda p, b, x, y: self._worker_loss(p, b, x, y, loss_fn)  # noqa: E731
-            out = vmap(fn, randomness="different")(self.params, self.buffers, inputs, targets)
+            with self.execution.autocast(self.device):
+                out = self._batched_loss(loss_fn)(self.params, self.buffers, inputs, targets)
             losses, aux = split_aux(out)
             aux = None if aux is None else [tree_map(lambda t: t[k], aux) for k in range(self.num_workers)]
         else:
-            outs = [split_aux(self._worker_loss({n: p[k] for n, p in self.params.items()},
-                                                {n: b[k] for n, b in self.buffers.items()},
-                                                tree_map(lambda t: t[k], inputs),
-                                                tree_map(lambda t: t[k], targets), loss_fn))
-                    for k in range(self.num_workers)]
+            with self.execution.autocast(self.device):
+                outs = [split_aux(self._worker_loss({n: p[k] for n, p in self.params.items()},
+                                                    {n: b[k] for n, b in self.buffers.items()},
+                                                    tree_map(lambda t: t[k], inputs),
+                                                    tree_map(lambda t: t[k], targets), loss_fn))
+                        for k in range(self.num_workers)]
             losses = torch.stack([loss for loss, _ in outs])
             aux = None if outs[0][1] is None else [a for _, a in outs]
         losses.sum().backward()
         return losses.detach() if aux is None else (losses.detach(), aux)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def _batched_loss(self, loss_fn: Callable):
+        """All K workers' losses as one ``vmap`` of the functional model (compiled where asked)."""
+        if loss_fn not in self._batched_losses:
+            fn = vmap(lambda p, b, x, y: self._worker_loss(p, b, x, y, loss_fn), randomness="different")
+            compile_backend = self.execution.compile
+            self._batched_losses[loss_fn] = fn if compile_backend is None else torch.compile(fn, backend=compile_backend)
+        return self._batched_losses[loss_fn]
 
     @torch.no_grad()
     def eval_module(self, worker: int = 0) -> nn.Module:
@@ -117,8 +136,8 @@ class VirtualEngine(SingleEngine):
         self.world_size = num_workers
         self.batched = batched
 
-    def prepare(self, model: nn.Module) -> VirtualWorkers:
-        return VirtualWorkers(model.to(self.device), self.world_size, batched=self.batched)
+    def prepare(self, model: nn.Module, execution: Execution = Execution()) -> VirtualWorkers:
+        return VirtualWorkers(model.to(self.device), self.world_size, batched=self.batched, execution=execution)
 
     def stack(self, per_worker: list):
         """Stack the K workers' batches (pytrees of tensors) along a new leading axis."""
