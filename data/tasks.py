@@ -130,12 +130,13 @@ class CifarTask(ClassificationTask):
     (seed, worker, epoch, step) so processes, virtual workers and resumed runs see the same crops."""
 
     def __init__(self, root, name: str = "cifar10", device="cpu", seed: int = 0, download: bool = False,
-                 eval_train_samples: int | None = 10_000):
+                 eval_train_samples: int | None = 10_000, tensors: tuple[Tensor, ...] | None = None):
+        """``tensors``: ``(x_train, y_train, x_test, y_test)`` in CIFAR's formats instead of
+        ``root``'s files (benchmarks on stand-in images)."""
         device = torch.device(device)
-        x_tr, y_tr = load_cifar(root, name, "train", download=download)
-        x_te, y_te = load_cifar(root, name, "test", download=download)
-        super().__init__(x_tr.to(device), y_tr.to(device), x_te.to(device), y_te.to(device), seed=seed,
-                         eval_train_samples=eval_train_samples)
+        if tensors is None:
+            tensors = (*load_cifar(root, name, "train", download=download), *load_cifar(root, name, "test", download=download))
+        super().__init__(*(t.to(device) for t in tensors), seed=seed, eval_train_samples=eval_train_samples)
         mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
         self.augment = Augment(mean, std)
         self.num_classes = 10 if name == "cifar10" else 100

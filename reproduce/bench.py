@@ -9,7 +9,10 @@
 4. virtual workers: 16 ResNet-20 workers × batch 32, batched (vmap) ÷ the per-worker loop ÷
    one model at batch 512;
 5. extrap-SGD ÷ mini-batch SGD per step under ``mpirun -np 2`` (Gloo);
-6. on a GPU: ResNet-20 at B = 4096 as 16 virtual workers, images/s and peak memory.
+6. on a GPU: ResNet-20 at B = 4096 as 16 virtual workers, images/s and peak memory;
+7. ``extrap.train.train`` itself on the CIFAR data path (stand-in images): 16 ResNet-20 workers
+   with extrap-SGD and LARS, batched and by the per-worker loop, per phase (data, perturb,
+   forward+backward, step, evaluation, checkpoint), host reads per step, peak memory.
 
 Timing: the variants of one measurement run in alternating rounds (A B, B A, ...) after a warm-up,
 and each variant's time per step is the median over rounds, so a machine that slows down or
@@ -20,9 +23,11 @@ CI uses it to check that the bench still runs (its numbers mean nothing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,10 +50,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = {
     "full": dict(batch=128, step_rounds=25, step_steps=1, opt_rounds=9, opt_steps=50, virtual_workers=16,
                  virtual_batch=32, virtual_rounds=3, virtual_steps=2, mpi_batch=64, mpi_rounds=25,
-                 mpi_steps=1, gpu_workers=16, gpu_batch=256, gpu_steps=20),
+                 mpi_steps=1, gpu_workers=16, gpu_batch=256, gpu_steps=20, loop_workers=16, loop_batch=32,
+                 loop_steps=6),
     "tiny": dict(batch=8, step_rounds=2, step_steps=1, opt_rounds=2, opt_steps=2, virtual_workers=2,
                  virtual_batch=4, virtual_rounds=1, virtual_steps=1, mpi_batch=4, mpi_rounds=2,
-                 mpi_steps=1, gpu_workers=2, gpu_batch=8, gpu_steps=2),
+                 mpi_steps=1, gpu_workers=2, gpu_batch=8, gpu_steps=2, loop_workers=2, loop_batch=4,
+                 loop_steps=2),
 }
 SGD_KW = dict(momentum=0.9, nesterov=True, weight_decay=1e-4)
 
@@ -295,6 +302,87 @@ def bench_gpu(sz: dict) -> dict:
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30, "target": 50_000}
 
 
+# -- 7. the real training loop -------------------------------------------------------------------------
+
+PHASES = ("data", "perturb", "forward+backward", "step", "evaluation", "checkpoint")
+
+
+def _timed(fn: Callable, name: str, seconds: dict, device) -> Callable:
+    """``fn`` that adds its time (device work included) to ``seconds[name]``."""
+    def wrapper(*args, **kwargs):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        _sync(device)
+        seconds[name] += time.perf_counter() - t0
+        return out
+    return wrapper
+
+
+def _loop_run(sz: dict, device, batched: bool, count_syncs: bool = False) -> dict:
+    """One epoch of ``train()`` (one evaluation, one checkpoint), each phase timed."""
+    import extrap.train as training
+    from data import CifarTask
+    from extrap.host_syncs import HostSyncCounter
+
+    k, b, steps = sz["loop_workers"], sz["loop_batch"], sz["loop_steps"]
+    g = torch.Generator().manual_seed(0)
+    n = k * b * steps
+    images = (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g),
+              torch.randint(0, 256, (1000, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (1000,), generator=g))
+    task = CifarTask(None, device=device, tensors=images, eval_train_samples=1000)
+    cfg = training.TrainConfig(perturbation="extrap", local_batch=b, epochs=1, lars=True, weight_decay=1e-4)
+    engine = make_engine("virtual", k, device=device, batched=batched)
+    seconds = dict.fromkeys(PHASES, 0.0)
+    task.train_batches = _timed(task.train_batches, "data", seconds, device)
+    task.evaluate = _timed(task.evaluate, "evaluation", seconds, device)
+    prepare, build = engine.prepare, training.build_optimizer
+
+    def timed_prepare(*args):
+        workers = prepare(*args)
+        workers.forward_backward = _timed(workers.forward_backward, "forward+backward", seconds, device)
+        return workers
+
+    def timed_build(*args):
+        opt = build(*args)
+        opt.perturb = _timed(opt.perturb, "perturb", seconds, device)
+        opt.step = _timed(opt.step, "step", seconds, device)
+        return opt
+
+    engine.prepare, saved = timed_prepare, training.save_checkpoint
+    training.build_optimizer = timed_build
+    training.save_checkpoint = _timed(saved, "checkpoint", seconds, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    syncs = HostSyncCounter() if count_syncs else contextlib.nullcontext()
+    try:
+        with tempfile.TemporaryDirectory() as tmp, syncs:
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            training.train(cfg, engine, build_model("resnet20"), task, checkpoint=Path(tmp) / "bench")
+            total = time.perf_counter() - t0
+    finally:
+        training.build_optimizer, training.save_checkpoint = build, saved
+    train_s = sum(seconds[p] for p in PHASES[:4])
+    out = {"seconds": seconds, "total_s": total, "images_per_s": n / train_s,
+           "peak_memory_mib": (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20}
+    if count_syncs:
+        out["host_reads"] = dict(syncs.counts)
+    return out
+
+
+def bench_train_loop(sz: dict, device) -> dict:
+    k, b = sz["loop_workers"], sz["loop_batch"]
+    runs = {name: _loop_run(sz, device, batched) for name, batched in (("batched", True), ("loop", False))}
+    # the host reads of the same run, counted in a run of its own (counting slows every operation):
+    # the whole epoch's, of which 0 inside the steps (tests/test_host_syncs.py checks per step)
+    reads = _loop_run({**sz, "loop_steps": 2}, device, True, count_syncs=True)["host_reads"]
+    return {"what": f"train(): {k} virtual ResNet-20 workers × batch {b}, extrap-SGD + LARS, "
+                    f"{sz['loop_steps']} steps, CIFAR data path", "runs": runs, "host_reads_per_epoch": reads,
+            "batched_vs_loop": runs["batched"]["images_per_s"] / runs["loop"]["images_per_s"]}
+
+
 # -- the report ---------------------------------------------------------------------------------------
 
 def _fmt_ratio(m: dict) -> str:
@@ -346,6 +434,14 @@ def markdown(report: dict) -> str:
     else:
         lines.append(f"| 6 | {gpu['what']} on {gpu['device']} | {gpu['images_per_s']:,.0f} img/s (target ≥ 50,000), "
                      f"peak {gpu['peak_memory_gib']:.1f} GiB |")
+    tl = r["train_loop"]
+    for name, run in tl["runs"].items():
+        phases = ", ".join(f"{p} {run['seconds'][p]:.2f} s" for p in PHASES)
+        lines.append(f"| 7 | {tl['what']}, {name} | {run['images_per_s']:,.0f} img/s; {phases}; "
+                     f"peak memory {run['peak_memory_mib']:,.0f} MiB |")
+    lines.append(f"| 7 | host reads in a 2-step epoch (evaluation and end of epoch; none inside a step) | "
+                 + (", ".join(f"{k} {v}" for k, v in tl["host_reads_per_epoch"].items()) or "none")
+                 + f"; batched ÷ loop {tl['batched_vs_loop']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -374,7 +470,8 @@ def main(argv=None) -> int:
                     ("optimizer_step", lambda: bench_optimizer_step(sz, device)),
                     ("mpi", lambda: {"skipped": "--no-mpi"} if args.no_mpi else bench_mpi(sz, args.tiny)),
                     ("virtual", lambda: bench_virtual(sz, device)),
-                    ("gpu", lambda: bench_gpu(sz))):
+                    ("gpu", lambda: bench_gpu(sz)),
+                    ("train_loop", lambda: bench_train_loop(sz, device))):
         t0 = time.perf_counter()
         results[key] = fn()
         print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
