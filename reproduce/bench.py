@@ -319,6 +319,18 @@ def _timed(fn: Callable, name: str, seconds: dict, device) -> Callable:
     return wrapper
 
 
+def _peak_resident_bytes() -> int:
+    """This process's peak resident set: Linux's VmHWM, which a new program starts afresh
+    (``ru_maxrss`` carries the parent's peak across fork and exec), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _loop_run(sz: dict, device, batched: bool, count_syncs: bool = False) -> dict:
     """One epoch of ``train()`` (one evaluation, one checkpoint), each phase timed."""
     import extrap.train as training
@@ -366,15 +378,28 @@ def _loop_run(sz: dict, device, batched: bool, count_syncs: bool = False) -> dic
     train_s = sum(seconds[p] for p in PHASES[:4])
     out = {"seconds": seconds, "total_s": total, "images_per_s": n / train_s,
            "peak_memory_mib": (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20}
+                               else _peak_resident_bytes()) / 2**20}
     if count_syncs:
         out["host_reads"] = dict(syncs.counts)
     return out
 
 
+def _loop_run_alone(sz: dict, device, batched: bool) -> dict:
+    """``_loop_run`` in a process of its own, so that its peak memory (the process's peak
+    resident set on a CPU) is its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        job = json.dumps({"sz": sz, "device": str(device), "batched": batched, "out": str(out)})
+        proc = subprocess.run([sys.executable, "-m", "reproduce.bench", "--loop-job", job], cwd=ROOT,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the train-loop job failed:\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
 def bench_train_loop(sz: dict, device) -> dict:
     k, b = sz["loop_workers"], sz["loop_batch"]
-    runs = {name: _loop_run(sz, device, batched) for name, batched in (("batched", True), ("loop", False))}
+    runs = {name: _loop_run_alone(sz, device, batched) for name, batched in (("batched", True), ("loop", False))}
     # the host reads of the same run, counted in a run of its own (counting slows every operation):
     # the whole epoch's, of which 0 inside the steps (tests/test_host_syncs.py checks per step)
     reads = _loop_run({**sz, "loop_steps": 2}, device, True, count_syncs=True)["host_reads"]
@@ -438,7 +463,8 @@ def markdown(report: dict) -> str:
     for name, run in tl["runs"].items():
         phases = ", ".join(f"{p} {run['seconds'][p]:.2f} s" for p in PHASES)
         lines.append(f"| 7 | {tl['what']}, {name} | {run['images_per_s']:,.0f} img/s; {phases}; "
-                     f"peak memory {run['peak_memory_mib']:,.0f} MiB |")
+                     f"peak memory {run['peak_memory_mib']:,.0f} MiB "
+                     f"({'allocated on the GPU' if report['device'].startswith('cuda') else 'the process resident set'}) |")
     lines.append(f"| 7 | host reads in a 2-step epoch (evaluation and end of epoch; none inside a step) | "
                  + (", ".join(f"{k} {v}" for k, v in tl["host_reads_per_epoch"].items()) or "none")
                  + f"; batched ÷ loop {tl['batched_vs_loop']:.2f} |")
@@ -452,6 +478,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--no-mpi", action="store_true", help="leave out the two-process measurements")
     ap.add_argument("--rank-job", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--loop-job", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -460,6 +487,10 @@ def main(argv=None) -> int:
     sz = SIZES["tiny" if args.tiny else "full"]
     if args.rank_job:
         rank_job(sz, Path(args.rank_job))
+        return 0
+    if args.loop_job:
+        job = json.loads(args.loop_job)
+        Path(job["out"]).write_text(json.dumps(_loop_run(job["sz"], torch.device(job["device"]), job["batched"])))
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
