@@ -11,8 +11,9 @@
 5. extrap-SGD ÷ mini-batch SGD per step under ``mpirun -np 2`` (Gloo);
 6. on a GPU: ResNet-20 at B = 4096 as 16 virtual workers, images/s and peak memory;
 7. ``extrap.train.train`` itself on the CIFAR data path (stand-in images): 16 ResNet-20 workers
-   with extrap-SGD and LARS, batched and by the per-worker loop, per phase (data, perturb,
-   forward+backward, step, evaluation, checkpoint), host reads per step, peak memory.
+   with extrap-SGD and LARS, batched, by the per-worker loop, and as 16 processes sharing the
+   device (mpirun, Gloo); per phase (data, perturb, forward+backward, step, evaluation,
+   checkpoint), host reads per step, peak memory.
 
 Timing: the variants of one measurement run in alternating rounds (A B, B A, ...) after a warm-up,
 and each variant's time per step is the median over rounds, so a machine that slows down or
@@ -331,8 +332,10 @@ def _peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _loop_run(sz: dict, device, batched: bool, count_syncs: bool = False) -> dict:
-    """One epoch of ``train()`` (one evaluation, one checkpoint), each phase timed."""
+def _loop_run(sz: dict, device, batched: bool | None, count_syncs: bool = False) -> dict:
+    """One epoch of ``train()`` (one evaluation, one checkpoint), each phase timed; K virtual
+    workers (``batched`` or by the loop), or, with ``batched=None`` under a launcher of K
+    ranks, this rank's worker of the processes engine (rank 0's phases)."""
     import extrap.train as training
     from data import CifarTask
     from extrap.host_syncs import HostSyncCounter
@@ -344,7 +347,8 @@ def _loop_run(sz: dict, device, batched: bool, count_syncs: bool = False) -> dic
               torch.randint(0, 256, (1000, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (1000,), generator=g))
     task = CifarTask(None, device=device, tensors=images, eval_train_samples=1000)
     cfg = training.TrainConfig(perturbation="extrap", local_batch=b, epochs=1, lars=True, weight_decay=1e-4)
-    engine = make_engine("virtual", k, device=device, batched=batched)
+    engine = (make_engine("processes", k, device=device) if batched is None
+              else make_engine("virtual", k, device=device, batched=batched))
     seconds = dict.fromkeys(PHASES, 0.0)
     task.train_batches = _timed(task.train_batches, "data", seconds, device)
     task.evaluate = _timed(task.evaluate, "evaluation", seconds, device)
@@ -390,8 +394,17 @@ def _loop_run_alone(sz: dict, device, batched: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         job = json.dumps({"sz": sz, "device": str(device), "batched": batched, "out": str(out)})
-        proc = subprocess.run([sys.executable, "-m", "reproduce.bench", "--loop-job", job], cwd=ROOT,
-                              capture_output=True, text=True)
+        cmd, env = [sys.executable, "-m", "reproduce.bench", "--loop-job", job], None
+        if batched is None:  # K processes sharing this device (Gloo: NCCL refuses two ranks on one GPU)
+            from reproduce.demo import mpirun_command
+
+            mpirun = mpirun_command()
+            if mpirun is None:
+                return {"skipped": "no mpirun found (make install puts one in .venv)"}
+            cmd = [*mpirun, "-np", str(sz["loop_workers"]), *cmd]
+            env = {**os.environ, "EXTRAP_BACKEND": "gloo", "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"the train-loop job failed:\n{proc.stderr[-3000:]}")
         return json.loads(out.read_text())
@@ -399,7 +412,8 @@ def _loop_run_alone(sz: dict, device, batched: bool) -> dict:
 
 def bench_train_loop(sz: dict, device) -> dict:
     k, b = sz["loop_workers"], sz["loop_batch"]
-    runs = {name: _loop_run_alone(sz, device, batched) for name, batched in (("batched", True), ("loop", False))}
+    runs = {name: _loop_run_alone(sz, device, batched)
+            for name, batched in (("batched", True), ("loop", False), (f"{k} processes", None))}
     # the host reads of the same run, counted in a run of its own (counting slows every operation):
     # the whole epoch's, of which 0 inside the steps (tests/test_host_syncs.py checks per step)
     reads = _loop_run({**sz, "loop_steps": 2}, device, True, count_syncs=True)["host_reads"]
@@ -461,6 +475,9 @@ def markdown(report: dict) -> str:
                      f"peak {gpu['peak_memory_gib']:.1f} GiB |")
     tl = r["train_loop"]
     for name, run in tl["runs"].items():
+        if "skipped" in run:
+            lines.append(f"| 7 | {tl['what']}, {name} | not measured: {run['skipped']} |")
+            continue
         phases = ", ".join(f"{p} {run['seconds'][p]:.2f} s" for p in PHASES)
         lines.append(f"| 7 | {tl['what']}, {name} | {run['images_per_s']:,.0f} img/s; {phases}; "
                      f"peak memory {run['peak_memory_mib']:,.0f} MiB "
@@ -490,7 +507,9 @@ def main(argv=None) -> int:
         return 0
     if args.loop_job:
         job = json.loads(args.loop_job)
-        Path(job["out"]).write_text(json.dumps(_loop_run(job["sz"], torch.device(job["device"]), job["batched"])))
+        run = _loop_run(job["sz"], torch.device(job["device"]), job["batched"])
+        if int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0"))) == 0:
+            Path(job["out"]).write_text(json.dumps(run))
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)

@@ -29,7 +29,7 @@ def test_bench_runs_at_tiny_sizes(tmp_path):
     assert set(r["virtual"]["images_per_s"]) == {"batched", "loop", "single-model"}
     assert "skipped" in r["gpu"] or r["gpu"]["images_per_s"] > 0
     loop = r["train_loop"]  # train() itself, per phase, batched and by the loop
-    assert set(loop["runs"]) == {"batched", "loop"}
+    assert set(loop["runs"]) == {"batched", "loop", "2 processes"}  # K processes sharing the device, under mpirun
     for run in loop["runs"].values():
         assert set(run["seconds"]) == {"data", "perturb", "forward+backward", "step", "evaluation", "checkpoint"}
         assert all(v > 0 for v in run["seconds"].values()) and run["images_per_s"] > 0
