@@ -240,9 +240,11 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
 
 
 def validate(run: Run, epoch: int, batch_loss: float, lr: float, elapsed: float) -> dict:
-    """The curve's point after ``epoch``: the task's evaluation at x_t (worker 0's model)."""
+    """The curve's point after ``epoch``: the task's evaluation at x_t (worker 0's model, which
+    rank 0 evaluates for every rank)."""
+    metrics = run.engine.from_main(lambda: run.task.evaluate(run.workers.eval_module(0)))
     point = {"epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch, "lr": lr,
-             "batch_loss": batch_loss, **run.task.evaluate(run.workers.eval_module(0))}
+             "batch_loss": batch_loss, **metrics}
     point.setdefault("train_loss", batch_loss)
     point["time_s"] = elapsed
     return point

@@ -1,6 +1,7 @@
 """The engines give one trajectory: mpirun, torchrun, horovodrun and virtual workers (batched and
 loop)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -174,3 +175,35 @@ def test_buckets_group_consecutive_tensors_up_to_the_cap():
     sizes = lambda buckets: [[t.numel() for t in b] for b in buckets]  # noqa: E731
     assert sizes(_flat_buckets(ts, None)) == [[1000, 1000, 3000], [10]]  # one per dtype
     assert sizes(_flat_buckets(ts, 8000)) == [[1000, 1000], [3000], [10]]
+
+
+EVAL_ONCE = '''
+import json, sys, torch
+from data import DigitsTask
+from extrap.engines import make_engine
+from extrap.train import TrainConfig, train
+from models import build_model
+
+engine = make_engine("processes")
+task, calls = DigitsTask(seed=engine.rank), []
+evaluate = task.evaluate
+task.evaluate = lambda module: (calls.append(1), evaluate(module))[1]
+torch.manual_seed(0)
+record = train(TrainConfig(perturbation="extrap", local_batch=32, epochs=2), engine, build_model("digits_cnn"), task)
+with open(f"{sys.argv[1]}.rank{engine.rank}.json", "w") as f:
+    json.dump({"calls": len(calls), "curve": [{k: v for k, v in p.items() if k != "time_s"} for p in record["curve"]]}, f)
+engine.close()
+'''
+
+
+@pytest.mark.slow
+def test_rank_0_evaluates_for_every_rank(tmp_path):
+    """Under the processes engine only rank 0 runs the task's evaluation; every rank's record
+    holds rank 0's figures."""
+    script = tmp_path / "eval_once.py"
+    script.write_text(EVAL_ONCE)
+    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            str(script), str(tmp_path / "out")], PYTHONPATH=str(ROOT))
+    ranks = [json.loads((tmp_path / f"out.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["calls"] for r in ranks] == [2, 0]  # two evaluations, both on rank 0
+    assert ranks[0]["curve"] == ranks[1]["curve"] and len(ranks[0]["curve"]) == 2

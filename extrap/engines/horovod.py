@@ -95,6 +95,9 @@ class HorovodEngine(SingleEngine):
         t = torch.tensor([int(value)], dtype=torch.int64)
         return int(self._hvd.allreduce(t, op=self._hvd.Min, name="extrap.min").item())
 
+    def from_main(self, compute):
+        return self._hvd.broadcast_object(compute() if self.is_main else None, root_rank=0, name="extrap.from_main")
+
     def barrier(self) -> None:
         self._hvd.barrier()
 

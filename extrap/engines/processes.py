@@ -82,6 +82,11 @@ class ProcessEngine(SingleEngine):
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         return int(t.item())
 
+    def from_main(self, compute):
+        box = [compute() if self.is_main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         torch.distributed.barrier()
 

@@ -151,6 +151,10 @@ class SingleEngine:
         """The smallest of an integer each process holds (one process here)."""
         return int(value)
 
+    def from_main(self, compute: Callable[[], object]):
+        """``compute()`` run by rank 0 alone, its result given to every rank (here: run it)."""
+        return compute()
+
     def barrier(self) -> None:
         return None
 
