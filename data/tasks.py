@@ -198,7 +198,8 @@ class LanguageModelTask(_NoProbe):
         with h, c ``[W, layers, b, hidden]``; views of streams already on the device."""
         key = ("stacked", tuple(workers), num_workers, local_batch)
         if key not in self._streams:  # [T, W, b]: the workers' streams side by side
-            self._streams[key] = torch.stack([self._stream(w, num_workers, local_batch) for w in workers], dim=1)
+            self._streams[key] = torch.stack([batchify(worker_stream(self.train_ids, num_workers, w), local_batch)
+                                              for w in workers], dim=1)
         x, y = (t.movedim(1, 0) for t in get_batch(self._streams[key], step * self.bptt, self.bptt))
         if step > 0 and all(w in self._hidden for w in workers):
             hidden = tuple(torch.stack([self._hidden[w][j] for w in workers]) for j in (0, 1))

@@ -41,9 +41,13 @@ def previous(path: Path) -> Path:
 
 
 def save(obj, path: str | Path) -> None:
+    _write(_serialise(obj), Path(path))
+
+
+def _serialise(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _write(buf.getvalue(), Path(path))
+    return buf.getvalue()
 
 
 class Writer:
@@ -55,10 +59,9 @@ class Writer:
         self._error: BaseException | None = None
 
     def save(self, obj, path: str | Path) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)  # serialised now: training may change the tensors once this returns
+        data = _serialise(obj)  # now: training may change the tensors once this returns
         self.wait()
-        self._thread = threading.Thread(target=self._run, args=(buf.getvalue(), Path(path)), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(data, Path(path)), daemon=True)
         self._thread.start()
 
     def _run(self, data: bytes, path: Path) -> None:

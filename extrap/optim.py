@@ -58,9 +58,10 @@ def _noise(dist: str, per_filter: bool):
     what an uninterrupted one would); per filter j (an output-channel slice; a 1-D tensor is one
     filter) times ‖x_j‖/√n_j."""
     def direction(opt, groups):
-        out, ids, streams = [], opt.layout.worker_ids, opt.state["noise_streams"]
+        out, layout, streams = [], opt.layout, opt.state["noise_streams"]
+        ids = layout.worker_ids
         for _, ps in groups:
-            views = [opt.layout.per_worker(p) for p in ps]  # [W, ...]
+            views = [layout.per_worker(p) for p in ps]  # [W, ...]
             sizes = [v[0].numel() for v in views]
             draws = torch.empty(len(ids), sum(sizes), device=ps[0].device, dtype=ps[0].dtype)
             for flat, w in zip(draws, ids):
@@ -85,9 +86,9 @@ def _fresh_gradient(opt, groups):
 
 def _sam(opt, groups):
     """SAM's ascent (Foret et al. 2021): d = −∇f(x_t; ξ^k)/‖∇f(x_t; ξ^k)‖ over a worker's gradients."""
-    out = [torch._foreach_mul(ds, -1.0) for ds in _fresh_gradient(opt, groups)]
-    inv = 1.0 / (total_worker_norms(opt.layout, [p.grad for _, ps in groups for p in ps]) + 1e-12)
-    scale_per_worker_(opt.layout, [d for ds in out for d in ds], inv)
+    out, layout = [torch._foreach_mul(ds, -1.0) for ds in _fresh_gradient(opt, groups)], opt.layout
+    inv = 1.0 / (total_worker_norms(layout, [p.grad for _, ps in groups for p in ps]) + 1e-12)
+    scale_per_worker_(layout, [d for ds in out for d in ds], inv)
     return out
 
 

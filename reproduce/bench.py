@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from extrap import ExtrapolatedSGD, register_ddp
-from extrap.engines import CountingComm, ModuleWorkers, make_engine
+from extrap.engines import CountingComm, ModuleWorkers, make_engine, world_info_from_env
 from extrap.engines.ddp import ddp_keeping_buffers
 from models import build_model
 
@@ -268,19 +268,31 @@ def rank_job(sz: dict, out: Path) -> None:
     engine.close()
 
 
-def bench_mpi(sz: dict, tiny: bool) -> dict:
+NO_MPIRUN = {"skipped": "no mpirun found (make install puts one in .venv)"}
+
+
+def _under_mpirun(ranks: int, cmd: list[str], **env: str) -> tuple[list[str], dict] | None:
+    """``cmd`` as ``ranks`` processes under mpirun, and their environment (``env``, one CPU
+    thread each unless OMP_NUM_THREADS says otherwise, the project on PYTHONPATH); None
+    without mpirun."""
     from reproduce.demo import mpirun_command
 
     mpirun = mpirun_command()
     if mpirun is None:
-        return {"skipped": "no mpirun found (make install puts one in .venv)"}
+        return None
+    return [*mpirun, "-np", str(ranks), *cmd], {
+        **os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **env}
+
+
+def bench_mpi(sz: dict, tiny: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ranks.json"
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        cmd = [*mpirun, "-np", "2", sys.executable, "-m", "reproduce.bench", "--rank-job", str(out)]
-        proc = subprocess.run(cmd + (["--tiny"] if tiny else []), env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=900)
+        launch = _under_mpirun(2, [sys.executable, "-m", "reproduce.bench", "--rank-job", str(out),
+                                   *(["--tiny"] if tiny else [])])
+        if launch is None:
+            return NO_MPIRUN
+        proc = subprocess.run(launch[0], env=launch[1], cwd=ROOT, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0 or not out.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"mpirun -np 2 bench failed ({proc.returncode}): {' | '.join(tail)}")
@@ -396,14 +408,10 @@ def _loop_run_alone(sz: dict, device, batched: bool) -> dict:
         job = json.dumps({"sz": sz, "device": str(device), "batched": batched, "out": str(out)})
         cmd, env = [sys.executable, "-m", "reproduce.bench", "--loop-job", job], None
         if batched is None:  # K processes sharing this device (Gloo: NCCL refuses two ranks on one GPU)
-            from reproduce.demo import mpirun_command
-
-            mpirun = mpirun_command()
-            if mpirun is None:
-                return {"skipped": "no mpirun found (make install puts one in .venv)"}
-            cmd = [*mpirun, "-np", str(sz["loop_workers"]), *cmd]
-            env = {**os.environ, "EXTRAP_BACKEND": "gloo", "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+            launch = _under_mpirun(sz["loop_workers"], cmd, EXTRAP_BACKEND="gloo")
+            if launch is None:
+                return NO_MPIRUN
+            cmd, env = launch
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"the train-loop job failed:\n{proc.stderr[-3000:]}")
@@ -508,7 +516,7 @@ def main(argv=None) -> int:
     if args.loop_job:
         job = json.loads(args.loop_job)
         run = _loop_run(job["sz"], torch.device(job["device"]), job["batched"])
-        if int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0"))) == 0:
+        if world_info_from_env().rank == 0:  # under mpirun, rank 0 reports
             Path(job["out"]).write_text(json.dumps(run))
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

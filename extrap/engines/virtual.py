@@ -74,20 +74,18 @@ class VirtualWorkers:
         every ``.grad`` is the gradient of its own loss. Returns the K losses, or ``(losses, aux)``
         with one aux per worker when ``loss_fn`` returns ``(loss, aux)``."""
         inputs = self.execution.layout(inputs, image_dims=5)
-        if self.batched:
-            with self.execution.autocast(self.device):
-                out = self._batched_loss(loss_fn)(self.params, self.buffers, inputs, targets)
-            losses, aux = split_aux(out)
-            aux = None if aux is None else [tree_map(lambda t: t[k], aux) for k in range(self.num_workers)]
-        else:
-            with self.execution.autocast(self.device):
+        with self.execution.autocast(self.device):
+            if self.batched:
+                losses, aux = split_aux(self._batched_loss(loss_fn)(self.params, self.buffers, inputs, targets))
+                aux = None if aux is None else [tree_map(lambda t: t[k], aux) for k in range(self.num_workers)]
+            else:
                 outs = [split_aux(self._worker_loss({n: p[k] for n, p in self.params.items()},
                                                     {n: b[k] for n, b in self.buffers.items()},
                                                     tree_map(lambda t: t[k], inputs),
                                                     tree_map(lambda t: t[k], targets), loss_fn))
                         for k in range(self.num_workers)]
-            losses = torch.stack([loss for loss, _ in outs])
-            aux = None if outs[0][1] is None else [a for _, a in outs]
+                losses = torch.stack([loss for loss, _ in outs])
+                aux = None if outs[0][1] is None else [a for _, a in outs]
         losses.sum().backward()
         return losses.detach() if aux is None else (losses.detach(), aux)
 
