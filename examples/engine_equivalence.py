@@ -100,16 +100,18 @@ def main() -> None:
         opt.zero_grad()
         calls_before = ddp_comm.hook_calls if ddp_comm is not None else 0
         opt.perturb(closure if fresh else None)  # its closure's backward does not communicate
-        x_tilde = [p.detach().clone() for p in workers.parameters()]
+        x_tilde = {n: p.detach().clone() for n, p in workers.points().items()}  # each worker's x̃
         workers.forward_backward(task.loss, x, y)
         opt.step()
-    named = dict(workers.named_parameters())
-    buffers = workers.buffers if hasattr(workers, "buffers") else dict(workers.model.named_buffers())
     one = lambda t, k: t[k] if engine is not None and engine.kind == "virtual" else t  # noqa: E731
-    out = {"workers": {w: {"params": {n: one(p, k).detach().clone() for n, p in named.items()},
-                           "buffers": {n: one(b, k).clone() for n, b in buffers.items()},
-                           "x_tilde": {n: one(p, k) for n, p in zip(named, x_tilde)}}
-                       for k, w in enumerate(ids)},
+
+    def worker(k):  # worker k's model and buffers, and its last x̃
+        module = workers.eval_module(k)
+        return {"params": {n: p.detach().clone() for n, p in module.named_parameters()},
+                "buffers": {n: b.clone() for n, b in module.named_buffers()},
+                "x_tilde": {n: one(p, k) for n, p in x_tilde.items()}}
+
+    out = {"workers": {w: worker(k) for k, w in enumerate(ids)},
            "engine": args.engine if engine is None else engine.kind, "world_size": world,
            "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
            "late_grads": late_grads, "hook_calls": ddp_comm.hook_calls if ddp_comm is not None else 0}

@@ -1,6 +1,8 @@
 """K workers of extrap-SGD on one device, as virtual workers: the paper's K-worker algorithm
 without K processes. Each worker has its own batch, BatchNorm statistics, noise stream and past
-gradient; their K forwards and backwards run as one batched computation (``torch.func.vmap``).
+gradient, while all of them share one x_t (one copy of the model, one optimizer state); their K
+forwards and backwards run as one batched computation (``torch.func.vmap``) on a GPU, and one
+worker after the other on a CPU, where that is faster.
 
     python examples/virtual_workers.py --workers 4
 
@@ -39,7 +41,7 @@ def main():
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
     engine = VirtualEngine(k, device=device)
-    workers = engine.prepare(model)  # every parameter and buffer gets a leading worker axis [K, ...]
+    workers = engine.prepare(model)  # x_t once; the K workers' points and buffers as [K, ...] tensors
     opt = extrap.ExtrapolatedSGD(workers.parameters(), lr=0.01 * k, lr_scale=k,
                                  perturbation=args.perturbation, weight_decay=1e-4, comm=engine.comm)
 

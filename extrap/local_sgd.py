@@ -4,7 +4,8 @@ Algorithm 2.
 Until ``switch_step`` t′ every step is synchronous (gradients averaged). From t′ on each worker
 steps on its own local gradient with its own momentum buffer — and, with extrapolation on, its
 own past gradient — and every ``local_steps`` H local steps the models are averaged: one
-all-reduce of the parameters; momentum stays local.
+all-reduce of the parameters; momentum stays local. Virtual workers, which share one x_t while
+training is synchronous, are given their own models at the switch (``comm.split``).
 """
 
 from __future__ import annotations
@@ -48,13 +49,20 @@ class PostLocalSGD:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
+    def _enter_local_phase(self) -> None:
+        split = getattr(self.optimizer.comm, "split", None)
+        if self.local_phase and split is not None:  # virtual workers: K models from here on
+            split(self.optimizer)
+
     def perturb(self, closure=None):
+        self._enter_local_phase()
         return self.optimizer.perturb(closure)
 
     def step(self, closure=None):
         """A synchronous step before t′; after it a local step, then every H local steps the
         models are averaged. Returns True when this step ended with a model averaging."""
         averaged = False
+        self._enter_local_phase()
         if not self.local_phase:
             self.optimizer.step(closure)
         else:

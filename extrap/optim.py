@@ -12,8 +12,10 @@ The paper's Algorithm 1, for worker k at step t, and where each line lives below
 Every member of the paper's framework differs only in u (``REGISTRY``); with u ≡ 0 each is
 exactly its base optimizer. Adam (Algorithm 3) swaps the last line for torch's Adam and passes
 the past gradient through Adam's preconditioner. Where the workers are and how gradients are
-averaged is the communicator's business (``extrap.engines.comm.Communicator``); the choices the
-paper leaves open are in ``docs/method.md``.
+averaged is the communicator's business (``extrap.engines.comm.Communicator``). Where K workers
+share one x_t (virtual workers), x̃ is written to the communicator's ``[K, ...]`` points instead
+of the parameters, and x_t is never moved. The choices the paper leaves open are in
+``docs/method.md``.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def _noise(dist: str, per_filter: bool):
         out, layout, streams = [], opt.layout, opt.state["noise_streams"]
         ids = layout.worker_ids
         for _, ps in groups:
-            views = [layout.per_worker(p) for p in ps]  # [W, ...]
+            views = [layout.per_worker(opt.point(p)) for p in ps]  # [W, ...], at x_t
             sizes = [v[0].numel() for v in views]
             draws = torch.empty(len(ids), sum(sizes), device=ps[0].device, dtype=ps[0].dtype)
             for flat, w in zip(draws, ids):
@@ -74,20 +76,21 @@ def _noise(dist: str, per_filter: bool):
                 flats = [v.flatten(2) if v.dim() > 2 else v for v in views]
                 rms = [torch.linalg.vector_norm(f, dim=-1, keepdim=True) / math.sqrt(f.shape[-1]) for f in flats]
                 torch._foreach_mul_(noise, [r.view(*r.shape[:2], *[1] * (v.dim() - 2)) for r, v in zip(rms, views)])
-            out.append([n.view(p.shape) for n, p in zip(noise, ps)])
+            out.append([n.view_as(opt.point(p)) for n, p in zip(noise, ps)])
         return out
     return direction
 
 
 def _fresh_gradient(opt, groups):
     """extragradient: d = ∇f(x_t; ξ^k), from the closure's backward at x_t."""
-    return [[p.grad for p in ps] for _, ps in groups]
+    return [[opt.point(p).grad for p in ps] for _, ps in groups]
 
 
 def _sam(opt, groups):
     """SAM's ascent (Foret et al. 2021): d = −∇f(x_t; ξ^k)/‖∇f(x_t; ξ^k)‖ over a worker's gradients."""
-    out, layout = [torch._foreach_mul(ds, -1.0) for ds in _fresh_gradient(opt, groups)], opt.layout
-    inv = 1.0 / (total_worker_norms(layout, [p.grad for _, ps in groups for p in ps]) + 1e-12)
+    fresh, layout = _fresh_gradient(opt, groups), opt.layout
+    out = [torch._foreach_mul(ds, -1.0) for ds in fresh]
+    inv = 1.0 / (total_worker_norms(layout, [g for gs in fresh for g in gs]) + 1e-12)
     scale_per_worker_(layout, [d for ds in out for d in ds], inv)
     return out
 
@@ -118,10 +121,10 @@ REGISTRY: dict[str, Perturbation] = {
 PERTURBATIONS = tuple(REGISTRY)
 
 
-def _larc_(opt, group: dict) -> None:
+def _larc_(group: dict, layout) -> None:
     """LARS as apex's LARC, on ``.grad`` before the base step: (g + λx)·min(τ‖x‖/(‖g‖ + λ‖x‖ + ε)/η, 1)
     per worker for tensors of ≥ 2 dimensions (factor 1 where ‖x‖ or ‖g‖ is 0), g + λx for the rest."""
-    ps, wd, layout = [p for p in group["params"] if p.grad is not None], group["weight_decay"], opt.layout
+    ps, wd = [p for p in group["params"] if p.grad is not None], group["weight_decay"]
     adapt = [p for p in ps if layout.per_worker(p).dim() >= 3]
     pn, gn = worker_norms(layout, adapt), worker_norms(layout, [p.grad for p in adapt])
     ratio = group["trust"] * pn / (gn + wd * pn + 1e-8) / group["lr"]  # apex's ε
@@ -157,6 +160,19 @@ class _Extrapolation:
 
     layout = property(lambda self: self.comm or LocalComm(), doc="The communicator, or this process alone.")
 
+    def point(self, p: Tensor) -> Tensor:
+        """Where this process's workers compute at for parameter ``p``: ``p`` itself (moved to x̃
+        and back), or, where the workers share x_t, the communicator's ``[K, ...]`` points."""
+        return (getattr(self.comm, "points_of", None) or {}).get(id(p), p)
+
+    def _shares_x_t(self) -> bool:
+        return getattr(self.comm, "points_of", None) is not None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for q in (getattr(self.comm, "points_of", None) or {}).values():
+            q.grad = None
+
     def gamma(self, group: dict) -> float:
         """γ_t: the group's ``gamma``; by default the learning rate of small-batch training,
         η_base = lr/lr_scale, times the decays since: η_t over the highest η seen so far. A warmup
@@ -187,16 +203,16 @@ class _Extrapolation:
                                  "computes this worker's gradient at x_t")
             with torch.enable_grad(), local_backward(self.comm):  # d is this worker's own
                 loss = closure()
-        groups = [(g, ps) for g in self.param_groups if (ps := [p for p in g["params"] if p.requires_grad
-                                                                and (not self.kind.closure or p.grad is not None)])]
-        self._perturbed = [p for _, ps in groups for p in ps]
+        groups = [(g, ps) for g in self.param_groups if (ps := [p for p in g["params"] if p.requires_grad and
+                                                                (not self.kind.closure or self.point(p).grad is not None)])]
+        self._perturbed = [] if self._shares_x_t() else [p for _, ps in groups for p in ps]  # x_t to save
         if [t.shape for t in self._x_t] != [p.shape for p in self._perturbed]:
             self._x_t = [torch.empty_like(p) for p in self._perturbed]
         if self._perturbed:
             torch._foreach_copy_(self._x_t, self._perturbed)
         for (group, ps), ds in zip(groups, self.kind.direction(self, groups)):
             if gamma := self.gamma(group):
-                torch._foreach_add_(ps, ds, alpha=-gamma)
+                torch._foreach_add_([self.point(p) for p in ps], ds, alpha=-gamma)
         if self.kind.closure:
             self.zero_grad(set_to_none=True)  # the caller's backward at x̃ starts clean
         return loss
@@ -205,27 +221,40 @@ class _Extrapolation:
     def step(self, closure: Callable[[], Tensor] | None = None, *, average: bool = True):
         """Restore x_t, keep the local gradient (g^k for ``extrap``, g^k − ḡ for ``stochastic``),
         average through ``comm``, then torch's update. ``average=False`` steps on the local
-        gradient alone (post-local SGD's local phase)."""
+        gradient alone (post-local SGD's local phase).
+
+        Where the workers share x_t, their gradients are on the points: those become the local
+        gradients, their mean (``comm.average``) becomes x_t's ``.grad``, the update runs once on
+        x_t, and the points are set to x_{t+1}."""
         with torch.enable_grad():
             loss = closure() if closure is not None else None
         if self._perturbed:
             torch._foreach_copy_(self._perturbed, self._x_t)
         self._perturbed = None
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        grads = [p.grad for p in params]
+        params = [p for g in self.param_groups for p in g["params"] if self.point(p).grad is not None]
         if self.comm is None and (self.kind.keeps_local_grad or self.kind.closure):
             refuse_without_comm(self.perturbation)
-        if keep := self.kind.keeps_local_grad and params:  # put in the state after torch's step,
-            local = [self.state[p].get("local_grad") for p in params]  # which fills only empty state
-            local = [torch.empty_like(g) if t is None else t for t, g in zip(local, grads)]
-            torch._foreach_copy_(local, grads)
-        if average and self.comm is not None and grads:
+        keep, layout = self.kind.keeps_local_grad and params, self.layout
+        if points := [self.point(p) for p in params] if self._shares_x_t() else None:
+            if not average:
+                raise RuntimeError("step(average=False): the workers share one x_t; a local step needs "
+                                   "their own models (PostLocalSGD splits them at its switch)")
+            local = [q.grad for q in points]  # the workers' own gradients, kept as they are
+            for p, q, mean in zip(params, points, self.comm.average(local)):
+                p.grad, q.grad = mean, None
+            layout = LocalComm(0)  # the update sees x_t once
+        elif keep:  # put in the state after torch's step, which fills only empty state
+            local = [self.state[p].get("local_grad") for p in params]
+            local = [torch.empty_like(p.grad) if t is None else t for t, p in zip(local, params)]
+            torch._foreach_copy_(local, [p.grad for p in params])
+        grads = [p.grad for p in params]
+        if average and self.comm is not None and grads and not points:
             self.comm.all_reduce_mean_(grads)
         if self.perturbation == "stochastic" and keep:  # the deviation from the average; 0 locally
             torch._foreach_sub_(local, grads) if average else torch._foreach_zero_(local)
         lars = [(g, g["weight_decay"]) for g in self.param_groups if g.get("lars")]
         for group, _ in lars:
-            _larc_(self, group)  # folds weight decay into .grad, so torch's step must not add it
+            _larc_(group, layout)  # folds weight decay into .grad, so torch's step must not add it
             group["weight_decay"] = 0.0
         try:  # torch's own step, without torch's hook wrapper: our step() runs the hooks once
             base = type(self).base_step
@@ -233,6 +262,8 @@ class _Extrapolation:
         finally:
             for group, wd in lars:
                 group["weight_decay"] = wd
+        if points:  # every worker's point back at x_t (now x_{t+1})
+            torch._foreach_copy_(points, [p.expand_as(q) for p, q in zip(params, points)])
         for p, t in zip(params, local) if keep else ():
             self.state[p]["local_grad"] = t
         return loss
@@ -260,11 +291,11 @@ class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
             raise ValueError("nesterov: expected False when momentum is 0, got True")
         params = list(params)
         if fused is None and foreach is None:  # torch's one-pass kernel where it has one, but not
-            # over K workers side by side in one tensor: its vector body and scalar tail round
-            # differently, and would drift apart workers that foreach keeps bitwise equal
+            # where a process holds K workers (their models may be [K, ...] tensors): its vector
+            # body and scalar tail round differently, and would drift apart equal workers
             tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
-            fused = all(t.is_floating_point() and t.device.type in ("cpu", "cuda")
-                        and len((comm or LocalComm()).per_worker(t)) == 1 for t in tensors)
+            fused = len((comm or LocalComm(0)).worker_ids) == 1 and all(
+                t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
             foreach = None if fused else True
         super().__init__(params, perturbation, direction, comm, seed,
                          dict(gamma=gamma, lr_scale=lr_scale, lars=bool(lars), trust=float(trust)),

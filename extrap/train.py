@@ -133,9 +133,10 @@ class TrainConfig:
         }.items()})
 
 
-def clip_local_grads_(params: list[Tensor], max_norm: float, comm: Communicator) -> None:
-    """Clip each worker's local gradient (all its tensors together) to norm ``max_norm``."""
-    grads = [p.grad for p in params if p.grad is not None]
+def clip_local_grads_(points: list[Tensor], max_norm: float, comm: Communicator) -> None:
+    """Clip each worker's local gradient (all its tensors together, on the tensors the workers
+    compute at: ``workers.points()``) to norm ``max_norm``."""
+    grads = [p.grad for p in points if p.grad is not None]
     total = total_worker_norms(comm, grads)  # [workers]
     scale_per_worker_(comm, grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
 
@@ -165,7 +166,7 @@ class Run:
     cfg: TrainConfig
     engine: Any
     task: Task
-    workers: Any  # the engine's workers: forward_backward, parameters, eval_module, state_dict
+    workers: Any  # the engine's workers: forward_backward, parameters, points, eval_module, state_dict
     optimizer: Any  # the extrap optimizer, or PostLocalSGD around it
     schedule: Schedule
     steps_per_epoch: int
@@ -229,7 +230,7 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
             task.after_step(dict(zip(engine.worker_ids, aux)))
         loss_sum += losses.sum()
         if cfg.clip_norm is not None:
-            clip_local_grads_(workers.parameters(), cfg.clip_norm, engine.comm)
+            clip_local_grads_(list(workers.points().values()), cfg.clip_norm, engine.comm)
         optimizer.step()
         if run.probe is not None and run.probe.due(step + 1):
             run.probe.observe(step + 1, workers.eval_module(0))

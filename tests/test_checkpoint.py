@@ -56,13 +56,13 @@ def test_only_tensors_and_plain_data_load(tmp_path):
         checkpoint.load(path)
 
 
-def _run(tmp_path, prefix):
+def _run(tmp_path, prefix, **overrides):
     from data import DigitsTask
     from models import build_model
 
     torch.manual_seed(0)
-    cfg = TrainConfig(perturbation="extrap", local_batch=32, base_batch=32, base_lr=0.05, epochs=3,
-                      schedule="step", milestones=(0.5,), checkpoint_every=1)
+    cfg = TrainConfig(**{**dict(perturbation="extrap", local_batch=32, base_batch=32, base_lr=0.05, epochs=3,
+                                schedule="step", milestones=(0.5,), checkpoint_every=1), **overrides})
     record = train(cfg, make_engine("virtual", 2), build_model("digits_cnn"), DigitsTask(),
                    checkpoint=tmp_path / prefix, log=print)
     curve = [{k: v for k, v in point.items() if k != "time_s"} for point in record["curve"]]
@@ -81,6 +81,22 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_epoch(tmp_path, c
     assert "checksum mismatch" in err and str(ckpt) in err
     assert f"resumed from {ckpt}.prev at epoch 2" in out
     assert whole == again == resumed  # epoch 3 retrained from epoch 2's checkpoint, bit for bit
+
+
+def test_a_run_resumed_in_post_local_sgds_local_phase_ends_bit_for_bit(tmp_path):
+    """Virtual workers share x_t until the switch (after epoch 1), then hold K models: the
+    checkpoint after epoch 2 holds the K models and their momentum, and resuming from it ends
+    with the uninterrupted run's record and state."""
+    local = dict(post_local=True, switch_epoch=1.0, local_steps=4)
+    whole = _run(tmp_path, "whole", **local)
+    shutil.copy(tmp_path / "whole.rank0.pt.prev", tmp_path / "split.rank0.pt")  # after epoch 2
+    after_two = checkpoint.unpack_worker_copies(checkpoint.load(tmp_path / "split.rank0.pt")["workers"])
+    assert after_two["params"]["head.weight"].shape == (2, 10, 512)  # [K, ...]: one model per worker
+    assert _run(tmp_path, "split", **local) == whole
+    a, b = (checkpoint.load(tmp_path / f"{name}.rank0.pt") for name in ("whole", "split"))
+    for key in ("workers", "optimizer"):
+        x, y = torch.utils._pytree.tree_leaves(a[key]), torch.utils._pytree.tree_leaves(b[key])
+        assert len(x) == len(y) and all(torch.equal(u, v) if torch.is_tensor(u) else u == v for u, v in zip(x, y))
 
 
 # -- one copy of what K workers hold alike; written in the background; interval in minutes -------
@@ -137,8 +153,8 @@ def _resnet_run(tmp_path, epochs, prefix="ck", **overrides):
 
 
 def test_k16_resnet20_lars_checkpoint_is_small_and_resumes_bit_for_bit(tmp_path):
-    """16 workers' parameters and momentum are stored once (1.08 MB each); their local
-    gradients, 16 × 1.08 MB = 17.3 MB, are the real per-worker state. Before: 52 MB."""
+    """16 workers share one x_t and one momentum buffer (1.08 MB each); their local gradients,
+    16 × 1.08 MB = 17.3 MB, are the real per-worker state. Before: 52 MB."""
     whole = _resnet_run(tmp_path, 2, "whole")
     size = (tmp_path / "whole.rank0.pt").stat().st_size
     print(f"K=16 ResNet-20 + LARS checkpoint: {size / 1e6:.2f} MB")
@@ -152,6 +168,11 @@ def test_k16_resnet20_lars_checkpoint_is_small_and_resumes_bit_for_bit(tmp_path)
     a = checkpoint.load(tmp_path / "whole.rank0.pt")
     b = checkpoint.load(tmp_path / "split.rank0.pt")
     assert a["epoch"] == b["epoch"] == 2
+    # synchronous training: one x_t and one momentum buffer; a local gradient per worker
+    params = checkpoint.unpack_worker_copies(a["workers"])["params"]
+    state = checkpoint.unpack_worker_copies(a["optimizer"])["state"]
+    conv = next(s for s in state.values() if s["momentum_buffer"].shape == (16, 3, 3, 3))
+    assert params["conv1.weight"].shape == (16, 3, 3, 3) and conv["local_grad"].shape == (16, 16, 3, 3, 3)
     for key in ("workers", "optimizer"):  # the states after epoch 2, bit for bit
         x, y = torch.utils._pytree.tree_leaves(a[key]), torch.utils._pytree.tree_leaves(b[key])
         assert len(x) == len(y) and all(torch.equal(u, v) if torch.is_tensor(u) else u == v for u, v in zip(x, y))

@@ -122,12 +122,12 @@ def test_virtual_workers_keep_their_own_batchnorm_statistics():
     assert not torch.allclose(mean[0], mean[1]) and not torch.allclose(mean[1], mean[2])
     # worker k's gradient is the gradient of its own loss alone
     ref = build_model("digits_cnn")
-    ref.load_state_dict({**{n: p[1].detach() for n, p in workers.params.items()},
+    ref.load_state_dict({**{n: p[1].detach() for n, p in workers.points().items()},
                          **{n: b[1] for n, b in workers.buffers.items()}})
     ref.train()
     task.loss(ref(x[1]), y[1]).backward()
     for n, p in ref.named_parameters():
-        torch.testing.assert_close(workers.params[n].grad[1], p.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(workers.points()[n].grad[1], p.grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("env, expected", [

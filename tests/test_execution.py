@@ -59,7 +59,7 @@ def test_an_execution_option_trains_close_to_float32_eager(float32_eager, option
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in run.workers.parameters())
     assert all(b.dtype == torch.float32 for n, b in run.workers.buffers.items() if b.is_floating_point())
     if options.get("channels_last"):
-        conv = run.workers.params["conv1.weight"]  # [K, out, in, 3, 3], channels innermost per worker
+        conv = run.workers.points()["conv1.weight"]  # [K, out, in, 3, 3], channels innermost per worker
         assert conv.stride()[2] == 1 and conv[0].is_contiguous(memory_format=torch.channels_last)
 
 

@@ -217,7 +217,7 @@ def worker_gradients_match_one_model(name, model, x, y, loss_fn, batched=True):
         torch.testing.assert_close(losses[k], loss.detach(), rtol=1e-5, atol=1e-6)
         loss.backward()
         for n, p in ref.named_parameters():
-            err = (workers.params[n].grad[k] - p.grad).abs().max().item()
+            err = (workers.points()[n].grad[k] - p.grad).abs().max().item()
             assert err <= 1e-5, f"{name} worker {k} {n}: {err:.2e}"
     return workers
 

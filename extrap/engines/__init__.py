@@ -3,7 +3,8 @@
 - ``processes``: one worker per process (mpirun, torchrun, srun, a Kubernetes MPIJob), gradients
   averaged by torch.distributed;
 - ``horovod``: one worker per process under ``horovodrun``, gradients averaged by Horovod;
-- ``virtual``: K workers in one process, a worker axis on every tensor, batched with ``torch.func``;
+- ``virtual``: K workers in one process sharing one x_t, a worker axis on what differs (points,
+  local gradients, BatchNorm statistics), batched with ``torch.func`` on a GPU;
 - ``single``: one worker.
 
 ``make_engine("auto", workers=K)`` picks horovod under ``horovodrun --gloo``, processes under
@@ -24,7 +25,7 @@ from .horovod import HorovodComm, HorovodEngine
 from .launch import DistInfo, init_distributed, under_launcher, world_info_from_env
 from .processes import ProcessEngine
 from .single import PRECISIONS, Execution, ModuleWorkers, SingleEngine
-from .virtual import VirtualEngine, VirtualWorkers
+from .virtual import VirtualEngine, VirtualWorkers, batched_by_default
 
 __all__ = [
     "ENGINES", "make_engine", "init_distributed", "world_info_from_env", "under_launcher",
@@ -49,13 +50,14 @@ def _share_cpu_threads(local_ranks: int) -> None:
     torch.set_num_threads(max(1, share))
 
 
-def make_engine(kind: str = "auto", workers: int | None = None, device=None, batched: bool = True,
+def make_engine(kind: str = "auto", workers: int | None = None, device=None, batched: bool | None = None,
                 bucket_mb: float | None = None, ddp: bool = False, backend: str | None = None):
     """Build an engine. ``workers`` is K; under a launcher it must equal the number of ranks.
     The processes engine's ``bucket_mb`` (gradient buckets) and ``ddp`` (DDP with extrap's hook
     instead of one flat all-reduce): see ``ProcessEngine``; its ``backend`` (``gloo``, ``nccl``,
     ``mpi``; default ``EXTRAP_BACKEND``, else NCCL on GPU and Gloo on CPU): see
-    ``init_distributed``."""
+    ``init_distributed``. The virtual engine's ``batched``: vmap (True) or the per-worker loop
+    (False); ``None``: vmap on a GPU, the loop on a CPU (see ``VirtualWorkers``)."""
     if kind not in ENGINES:
         raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {kind!r}")
     if workers is not None and workers < 1:

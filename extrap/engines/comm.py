@@ -30,8 +30,11 @@ class Communicator(Protocol):
       draws, gradient clipping) is taken over this view, so it is the same code whether a process
       holds one worker (a view ``[1, ...]``) or the virtual engine holds K (tensors ``[K, ...]``).
 
-    An engine that keeps one x_t and K extrapolated points fits the same contract: its
-    per-worker tensors (local gradients, x̃) are viewed ``[K, ...]``, its parameters ``[1, ...]``.
+    Where one process's K workers share one x_t (``VirtualComm`` while training is synchronous),
+    the communicator also has ``points_of``: {id of a parameter: its ``[K, ...]`` points}, the
+    tensors at which the workers compute (x̃) and whose ``.grad`` are their own gradients; and
+    ``average(tensors, kind) -> list``: the mean of ``[K, ...]`` tensors over the workers, which
+    the optimizer makes x_t's gradient. ``per_worker`` is then given only ``[K, ...]`` tensors.
     A communicator that averages during backward (DDP's hook, ``DDPComm``) also has
     ``no_sync()``: a context in which backward keeps gradients local (see ``local_backward``).
     """
@@ -150,14 +153,24 @@ class TorchDistComm(OneWorker):
 
 
 class VirtualComm:
-    """K virtual workers in one process: every tensor carries the worker axis, [K, ...], and is
-    averaged over it."""
+    """K virtual workers in one process: every per-worker tensor carries the worker axis,
+    [K, ...], and is averaged over it.
+
+    ``points_of`` (set by ``VirtualWorkers``): while training is synchronous the workers share
+    one x_t, and each parameter's K points are a ``[K, ...]`` tensor; ``None`` when the
+    parameters are themselves ``[K, ...]`` (each worker its own model)."""
 
     def __init__(self, num_workers: int):
         if num_workers < 1:
             raise ValueError(f"num_workers: expected >= 1, got {num_workers}")
         self.world_size = num_workers
         self.worker_ids = tuple(range(num_workers))
+        self.points_of: dict[int, Tensor] | None = None
+        self.split = None  # set with points_of: gives every worker its own model (post-local SGD)
+
+    def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]:
+        """The mean over the worker axis of each [K, ...] tensor."""
+        return [t.mean(0) for t in tensors]
 
     def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
         if self.world_size == 1 or not tensors:
@@ -188,12 +201,19 @@ class CountingComm:
     world_size = property(lambda self: self.inner.world_size)
     worker_ids = property(lambda self: self.inner.worker_ids)
 
-    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
+    def _count(self, tensors: list[Tensor], kind: str) -> None:
         numel = [self.inner.per_worker(t)[0].numel() for t in tensors]  # one worker's values
         self.calls[kind] += 1
         self.values[kind] += sum(numel)
         self.bytes[kind] += sum(n * t.element_size() for n, t in zip(numel, tensors))
+
+    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
+        self._count(tensors, kind)
         self.inner.all_reduce_mean_(tensors, kind)
+
+    def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]:
+        self._count(tensors, kind)
+        return self.inner.average(tensors, kind)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

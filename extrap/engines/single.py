@@ -80,6 +80,10 @@ class ModuleWorkers:
     def parameters(self) -> list[Tensor]:
         return list(self.model.parameters())
 
+    def points(self) -> dict[str, Tensor]:
+        """The tensors the worker computes at (its x̃ after ``perturb``): the parameters."""
+        return dict(self.model.named_parameters())
+
     def train(self, mode: bool = True) -> "ModuleWorkers":
         self.model.train(mode)
         return self

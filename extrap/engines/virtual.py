@@ -1,16 +1,19 @@
 """K virtual workers in one process on one device.
 
-Each worker has its own parameters (equal to the others' x_t while training is synchronous, its
-own x̃ when perturbed, its own model in post-local SGD's local phase), its own BatchNorm buffers,
-random stream and data shard. All of it lives in tensors with a leading worker axis ``[K, ...]``
-that one optimizer updates elementwise; ``VirtualComm`` averages over that axis and is the
-optimizer's only view of it.
+While training is synchronous the workers share one x_t: the engine keeps one copy of the
+parameters and the optimizer one state. Per worker it keeps only what differs: its point x̃ (a
+``[K, ...]`` tensor per parameter, scratch that the optimizer writes and ``step()`` resets to
+x_t), its local gradient (the points' ``.grad``, kept by the optimizer), its BatchNorm buffers
+(``[K, ...]``), random stream and data shard. ``VirtualComm`` averages over the worker axis and
+is the optimizer's only view of it. In post-local SGD's local phase the workers' models differ:
+``split`` turns the parameters and the optimizer's state into ``[K, ...]`` tensors, one model
+per worker, which the points are then.
 
 Two ways to run the K forwards and backwards:
-- batched (default): ``torch.func.functional_call`` under ``torch.func.vmap`` — one pass over the
-  model for all K workers, so K workers cost one model's Python overhead;
+- batched: ``torch.func.functional_call`` under ``torch.func.vmap`` — one pass over the model for
+  all K workers, so K workers cost one model's Python overhead (the default on a GPU);
 - loop: the same functional call once per worker, the reference the batched path is tested
-  against.
+  against, and on a CPU the faster of the two (``docs/bench.md``), so its default there.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from torch.utils._pytree import tree_map
 from .comm import VirtualComm
 from .single import Execution, SingleEngine, split_aux, to_channels_last
 
-__all__ = ["VirtualWorkers", "VirtualEngine", "stack_trees"]
+__all__ = ["VirtualWorkers", "VirtualEngine", "stack_trees", "batched_by_default"]
+
+SPLIT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # per model once split
 
 
 def stack_trees(trees: list):
@@ -34,31 +39,70 @@ def stack_trees(trees: list):
     return tree_map(lambda *leaves: torch.stack(leaves), *trees)
 
 
+def batched_by_default(device: torch.device) -> bool:
+    """vmap on accelerators; the per-worker loop on a CPU, where it measures faster."""
+    return torch.device(device).type != "cpu"
+
+
 class VirtualWorkers:
-    """K copies of a model as stacked leaf tensors; ``forward_backward`` takes ``[K, b, ...]``."""
+    """K workers of one model, sharing x_t; ``forward_backward`` takes ``[K, b, ...]``.
 
-    def __init__(self, model: nn.Module, num_workers: int, batched: bool = True, execution: Execution = Execution()):
+    ``parameters()`` are the optimizer's: x_t once (each worker's model as ``[K, ...]`` once
+    ``split``). ``points()`` are where the workers compute; their ``.grad`` after
+    ``forward_backward`` are the workers' own gradients. ``comm`` (the engine's) is the
+    communicator to give the optimizer."""
+
+    def __init__(self, model: nn.Module, num_workers: int, batched: bool | None = None,
+                 execution: Execution = Execution(), comm: VirtualComm | None = None):
         self.num_workers, self.execution = num_workers, execution
+        self.comm = VirtualComm(num_workers) if comm is None else comm
+        device = next(iter(model.parameters())).device
         # a model may declare ``vmap_compatible = False`` (no batching rule for one of its kernels)
-        self.batched = batched and getattr(model, "vmap_compatible", True)
+        self.batched = (batched_by_default(device) if batched is None else batched) and getattr(model, "vmap_compatible", True)
         self.template = copy.deepcopy(model)  # structure only: its tensors are swapped in
-        k = num_workers
-
-        def stacked(p: Tensor) -> Tensor:  # [K, ...]: the K workers' copies side by side
-            t = p.detach().unsqueeze(0).repeat(k, *([1] * p.dim()))
-            return (to_channels_last(t) if execution.channels_last and p.dim() == 4 else t).requires_grad_(p.requires_grad)
-
-        self.params = {n: stacked(p) for n, p in model.named_parameters()}
-        self.buffers = {n: b.detach().unsqueeze(0).repeat(k, *([1] * b.dim())).clone()
-                        for n, b in model.named_buffers()}
+        self.params = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in model.named_parameters()}
+        self._points = {n: self._stacked(p).requires_grad_(p.requires_grad) for n, p in self.params.items()}
+        self.buffers = {n: self._stacked(b) for n, b in model.named_buffers()}
+        self.comm.points_of = {id(p): self._points[n] for n, p in self.params.items()}
+        self.comm.split = self.split
         self._eval = None
         self._batched_losses: dict = {}  # loss_fn -> the K-worker function (vmapped, compiled)
+
+    def _stacked(self, t: Tensor) -> Tensor:
+        """[K, ...]: the K workers' copies side by side (channels-last per worker where asked)."""
+        t = t.detach().unsqueeze(0).repeat(self.num_workers, *([1] * t.dim()))
+        return to_channels_last(t) if self.execution.channels_last and t.dim() == 5 else t
+
+    @property
+    def shared(self) -> bool:
+        """Whether the workers share one x_t (until ``split``)."""
+        return self._points is not None
 
     def named_parameters(self):
         return iter(self.params.items())
 
     def parameters(self) -> list[Tensor]:
         return list(self.params.values())
+
+    def points(self) -> dict[str, Tensor]:
+        """The [K, ...] tensors the workers compute at: their x̃ after ``perturb``."""
+        return self._points if self.shared else self.params
+
+    @torch.no_grad()
+    def split(self, optimizer=None) -> None:
+        """Give every worker its own model (post-local SGD's local phase): each parameter and the
+        optimizer's per-model state become [K, ...] copies, in place, and the points go."""
+        if not self.shared:
+            return
+        for p in self.params.values():
+            state = optimizer.state.get(p, {}) if optimizer is not None else {}
+            for key in SPLIT_STATE:
+                if key in state:
+                    state[key] = self._stacked(state[key])
+            p.data = self._stacked(p)
+            p.grad = None
+        self._points = None
+        self.comm.points_of = None
 
     def train(self, mode: bool = True) -> "VirtualWorkers":
         self.template.train(mode)
@@ -70,16 +114,16 @@ class VirtualWorkers:
 
     def forward_backward(self, loss_fn: Callable, inputs, targets):
         """Each worker's loss on its own batch (``inputs[k]``; inputs and targets may be pytrees
-        of tensors with a leading worker axis), summed and backpropagated: worker k's slice of
-        every ``.grad`` is the gradient of its own loss. Returns the K losses, or ``(losses, aux)``
-        with one aux per worker when ``loss_fn`` returns ``(loss, aux)``."""
-        inputs = self.execution.layout(inputs, image_dims=5)
+        of tensors with a leading worker axis) at its point, summed and backpropagated: worker
+        k's slice of every point's ``.grad`` is the gradient of its own loss. Returns the K
+        losses, or ``(losses, aux)`` with one aux per worker when ``loss_fn`` returns ``(loss, aux)``."""
+        inputs, points = self.execution.layout(inputs, image_dims=5), self.points()
         with self.execution.autocast(self.device):
             if self.batched:
-                losses, aux = split_aux(self._batched_loss(loss_fn)(self.params, self.buffers, inputs, targets))
+                losses, aux = split_aux(self._batched_loss(loss_fn)(points, self.buffers, inputs, targets))
                 aux = None if aux is None else [tree_map(lambda t: t[k], aux) for k in range(self.num_workers)]
             else:
-                outs = [split_aux(self._worker_loss({n: p[k] for n, p in self.params.items()},
+                outs = [split_aux(self._worker_loss({n: p[k] for n, p in points.items()},
                                                     {n: b[k] for n, b in self.buffers.items()},
                                                     tree_map(lambda t: t[k], inputs),
                                                     tree_map(lambda t: t[k], targets), loss_fn))
@@ -103,11 +147,12 @@ class VirtualWorkers:
 
     @torch.no_grad()
     def eval_module(self, worker: int = 0) -> nn.Module:
-        """A module holding worker ``worker``'s parameters and buffers (call outside perturb/step)."""
+        """A module holding worker ``worker``'s model (x_t while shared) and buffers (call
+        outside perturb/step)."""
         if self._eval is None:
             self._eval = copy.deepcopy(self.template)
         for n, t in self._eval.named_parameters():
-            t.copy_(self.params[n][worker])
+            t.copy_(self.params[n] if self.shared else self.params[n][worker])
         for n, t in self._eval.named_buffers():
             t.copy_(self.buffers[n][worker])
         return self._eval
@@ -117,10 +162,15 @@ class VirtualWorkers:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
+        """Load x_t (or, from a run in its local phase, the K models: then split) and buffers."""
+        if self.shared and any(state["params"][n].dim() > p.dim() for n, p in self.params.items()):
+            self.split()  # the optimizer's state comes from its own load_state_dict
         for n, p in self.params.items():
             p.copy_(state["params"][n])
         for n, b in self.buffers.items():
             b.copy_(state["buffers"][n])
+        for n, q in (self._points or {}).items():
+            q.copy_(self.params[n].expand_as(q))
 
 
 class VirtualEngine(SingleEngine):
@@ -128,14 +178,15 @@ class VirtualEngine(SingleEngine):
 
     kind = "virtual"
 
-    def __init__(self, num_workers: int, device: str | torch.device | None = None, batched: bool = True):
+    def __init__(self, num_workers: int, device: str | torch.device | None = None, batched: bool | None = None):
         super().__init__(device)
         self.comm = VirtualComm(num_workers)
         self.world_size = num_workers
         self.batched = batched
 
     def prepare(self, model: nn.Module, execution: Execution = Execution()) -> VirtualWorkers:
-        return VirtualWorkers(model.to(self.device), self.world_size, batched=self.batched, execution=execution)
+        return VirtualWorkers(model.to(self.device), self.world_size, batched=self.batched, execution=execution,
+                              comm=self.comm)
 
     def stack(self, per_worker: list):
         """Stack the K workers' batches (pytrees of tensors) along a new leading axis."""
