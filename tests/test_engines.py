@@ -207,3 +207,48 @@ def test_rank_0_evaluates_for_every_rank(tmp_path):
     ranks = [json.loads((tmp_path / f"out.rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["calls"] for r in ranks] == [2, 0]  # two evaluations, both on rank 0
     assert ranks[0]["curve"] == ranks[1]["curve"] and len(ranks[0]["curve"]) == 2
+
+
+@pytest.mark.parametrize("optimizer, perturbation, lars", [
+    ("sgd", "extrap", True), ("sgd", "stochastic", False), ("sgd", "filter-gaussian", False),
+    ("sgd", "sam", False), ("adam", "extrap", False)])
+def test_virtual_workers_sharing_x_t_follow_k_full_models(optimizer, perturbation, lars):
+    """While synchronous the virtual engine keeps x_t and the optimizer's state once and only the
+    per-worker tensors [K, ...]; its trajectory is that of K full models (split from the start)."""
+    from data import DigitsTask
+    from extrap import ExtrapolatedAdam, ExtrapolatedSGD
+    from models import build_model
+
+    def run(split: bool):
+        torch.manual_seed(0)
+        engine, task, k = make_engine("virtual", 3), DigitsTask(), 3
+        workers = engine.prepare(build_model("digits_cnn"))
+        kw = dict(perturbation=perturbation, gamma=0.02, comm=engine.comm, weight_decay=1e-4)
+        opt = (ExtrapolatedAdam(workers.parameters(), lr=1e-3, **kw) if optimizer == "adam"
+               else ExtrapolatedSGD(workers.parameters(), lr=0.05, lars=lars, **kw))
+        if split:
+            workers.split(opt)
+        for t in range(6):
+            x, y = engine.worker_batch(task.train_batches(engine.worker_ids, 0, t, 16, k))
+
+            def closure():
+                opt.zero_grad()
+                return workers.forward_backward(task.loss, x, y)
+
+            opt.zero_grad()
+            opt.perturb(closure if perturbation == "sam" else None)
+            workers.forward_backward(task.loss, x, y)
+            opt.step()
+        return workers, opt
+
+    shared, opt = run(split=False)
+    full, _ = run(split=True)
+    model = dict(build_model("digits_cnn").named_parameters())
+    for n, p in shared.named_parameters():  # one x_t, one state; the local gradients per worker
+        assert p.shape == model[n].shape
+        state = opt.state[p]
+        assert all(state[key].shape == p.shape for key in ("momentum_buffer", "exp_avg", "exp_avg_sq") if key in state)
+        assert "local_grad" not in state or state["local_grad"].shape == (3, *p.shape)
+    for (n, p), q in zip(shared.named_parameters(), full.parameters()):
+        for k in range(3):
+            torch.testing.assert_close(p, q[k], rtol=1e-6, atol=1e-7, msg=lambda m: f"{n} worker {k}: {m}")
