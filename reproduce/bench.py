@@ -186,9 +186,32 @@ def _virtual_step(k: int, device, xs, ys, batched: bool = True) -> Callable[[], 
     return _train_step(workers, opt, xs, ys)
 
 
+def _state_mib(k: int, device, xs, ys, split: bool) -> float:
+    """MiB of training state after a step of k virtual ResNet-20 workers with extrap-SGD and
+    LARS: parameters, points, their gradients, BatchNorm buffers and the optimizer's state, as
+    the engine holds them (one x_t while synchronous) or as K models (``split``)."""
+    torch.manual_seed(0)
+    engine = make_engine("virtual", k, device=device, batched=False)
+    workers = engine.prepare(build_model("resnet20"))
+    opt = ExtrapolatedSGD(workers.parameters(), lr=0.1, perturbation="extrap", comm=engine.comm, lars=True, **SGD_KW)
+    if split:
+        workers.split(opt)
+    for _ in range(2):  # the second step holds the first one's local gradients
+        opt.zero_grad(set_to_none=False)  # torch's zeroing keeps the gradient tensors
+        opt.perturb()
+        workers.forward_backward(F.cross_entropy, xs, ys)
+        opt.step()
+    tensors = [*workers.parameters(), *workers.points().values(), *workers.buffers.values(),
+               *[t for s in opt.state.values() if isinstance(s, dict) for t in s.values() if torch.is_tensor(t)]]
+    tensors += [t.grad for t in tensors if t.grad is not None]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values()) / 2**20
+
+
 def bench_virtual(sz: dict, device) -> dict:
     k, b = sz["virtual_workers"], sz["virtual_batch"]
     x, y, xs, ys = _worker_images(k, b, device)
+    state = {"shared": _state_mib(k, device, xs, ys, split=False), "models": _state_mib(k, device, xs, ys, split=True)}
     fns = {name: _virtual_step(k, device, xs, ys, batched) for name, batched in (("batched", True), ("loop", False))}
     torch.manual_seed(0)
     single = ModuleWorkers(build_model("resnet20").to(device).train())
@@ -199,7 +222,7 @@ def bench_virtual(sz: dict, device) -> dict:
     return {"what": f"{k} virtual ResNet-20 workers × batch {b} vs one model at batch {k * b}",
             "seconds": t, "images_per_s": ips,
             "batched_vs_single": ips["batched"] / ips["single-model"], "batched_vs_loop": ips["batched"] / ips["loop"],
-            "engine_default": _default_path(device),
+            "engine_default": _default_path(device), "state_mib": state,
             "target": {"batched_vs_single": 0.7, "batched_vs_loop": 3.0, "on": "GPU"}}
 
 
@@ -481,7 +504,9 @@ def markdown(report: dict) -> str:
     lines.append(f"| 4 | {vw['what']} | batched {ips['batched']:,.0f} img/s, loop {ips['loop']:,.0f}, "
                  f"single model {ips['single-model']:,.0f}: batched ÷ single {vw['batched_vs_single']:.2f} "
                  f"(GPU target ≥ 0.7), batched ÷ loop {vw['batched_vs_loop']:.2f} (GPU target ≥ 3); "
-                 f"the virtual engine's default on {report['device']}: {vw['engine_default']} |")
+                 f"the virtual engine's default on {report['device']}: {vw['engine_default']}; training state "
+                 f"(extrap-SGD + LARS) {vw['state_mib']['shared']:.1f} MiB sharing x_t, "
+                 f"{vw['state_mib']['models']:.1f} MiB as K models |")
     gpu = r["gpu"]
     if "skipped" in gpu:
         lines.append(f"| 6 | GPU throughput | not measured: {gpu['skipped']} |")
