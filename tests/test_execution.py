@@ -12,8 +12,9 @@ from models import build_model
 STEPS, K, B = 20, 16, 2
 
 
-def losses_of(**options) -> tuple[list[float], object]:
-    """The mean loss over the K workers at each of 20 steps, and the run."""
+def losses_of(batched: bool, **options) -> tuple[list[float], object]:
+    """The mean loss over the K workers at each of 20 steps (vmap, or the per-worker loop), and
+    the run."""
     from data import ClassificationTask
 
     gen = torch.Generator().manual_seed(0)
@@ -23,7 +24,7 @@ def losses_of(**options) -> tuple[list[float], object]:
     torch.manual_seed(0)
     cfg = TrainConfig(perturbation="extrap", local_batch=B, epochs=1, lars=True, weight_decay=1e-4, base_lr=0.05,
                       **options)
-    run = setup(cfg, make_engine("virtual", K), build_model("resnet20"), task, say=lambda _: None)
+    run = setup(cfg, make_engine("virtual", K, batched=batched), build_model("resnet20"), task, say=lambda _: None)
     losses, forward_backward = [], run.workers.forward_backward
 
     def recorded(*args):
@@ -40,18 +41,22 @@ def losses_of(**options) -> tuple[list[float], object]:
 
 @pytest.fixture(scope="module")
 def float32_eager():
-    return losses_of()[0]
+    """float32 eager's losses, by path (computed once per path)."""
+    cache = {}
+    return lambda batched: cache.setdefault(batched, losses_of(batched)[0])
 
 
 @pytest.mark.parametrize("options, first_rtol", [
     (dict(precision="bf16"), 1e-2),  # bfloat16 keeps 8 bits of mantissa
     (dict(channels_last=True), 1e-5),  # the same arithmetic in another order
-    pytest.param(dict(compile="aot_eager"), 1e-5, marks=pytest.mark.slow),  # the K workers as one captured graph
+    pytest.param(dict(compile="aot_eager"), 1e-5, marks=pytest.mark.slow),  # vmap: the K workers as one graph
 ])
-def test_an_execution_option_trains_close_to_float32_eager(float32_eager, options, first_rtol):
+@pytest.mark.parametrize("batched", [True, False], ids=["vmap", "loop"])
+def test_an_execution_option_trains_close_to_float32_eager(float32_eager, options, first_rtol, batched):
     """The first loss (same x_0) within ``first_rtol``; the rounding differences then grow
     along the trajectory, which stays within 3% of float32 eager's over 20 steps."""
-    losses, run = losses_of(**options)
+    losses, run = losses_of(batched, **options)
+    float32_eager = float32_eager(batched)
     assert losses[0] == pytest.approx(float32_eager[0], rel=first_rtol)
     assert losses == pytest.approx(float32_eager, rel=0.03)
     assert losses[-1] < losses[0]  # it learns, as float32 eager does

@@ -56,8 +56,8 @@ def test_the_counter_sees_each_kind_of_host_read():
     assert syncs.total == 5
 
 
-@pytest.mark.parametrize("engine_kind", ["virtual", "single"])
-def test_cifar_step_reads_nothing_from_the_device(monkeypatch, engine_kind):
+@pytest.mark.parametrize("engine_kind, batched", [("virtual", True), ("virtual", False), ("single", None)])
+def test_cifar_step_reads_nothing_from_the_device(monkeypatch, engine_kind, batched):
     import data.tasks
     from data import CifarTask
 
@@ -68,7 +68,7 @@ def test_cifar_step_reads_nothing_from_the_device(monkeypatch, engine_kind):
     task = CifarTask("fabricated", eval_train_samples=20)
     k = 16 if engine_kind == "virtual" else 1
     cfg = TrainConfig(perturbation="extrap", local_batch=3, epochs=1, lars=True, weight_decay=1e-4)
-    per_step = counts_per_step(cfg, make_engine(engine_kind, k), build_model("resnet20"), task)
+    per_step = counts_per_step(cfg, make_engine(engine_kind, k, batched=batched), build_model("resnet20"), task)
     assert_steady_state_free(per_step)
 
 
@@ -101,7 +101,8 @@ def write_multi30k(folder, pairs=400, seed=0):
         (folder / f"{split}.de").write_text("\n".join(" ".join(rng.choice(de) for _ in range(m + 1)) for m in lengths) + "\n")
 
 
-def test_translation_step_reads_nothing_from_the_device(tmp_path):
+@pytest.mark.parametrize("batched", [True, False])  # vmap, or the per-worker loop
+def test_translation_step_reads_nothing_from_the_device(tmp_path, batched):
     from data import TranslationTask
 
     write_multi30k(tmp_path / "multi30k")
@@ -110,4 +111,4 @@ def test_translation_step_reads_nothing_from_the_device(tmp_path):
                         nhead=2, num_layers=1, dim_feedforward=32)
     cfg = TrainConfig(optimizer="adam", perturbation="extrap", local_batch=8, epochs=1, base_lr=1e-3,
                       schedule="inverse-sqrt", warmup_steps=4)
-    assert_steady_state_free(counts_per_step(cfg, make_engine("virtual", 4), model, task))
+    assert_steady_state_free(counts_per_step(cfg, make_engine("virtual", 4, batched=batched), model, task))

@@ -31,7 +31,8 @@ class Execution:
       gradients, optimizer state and BatchNorm statistics stay float32.
     - ``channels_last``: 4-D weights and image batches in channels-last memory order.
     - ``compile``: a ``torch.compile`` backend (``"inductor"``, ``"aot_eager"``, ...) for the
-      forward and backward (for virtual workers: all K workers' as one graph); ``None``: eager.
+      forward and backward (virtual workers: all K workers' as one graph under vmap, one
+      worker's, compiled once, by the loop); ``None``: eager.
     """
 
     precision: str = "float32"

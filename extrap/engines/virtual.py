@@ -66,7 +66,7 @@ class VirtualWorkers:
         self.comm.points_of = {id(p): self._points[n] for n, p in self.params.items()}
         self.comm.split = self.split
         self._eval = None
-        self._batched_losses: dict = {}  # loss_fn -> the K-worker function (vmapped, compiled)
+        self._losses: dict = {}  # loss_fn -> the workers' loss function (vmapped, compiled)
 
     def _stacked(self, t: Tensor) -> Tensor:
         """[K, ...]: the K workers' copies side by side (channels-last per worker where asked)."""
@@ -119,14 +119,13 @@ class VirtualWorkers:
         losses, or ``(losses, aux)`` with one aux per worker when ``loss_fn`` returns ``(loss, aux)``."""
         inputs, points = self.execution.layout(inputs, image_dims=5), self.points()
         with self.execution.autocast(self.device):
+            fn = self._loss(loss_fn)
             if self.batched:
-                losses, aux = split_aux(self._batched_loss(loss_fn)(points, self.buffers, inputs, targets))
+                losses, aux = split_aux(fn(points, self.buffers, inputs, targets))
                 aux = None if aux is None else [tree_map(lambda t: t[k], aux) for k in range(self.num_workers)]
             else:
-                outs = [split_aux(self._worker_loss({n: p[k] for n, p in points.items()},
-                                                    {n: b[k] for n, b in self.buffers.items()},
-                                                    tree_map(lambda t: t[k], inputs),
-                                                    tree_map(lambda t: t[k], targets), loss_fn))
+                outs = [split_aux(fn({n: p[k] for n, p in points.items()}, {n: b[k] for n, b in self.buffers.items()},
+                                     tree_map(lambda t: t[k], inputs), tree_map(lambda t: t[k], targets)))
                         for k in range(self.num_workers)]
                 losses = torch.stack([loss for loss, _ in outs])
                 aux = None if outs[0][1] is None else [a for _, a in outs]
@@ -137,13 +136,15 @@ class VirtualWorkers:
     def device(self) -> torch.device:
         return next(iter(self.params.values())).device
 
-    def _batched_loss(self, loss_fn: Callable):
-        """All K workers' losses as one ``vmap`` of the functional model (compiled where asked)."""
-        if loss_fn not in self._batched_losses:
-            fn = vmap(lambda p, b, x, y: self._worker_loss(p, b, x, y, loss_fn), randomness="different")
-            compile_backend = self.execution.compile
-            self._batched_losses[loss_fn] = fn if compile_backend is None else torch.compile(fn, backend=compile_backend)
-        return self._batched_losses[loss_fn]
+    def _loss(self, loss_fn: Callable):
+        """``(params, buffers, inputs, targets) -> loss``: all K workers' as one ``vmap`` of the
+        functional model, or one worker's for the loop; compiled where asked."""
+        if loss_fn not in self._losses:
+            fn = lambda p, b, x, y: self._worker_loss(p, b, x, y, loss_fn)  # noqa: E731
+            fn = vmap(fn, randomness="different") if self.batched else fn
+            backend = self.execution.compile
+            self._losses[loss_fn] = fn if backend is None else torch.compile(fn, backend=backend)
+        return self._losses[loss_fn]
 
     @torch.no_grad()
     def eval_module(self, worker: int = 0) -> nn.Module:
