@@ -189,7 +189,8 @@ class _Extrapolation:
 
     @torch.no_grad()
     def perturb(self, closure: Callable[[], Tensor] | None = None):
-        """Move the parameters to this worker's x̃ = x_t − γ·d; ``step()`` brings x_t back.
+        """Move the parameters to this worker's x̃ = x_t − γ·d; ``step()`` brings x_t back. Where
+        the workers share x_t, write each worker's x̃ to its point instead (``point``); x_t stays.
         ``extragradient`` and ``sam`` need ``closure``, a zero_grad, forward and backward on this
         worker's batch at x_t; it forms d, and its loss is returned."""
         if self.kind.direction is None:
