@@ -104,6 +104,12 @@ class ClassificationTask:
     def probe_batch(self, size: int = 256):
         return self.prepare(self.x_train[:size]), self.y_train[:size]
 
+    def subset_loss(self, module: nn.Module, size: int = 512) -> Tensor:
+        """The loss at x_t on the first ``size`` training images (eval mode, no augmentation), a
+        device scalar: the trace's training loss (``TrainConfig.log_every``)."""
+        with evaluating(module):
+            return self._loss_and_top1(module, self.x_train[:size], self.y_train[:size])[0]
+
     def _loss_and_top1(self, module: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """[mean loss, top-1 %] on the device (no synchronisation)."""
         sums = torch.zeros(2, device=y.device, dtype=torch.float64)
@@ -179,6 +185,7 @@ class LanguageModelTask(_NoProbe):
         self.eval_data = batchify(eval_ids, eval_batch).to(self.device)
         self._streams: dict = {}
         self._hidden: dict = {}
+        self._subset: Tensor | None = None
 
     def _stream(self, worker: int, num_workers: int, local_batch: int) -> Tensor:
         key = (worker, num_workers, local_batch)
@@ -221,15 +228,26 @@ class LanguageModelTask(_NoProbe):
         """Keep each worker's next hidden state (``aux``: worker id -> what ``loss`` returned)."""
         self._hidden.update(aux)
 
-    def evaluate(self, module: nn.Module) -> dict:
+    def _mean_loss(self, module: nn.Module, data: Tensor) -> Tensor:
+        """Mean next-token loss over batchified ``data`` [T, columns], a device scalar."""
         total, count, hidden = torch.zeros((), device=self.device, dtype=torch.float64), 0, None
         with evaluating(module):
-            for i in range(0, self.eval_data.size(0) - 1, self.bptt):
-                y = self.eval_data[i + 1:i + 1 + self.bptt]
-                logits, hidden = module(self.eval_data[i:i + len(y)], hidden)
+            for i in range(0, data.size(0) - 1, self.bptt):
+                y = data[i + 1:i + 1 + self.bptt]
+                logits, hidden = module(data[i:i + len(y)], hidden)
                 total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum")
                 count += y.numel()
-        loss = total.item() / count  # the evaluation's one synchronisation
+        return total / max(count, 1)
+
+    def subset_loss(self, module: nn.Module, tokens: int = 4000) -> Tensor:
+        """The loss at x_t on the first ``tokens`` training tokens (10 columns), a device scalar:
+        the trace's training loss (``TrainConfig.log_every``)."""
+        if self._subset is None:
+            self._subset = batchify(self.train_ids[:tokens], 10)
+        return self._mean_loss(module, self._subset)
+
+    def evaluate(self, module: nn.Module) -> dict:
+        loss = self._mean_loss(module, self.eval_data).item()  # the evaluation's one synchronisation
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
 
@@ -293,6 +311,16 @@ class TranslationTask(_NoProbe):
     def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
         """Worker ``worker``'s ``((src, tgt_in), tgt_out)``."""
         return _one_worker(self.train_batches((worker,), epoch, step, local_batch, num_workers))
+
+    def subset_loss(self, module: nn.Module, size: int = 256) -> Tensor:
+        """The teacher-forced loss at x_t on the first ``size`` training pairs (no smoothing), a
+        device scalar: the trace's training loss (``TrainConfig.log_every``)."""
+        n = min(size, len(self.src))
+        src = self.src_table[:n, :int(self.lengths[:n].max())]  # lengths live on the host
+        tgt = self.tgt_table[:n, :int(self.tgt_lengths[:n].max())]
+        with evaluating(module):
+            logits = module((src, tgt[:, :-1]))
+            return F.cross_entropy(logits.flatten(0, 1).float(), tgt[:, 1:].flatten(), ignore_index=PAD)
 
     def _eval_batches(self) -> list[tuple[Tensor, Tensor]]:
         """The evaluation pairs, padded per batch, on the device (sent there once)."""

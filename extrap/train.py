@@ -47,7 +47,8 @@ class Task(Protocol):
     Also, where they apply: ``probe_batch() -> (inputs, targets)`` for the smoothness probe;
     ``after_step(aux)`` when ``loss`` returns ``(loss, aux)`` (e.g. an LSTM's next hidden state):
     it receives {worker id: that worker's aux}; ``metric_higher`` (True when the metric improves
-    upwards).
+    upwards); ``subset_loss(module) -> Tensor``: the training loss at x_t on a fixed small subset
+    of the training data, a device scalar, for the trace (``TrainConfig.log_every``).
     """
 
     metric: str  # the key of the task's test metric in ``evaluate``'s dict
@@ -96,6 +97,7 @@ class TrainConfig:
     local_steps: int = 16
     seed: int = 0
     eval_every: int = 1  # epochs
+    log_every: int = 0  # steps between trace points (mini-batch loss, loss at x_t on a subset); 0: none
     loss_bound: float = 1e3  # a mean training loss above this is divergence
     probe_every: int = 0  # steps; 0: no smoothness probe
     optimizer: str = "sgd"  # "sgd": ExtrapolatedSGD; "adam": ExtrapolatedAdam
@@ -120,6 +122,7 @@ class TrainConfig:
             "base_batch": (self.base_batch >= 1, "an integer >= 1"),
             "epochs": (self.epochs >= 1, "an integer >= 1"),
             "eval_every": (self.eval_every >= 1, "an integer >= 1"),
+            "log_every": (self.log_every >= 0, "an integer >= 0"),
             "warmup_epochs": (self.warmup_epochs >= 0, "a number >= 0"),
             "local_steps": (self.local_steps >= 1, "an integer >= 1"),
             "optimizer": (self.optimizer in ("sgd", "adam"), "sgd or adam"),
@@ -174,6 +177,7 @@ class Run:
     lr_scale: float
     probe: SmoothnessProbe | None = None
     curve: list = field(default_factory=list)
+    trace: list = field(default_factory=list)
 
     @property
     def global_batch(self) -> int:
@@ -206,12 +210,37 @@ def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[
     return Run(cfg, engine, task, workers, optimizer, schedule, steps_per_epoch, peak_lr, lr_scale, probe)
 
 
+def _trace_point(run: Run, step: int, window: Tensor, steps: int) -> dict:
+    """A trace point after ``step``: this process's workers' mean mini-batch losses at x̃ over the
+    last ``steps`` steps (``window``: their sums, [W]) and, where the task has ``subset_loss``,
+    the loss at x_t (worker 0's model) on its fixed subset; device tensors until the epoch ends."""
+    point = {"step": step, "batch_loss": window / steps}
+    subset_loss = getattr(run.task, "subset_loss", None)
+    if subset_loss is not None:
+        point["train_loss_subset"] = subset_loss(run.workers.eval_module(0))
+    return point
+
+
+def _read_trace(run: Run, points: list[dict]) -> list[dict]:
+    """The epoch's trace points as numbers: mini-batch losses averaged over all workers."""
+    out = []
+    for p in points:
+        point = {"step": p["step"], "batch_loss": float(run.engine.mean_over_workers(p["batch_loss"]))}
+        if "train_loss_subset" in p:
+            point["train_loss_subset"] = float(p["train_loss_subset"])
+        out.append(point)
+    return out
+
+
 def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
-    """One epoch of extrap steps; returns (mean mini-batch loss at the workers' x̃, last lr)."""
+    """One epoch of extrap steps; returns (mean mini-batch loss at the workers' x̃, last lr).
+    Every ``log_every`` steps a point is added to ``run.trace`` (read from the device once, at
+    the epoch's end)."""
     cfg, engine, task, workers, optimizer = run.cfg, run.engine, run.task, run.workers, run.optimizer
     k = engine.world_size
     fresh = REGISTRY[cfg.perturbation].closure
     loss_sum, lr = torch.zeros((), device=engine.device), 0.0
+    window, window_steps, points = torch.zeros(len(engine.worker_ids), device=engine.device), 0, []
     for i in range(run.steps_per_epoch):
         step = epoch * run.steps_per_epoch + i
         lr = run.schedule.apply(optimizer, step, gamma=False)  # γ: the optimizer's own default
@@ -229,13 +258,19 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
             losses, aux = losses
             task.after_step(dict(zip(engine.worker_ids, aux)))
         loss_sum += losses.sum()
+        window += losses.detach().float()
+        window_steps += 1
         if cfg.clip_norm is not None:
             clip_local_grads_(list(workers.points().values()), cfg.clip_norm, engine.comm)
         optimizer.step()
         if run.probe is not None and run.probe.due(step + 1):
             run.probe.observe(step + 1, workers.eval_module(0))
+        if cfg.log_every and (step + 1) % cfg.log_every == 0:
+            points.append(_trace_point(run, step + 1, window, window_steps))
+            window, window_steps = torch.zeros_like(window), 0
         if bar is not None:
             bar.update(1)
+    run.trace.extend(_read_trace(run, points))
     n = run.steps_per_epoch * len(engine.worker_ids)
     return float(engine.mean_over_workers(loss_sum / n)), lr
 
@@ -262,7 +297,7 @@ def save_checkpoint(run: Run, prefix: str | Path, epoch: int, elapsed: float,
     held = len(run.engine.worker_ids)
     state = {"epoch": epoch, "workers": checkpoint_io.pack_worker_copies(run.workers.state_dict(), held),
              "optimizer": checkpoint_io.pack_worker_copies(run.optimizer.state_dict(), held),
-             "rng": torch.get_rng_state(), "curve": run.curve, "elapsed": elapsed,
+             "rng": torch.get_rng_state(), "curve": run.curve, "trace": run.trace, "elapsed": elapsed,
              "probe": run.probe.state_dict() if run.probe is not None else None}
     (writer or checkpoint_io).save(state, _checkpoint_path(run, prefix))
 
@@ -296,7 +331,7 @@ def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], N
     run.workers.load_state_dict(checkpoint_io.unpack_worker_copies(state["workers"]))
     run.optimizer.load_state_dict(checkpoint_io.unpack_worker_copies(state["optimizer"]))
     torch.set_rng_state(state["rng"])
-    run.curve = state["curve"]
+    run.curve, run.trace = state["curve"], state.get("trace", [])
     if run.probe is not None:
         run.probe.load_state_dict(state["probe"])
     say(f"resumed from {path} at epoch {epoch}")
@@ -309,7 +344,9 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[
     """Train ``model`` with ``cfg`` on ``engine``'s K workers; return the run's record.
 
     The record holds ``status`` (``completed`` or ``diverged``, with ``diverged_at``), ``steps``,
-    ``final`` (the last evaluation), ``curve`` (one dict per evaluation: epoch, step, lr,
+    ``final`` (the last evaluation), ``trace`` (every ``log_every`` steps: step, batch_loss over
+    those steps, and train_loss_subset — the loss at x_t on the task's fixed subset — where the
+    task has one), ``curve`` (one dict per evaluation: epoch, step, lr,
     train_loss at x_t, batch_loss — the mean mini-batch loss at the workers' x̃ — and the task's
     metric), ``smoothness`` when probed, and timing. Every rank returns it; rank 0 writes it.
 
@@ -367,6 +404,7 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[
         "engine": engine.kind,
         "final": final,
         "curve": curve,
+        "trace": run.trace,
         "config": asdict(cfg),
         "time_s": time.perf_counter() - started,
     }

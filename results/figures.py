@@ -1,7 +1,10 @@
 """Figures 1–4 from the records' curves.
 
-Curves are averaged over the seeds that completed, point by point on the evaluation grid (epoch,
-or step for the smoothness probe), with a shaded min–max band when there is more than one seed.
+Curves are drawn against training steps and averaged over the seeds that completed, point by
+point, with a shaded band of ± one standard deviation over seeds when there is more than one.
+Where the records carry a trace (``TrainConfig.log_every``), the training losses come from it:
+the loss at x_t on the task's fixed training subset and the mini-batch loss at the workers' x̃,
+every N steps; otherwise from the evaluations.
 A method none of whose seeds completed is drawn dotted from its diverged/failed runs and says so
 in the legend. Each method keeps one colour in every figure (``method_colors``).
 
@@ -13,6 +16,7 @@ backend (a notebook's, say) is not switched.
 from __future__ import annotations
 
 import re
+import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -53,9 +57,10 @@ def _number(value) -> bool:
         and abs(value) != float("inf")
 
 
-def _series(records: list[dict], key: str, x: str = "epoch", source: str = "curve"):
-    """(xs, mean, lo, hi, n_runs, completed) of ``key`` against ``x`` over the records' ``source``
-    lists, from the completed seeds (all seeds if none completed); None when nothing to draw."""
+def _series(records: list[dict], key: str, x: str = "step", source: str = "curve"):
+    """(xs, mean, mean − std, mean + std, n_runs, completed) of ``key`` against ``x`` over the
+    records' ``source`` lists, from the completed seeds (all seeds if none completed); None when
+    nothing to draw."""
     completed = [r for r in records if r.get("status") == "completed"]
     runs = []
     for r in completed or records:
@@ -71,8 +76,9 @@ def _series(records: list[dict], key: str, x: str = "epoch", source: str = "curv
         for xv, yv in run:
             by_x.setdefault(xv, []).append(yv)
     xs = sorted(by_x)
-    mean = [sum(by_x[v]) / len(by_x[v]) for v in xs]
-    return xs, mean, [min(by_x[v]) for v in xs], [max(by_x[v]) for v in xs], len(runs), bool(completed)
+    mean = [statistics.fmean(by_x[v]) for v in xs]
+    std = [statistics.stdev(by_x[v]) if len(by_x[v]) > 1 else 0.0 for v in xs]
+    return xs, mean, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], len(runs), bool(completed)
 
 
 def _draw(ax, series, color, label, linestyle="-") -> None:
@@ -136,7 +142,28 @@ def _per_method_panels(records, axes, panels, colors) -> None:
                 ax.plot([], [], color=colors[cell], linestyle=":", label=f"{label} ({statuses}, no curve)")
 
 
-_BAND = "mean over seeds, band = min–max"
+_BAND = "mean over seeds, band = ± 1 std"
+
+
+def _traced(records: list[dict], key: str) -> bool:
+    """Whether the records' traces (``log_every``) hold ``key``."""
+    return any(isinstance(r.get("trace"), list) and any(isinstance(p, dict) and key in p for p in r["trace"])
+               for r in records)
+
+
+def _training_loss_panel(records: list[dict], title: str) -> tuple:
+    """The training loss at x_t against steps: the trace's fixed-subset loss where recorded,
+    else the evaluations' ``train_loss``."""
+    if _traced(records, "train_loss_subset"):
+        return ("train_loss_subset", "step", "trace", "step", "training loss at $x_t$ (fixed training subset)",
+                title, True)
+    return ("train_loss", "step", "curve", "step", "training loss at $x_t$", title, True)
+
+
+def _batch_loss_panel(records: list[dict], title: str) -> tuple:
+    """The mini-batch loss at the workers' x̃ against steps (trace, else per epoch)."""
+    source = "trace" if _traced(records, "batch_loss") else "curve"
+    return ("batch_loss", "step", source, "step", r"mini-batch loss at the workers' $\tilde{x}$", title, True)
 
 
 def _curve_panels(records: list[dict], path: Path, colors: dict, panels: list[tuple], title: str) -> None:
@@ -152,9 +179,9 @@ def _curve_panels(records: list[dict], path: Path, colors: dict, panels: list[tu
 
 
 def figure1(records: list[dict], path: Path, colors: dict) -> None:
-    """(a) training loss vs epoch of every method; (b) the smoothness probe vs step."""
+    """(a) training loss at x_t vs step of every method; (b) the smoothness probe vs step."""
     _curve_panels(records, path, colors, [
-        ("train_loss", "epoch", "curve", "epoch", "training loss at $x_t$", "(a) training loss", True),
+        _training_loss_panel(records, "(a) training loss"),
         ("smoothness", "step", "smoothness", "step",
          r"$\|\nabla f(x_{t+1}) - \nabla f(x_t)\| \,/\, \|x_{t+1} - x_t\|$",
          "(b) local smoothness along the trajectory", False),
@@ -162,11 +189,12 @@ def figure1(records: list[dict], path: Path, colors: dict) -> None:
 
 
 def figure2(records: list[dict], path: Path, colors: dict) -> None:
-    """Validation perplexity and training loss vs epoch of each method (2-layer LSTM)."""
+    """Validation perplexity and training loss vs step of each method (2-layer LSTM)."""
     _curve_panels(records, path, colors, [
-        ("val_ppl", "epoch", "curve", "epoch", "validation perplexity (lower is better)",
+        ("val_ppl", "step", "curve", "step", "validation perplexity (lower is better)",
          "(a) validation perplexity", True),
-        ("train_loss", "epoch", "curve", "epoch", "training loss", "(b) training loss", True),
+        _training_loss_panel(records, "(b) training loss") if _traced(records, "train_loss_subset")
+        else _batch_loss_panel(records, "(b) mini-batch loss"),
     ], f"Figure 2 — 2-layer LSTM on WikiText-2, no learning-rate decay, {_batches(records)}: {_BAND}")
 
 
@@ -175,7 +203,7 @@ def _global_batch(records: list[dict]) -> int | None:
 
 
 def figure3(records: list[dict], path: Path, colors: dict) -> None:
-    """Per global batch (a column each): BLEU vs epoch above, training loss vs epoch below."""
+    """Per global batch (a column each): BLEU vs step above, training loss vs step below."""
     variants = list(dict.fromkeys(variant_of(r) for r in records))
     by_variant = {v: [r for r in records if variant_of(r) == v] for v in variants}
     batch = {v: _global_batch(rs) for v, rs in by_variant.items()}
@@ -184,13 +212,12 @@ def figure3(records: list[dict], path: Path, colors: dict) -> None:
     axes = fig.subplots(2, len(variants), squeeze=False, sharex="col")
     for j, v in enumerate(variants):
         rs = by_variant[v]
-        _per_method_panels(rs, [axes[0][j], axes[1][j]], [("bleu", "epoch", "curve"),
-                                                          ("train_loss", "epoch", "curve")], colors)
+        loss = _training_loss_panel(rs, "")
+        _per_method_panels(rs, [axes[0][j], axes[1][j]], [("bleu", "step", "curve"), loss[:3]], colors)
         name = f"B = {batch[v]}" if batch[v] is not None else (v or "(no variant)")
-        _finish(axes[0][j], "epoch", "test BLEU", f"{name}: BLEU")
-        _finish(axes[1][j], "epoch", "training loss", f"{name}: training loss", log_y=True)
-    fig.suptitle("Figure 3 — down-scaled Transformer on Multi30k en→de, Adam vs extrap-Adam: "
-                 "mean over seeds, band = min–max")
+        _finish(axes[0][j], "step", "test BLEU", f"{name}: BLEU")
+        _finish(axes[1][j], "step", loss[4], f"{name}: training loss", log_y=True)
+    fig.suptitle(f"Figure 3 — down-scaled Transformer on Multi30k en→de, Adam vs extrap-Adam: {_BAND}")
     _save(fig, path)
 
 
@@ -228,10 +255,10 @@ def figure4(records: list[dict], path: Path, colors: dict) -> None:
 
 
 def figure5(records: list[dict], path: Path, colors: dict) -> None:
-    """The appendix's Figure 5: Table 1's runs over time — training loss and test top-1 vs epoch."""
+    """The appendix's Figure 5: Table 1's runs over time — training loss and test top-1 vs step."""
     _curve_panels(records, path, colors, [
-        ("train_loss", "epoch", "curve", "epoch", "training loss at $x_t$", "(a) training loss", True),
-        ("test_top1", "epoch", "curve", "epoch", "test top-1 (%)", "(b) test accuracy", False),
+        _training_loss_panel(records, "(a) training loss"),
+        ("test_top1", "step", "curve", "step", "test top-1 (%)", "(b) test accuracy", False),
     ], f"Figure 5 — the curves of Table 1 (CIFAR-10, learning-rate decay), {_batches(records)}: {_BAND}")
 
 

@@ -53,6 +53,7 @@ BAD_VALUES = {
     "weight_decay": st.one_of(NOT_A_NUMBER, NEGATIVE),
     "epochs": st.one_of(NOT_A_NUMBER, st.integers(max_value=0).map(str)),
     "local_batch": st.one_of(NOT_A_NUMBER, st.integers(max_value=0).map(str)),
+    "log_every": st.one_of(NOT_A_NUMBER, st.integers(max_value=-1).map(str)),
     "gamma": st.one_of(st.sampled_from(["abc", "[1]"]), NEGATIVE),
     "trust": st.one_of(NOT_A_NUMBER, st.sampled_from(["0", "-1.0"])),
     "perturbation": st.text(string.ascii_lowercase + "-", min_size=1, max_size=12).filter(

@@ -62,7 +62,7 @@ def _run(tmp_path, prefix, **overrides):
 
     torch.manual_seed(0)
     cfg = TrainConfig(**{**dict(perturbation="extrap", local_batch=32, base_batch=32, base_lr=0.05, epochs=3,
-                                schedule="step", milestones=(0.5,), checkpoint_every=1), **overrides})
+                                schedule="step", milestones=(0.5,), checkpoint_every=1, log_every=7), **overrides})
     record = train(cfg, make_engine("virtual", 2), build_model("digits_cnn"), DigitsTask(),
                    checkpoint=tmp_path / prefix, log=print)
     curve = [{k: v for k, v in point.items() if k != "time_s"} for point in record["curve"]]
@@ -81,6 +81,7 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_epoch(tmp_path, c
     assert "checksum mismatch" in err and str(ckpt) in err
     assert f"resumed from {ckpt}.prev at epoch 2" in out
     assert whole == again == resumed  # epoch 3 retrained from epoch 2's checkpoint, bit for bit
+    assert [p["step"] for p in whole["trace"]] == list(range(7, 3 * 22 + 1, 7))  # the trace resumed too
 
 
 def test_a_run_resumed_in_post_local_sgds_local_phase_ends_bit_for_bit(tmp_path):

@@ -179,13 +179,19 @@ def figure_records():
     return rs
 
 
-def test_curves_average_completed_seeds_with_a_min_max_band():
-    rs = [record("figure1", "", "sgd", s, 90.0, curve=[{"epoch": 1, "train_loss": 1.0 + s},
-                                                       {"epoch": 2, "train_loss": 0.5 + s}]) for s in range(3)]
-    rs.append(record("figure1", "", "sgd", 3, status="diverged", curve=[{"epoch": 1, "train_loss": 99.0}]))
-    xs, mean, lo, hi, n, completed = _series(rs, "train_loss")
-    assert (xs, mean, lo, hi, n, completed) == ([1, 2], [2.0, 1.5], [1.0, 0.5], [3.0, 2.5], 3, True)
+def test_curves_average_completed_seeds_with_a_std_band():
+    rs = [record("figure1", "", "sgd", s, 90.0, curve=[{"step": 10, "train_loss": 1.0 + s * s},
+                                                       {"step": 20, "train_loss": 0.5 + s}]) for s in range(3)]
+    rs.append(record("figure1", "", "sgd", 3, status="diverged", curve=[{"step": 10, "train_loss": 99.0}]))
+    xs, mean, lo, hi, n, completed = _series(rs, "train_loss")  # seeds: 1, 2, 5 at step 10
+    std = (((1 - 8 / 3) ** 2 + (2 - 8 / 3) ** 2 + (5 - 8 / 3) ** 2) / 2) ** 0.5  # the sample std, not min–max
+    assert (xs, n, completed) == ([10, 20], 3, True)
+    assert mean == pytest.approx([8 / 3, 1.5]) and lo == pytest.approx([8 / 3 - std, 0.5])
+    assert hi == pytest.approx([8 / 3 + std, 2.5])
     assert _series(rs[3:], "train_loss")[-1] is False  # only diverged seeds: drawn, marked
+    traced = [record("figure1", "", "sgd", 0, 90.0, curve=[{"step": 4, "train_loss": 2.0}])]
+    traced[0]["trace"] = [{"step": 2, "batch_loss": 3.0, "train_loss_subset": 2.5}]
+    assert _series(traced, "train_loss_subset", source="trace")[:2] == ([2], [2.5])
     assert method_colors(["sgd", "zz"])["sgd"] == method_colors(["sgd", "extrap-sgd", "aa"])["sgd"]
 
 
