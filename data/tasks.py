@@ -268,7 +268,7 @@ class TranslationTask(_NoProbe):
 
     def __init__(self, root, device="cpu", seed: int = 0, min_freq: int = 2, eval_split: str = "val",
                  eval_samples: int | None = None, label_smoothing: float = 0.1, decode_max_len: int = 60,
-                 eval_batch: int = 100, max_train_pairs: int | None = None):
+                 eval_batch: int = 100, max_train_pairs: int | None = None, subset_pairs: int = 256):
         self.device = torch.device(device)
         self.data = prepare_multi30k(root, min_freq, splits=("train", eval_split))
         self.src, self.tgt = (ids[:max_train_pairs] for ids in self.data.ids["train"])
@@ -282,6 +282,9 @@ class TranslationTask(_NoProbe):
         self.seed, self.smoothing, self.decode_max_len, self.eval_batch = seed, label_smoothing, decode_max_len, eval_batch
         self._plan: tuple | None = None
         self._eval: list | None = None
+        n = min(subset_pairs, len(self.src))  # the trace's subset, trimmed to its longest pair
+        self._subset = (self.src_table[:n, :int(self.lengths[:n].max())],
+                        self.tgt_table[:n, :int(self.tgt_lengths[:n].max())])
 
     def steps_per_epoch(self, num_workers: int, local_batch: int) -> int:
         return _steps_per_epoch(len(self.src), num_workers, local_batch, "training pairs")
@@ -312,12 +315,10 @@ class TranslationTask(_NoProbe):
         """Worker ``worker``'s ``((src, tgt_in), tgt_out)``."""
         return _one_worker(self.train_batches((worker,), epoch, step, local_batch, num_workers))
 
-    def subset_loss(self, module: nn.Module, size: int = 256) -> Tensor:
-        """The teacher-forced loss at x_t on the first ``size`` training pairs (no smoothing), a
-        device scalar: the trace's training loss (``TrainConfig.log_every``)."""
-        n = min(size, len(self.src))
-        src = self.src_table[:n, :int(self.lengths[:n].max())]  # lengths live on the host
-        tgt = self.tgt_table[:n, :int(self.tgt_lengths[:n].max())]
+    def subset_loss(self, module: nn.Module) -> Tensor:
+        """The teacher-forced loss at x_t on the first ``subset_pairs`` training pairs (no
+        smoothing), a device scalar: the trace's training loss (``TrainConfig.log_every``)."""
+        src, tgt = self._subset
         with evaluating(module):
             logits = module((src, tgt[:, :-1]))
             return F.cross_entropy(logits.flatten(0, 1).float(), tgt[:, 1:].flatten(), ignore_index=PAD)

@@ -1,4 +1,5 @@
-"""No host–device synchronisation inside a training step in steady state.
+"""No host–device synchronisation inside a training step in steady state, trace points
+(``log_every``) included.
 
 ``extrap.host_syncs.HostSyncCounter`` counts every read of a tensor's value by the host (``.item()``,
 ``bool``/``float``/``int`` of a tensor, device-to-host copies, data-dependent output sizes,
@@ -67,7 +68,7 @@ def test_cifar_step_reads_nothing_from_the_device(monkeypatch, engine_kind, batc
     monkeypatch.setattr(data.tasks, "load_cifar", lambda root, name, split, download=False: fake[split])
     task = CifarTask("fabricated", eval_train_samples=20)
     k = 16 if engine_kind == "virtual" else 1
-    cfg = TrainConfig(perturbation="extrap", local_batch=3, epochs=1, lars=True, weight_decay=1e-4)
+    cfg = TrainConfig(perturbation="extrap", local_batch=3, epochs=1, lars=True, weight_decay=1e-4, log_every=2)
     per_step = counts_per_step(cfg, make_engine(engine_kind, k, batched=batched), build_model("resnet20"), task)
     assert_steady_state_free(per_step)
 
@@ -87,7 +88,7 @@ def test_language_model_step_reads_nothing_from_the_device(tmp_path):
     write_wikitext(tmp_path / "wikitext-2")
     task = LanguageModelTask(tmp_path / "wikitext-2", num_layers=2, hidden_size=16, bptt=8)
     model = build_model("lstm", vocab_size=task.vocab_size, embed_size=16, hidden_size=16, num_layers=2)
-    cfg = TrainConfig(perturbation="extrap", local_batch=4, epochs=1, base_lr=1.0, clip_norm=0.25)
+    cfg = TrainConfig(perturbation="extrap", local_batch=4, epochs=1, base_lr=1.0, clip_norm=0.25, log_every=2)
     assert_steady_state_free(counts_per_step(cfg, make_engine("virtual", 4), model, task))
 
 
@@ -110,5 +111,5 @@ def test_translation_step_reads_nothing_from_the_device(tmp_path, batched):
     model = build_model("transformer", src_vocab=task.src_vocab_size, tgt_vocab=task.tgt_vocab_size, d_model=16,
                         nhead=2, num_layers=1, dim_feedforward=32)
     cfg = TrainConfig(optimizer="adam", perturbation="extrap", local_batch=8, epochs=1, base_lr=1e-3,
-                      schedule="inverse-sqrt", warmup_steps=4)
+                      schedule="inverse-sqrt", warmup_steps=4, log_every=2)
     assert_steady_state_free(counts_per_step(cfg, make_engine("virtual", 4, batched=batched), model, task))
