@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 # The paper's tables and figures: make reproduce-table1 [SCALE=paper|smoke] [WORKERS=K]
 # [ENGINE=auto|processes|horovod|virtual|single] [DATA_DIR=DIR] [OUT=DIR] [LAUNCH="mpirun -np 16 ..."]
-ITEMS    := table1 table2 table3 figure1 figure2 figure3 figure4
+ITEMS    := $(sort $(basename $(notdir $(wildcard reproduce/configs/*.yaml))))  # one per config
 SCALE    ?= paper
 OUT      ?= runs/$(SCALE)
 WORKERS  ?=

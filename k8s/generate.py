@@ -29,7 +29,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ITEMS = ("table1", "table2", "table3", "figure1", "figure2", "figure3", "figure4")
+ITEMS = tuple(sorted(p.stem for p in (ROOT / "reproduce" / "configs").glob("*.yaml")))  # a config per item
 SETTINGS = HERE / "settings.yaml"
 GENERATED_DIRS = ("mpijobs", "pytorchjobs")
 DATA = "/data"  # where the volume is mounted in every pod

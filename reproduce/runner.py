@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ from extrap.engines import ENGINES
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"
+ITEMS = tuple(sorted(p.stem for p in CONFIGS.glob("*.yaml")))  # one config (and script) per item
 SCALES = ("paper", "smoke")
 TASKS = ("cifar", "wikitext2", "multi30k", "digits")
 # keys of a run besides extrap.train.TrainConfig's fields
@@ -77,10 +79,11 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def parse_args(item: str, argv=None) -> argparse.Namespace:
-    doc = sys.modules.get(f"reproduce.{item}").__doc__ if f"reproduce.{item}" in sys.modules else None
-    ap = _OneLineParser(prog=f"python -m reproduce.{item}",
-                                 description=(doc or "").split("\n")[0],
-                                 epilog="key=value arguments override any setting of the config")
+    # the item's script describes it (under ``python -m`` it runs as __main__: import it by name)
+    doc = importlib.import_module(f"reproduce.{item}").__doc__
+    ap = _OneLineParser(prog=f"python -m reproduce.{item}", description=doc,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="key=value arguments override any setting of the config")
     ap.add_argument("--scale", choices=SCALES, default="paper")
     ap.add_argument("--engine", choices=ENGINES, default=None)
     ap.add_argument("--workers", type=int, default=None, help="K (default: the config's)")

@@ -15,7 +15,6 @@ backend (a notebook's, say) is not switched.
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -222,12 +221,10 @@ def figure3(records: list[dict], path: Path, colors: dict) -> None:
 
 
 def _budget(record: dict) -> int | None:
-    """Figure 4's epoch budget: from the variant ``epochs=N``, else the record's config."""
-    match = re.search(r"epochs?\s*=\s*(\d+)", variant_of(record))
-    if match:
-        return int(match.group(1))
-    epochs = (record.get("config") or {}).get("epochs") if isinstance(record.get("config"), dict) else None
-    return epochs if isinstance(epochs, int) else None
+    """Figure 4's epoch budget: the epochs the run was configured with (its record's config)."""
+    config = record.get("config")
+    epochs = config.get("epochs") if isinstance(config, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def figure4(records: list[dict], path: Path, colors: dict) -> None:

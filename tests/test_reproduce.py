@@ -163,3 +163,13 @@ def test_language_items_at_smoke_scale(tmp_path, name, metric, vocab):
         assert r["final"]["val_loss"] < 0.9 * math.log(vocab)
     run([sys.executable, "-m", "results", str(tmp_path)])
     assert (tmp_path / f"{name}.png").exists()
+
+
+def test_the_items_are_the_configs_and_each_script_describes_itself():
+    from reproduce.runner import CONFIGS, ITEMS
+
+    assert set(ITEMS) == {p.stem for p in CONFIGS.glob("*.yaml")} >= {"table1", "figure4"}
+    planned = run(["make", "-n", "reproduce-all"]).stdout  # the Makefile's items are the same
+    assert {name for name in ITEMS if f"-m reproduce.{name} " in planned} == set(ITEMS)
+    help_text = run([sys.executable, "-m", "reproduce.figure4", "--help"]).stdout
+    assert "Figure 4 — ResNet-20 on CIFAR-10" in help_text and "Expected runtime" in help_text

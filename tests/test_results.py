@@ -175,7 +175,8 @@ def figure_records():
     for epochs in (50, 100, 200):
         for cell in ("sgd", "extrap-sgd", "sgd+post-local", "extrap-sgd+post-local"):
             for seed in range(2):
-                rs.append(record("figure4", f"epochs={epochs}", cell, seed, 85 + epochs / 50 + seed))
+                rs.append(record("figure4", f"epochs={epochs}", cell, seed, 85 + epochs / 50 + seed,
+                                 config={"seed": seed, "epochs": epochs}))
     return rs
 
 
@@ -193,6 +194,14 @@ def test_curves_average_completed_seeds_with_a_std_band():
     traced[0]["trace"] = [{"step": 2, "batch_loss": 3.0, "train_loss_subset": 2.5}]
     assert _series(traced, "train_loss_subset", source="trace")[:2] == ([2], [2.5])
     assert method_colors(["sgd", "zz"])["sgd"] == method_colors(["sgd", "extrap-sgd", "aa"])["sgd"]
+
+
+def test_figure4_reads_the_budget_from_the_runs_config_not_the_variant_name():
+    from results.figures import _budget
+
+    overridden = record("figure4", "epochs=150", "sgd", 0, 80.0, config={"seed": 0, "epochs": 5})  # epochs=5 given
+    assert _budget(overridden) == 5
+    assert _budget(record("figure4", "epochs=150", "sgd", 0, 80.0)) is None  # no config epochs: not drawn
 
 
 def test_all_four_figures_are_pngs(tmp_path):
