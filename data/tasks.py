@@ -65,6 +65,7 @@ class ClassificationTask:
     """
 
     metric = "test_top1"
+    eval_split = "test"  # the split the metric is measured on
 
     def __init__(self, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, seed: int = 0,
                  eval_train_samples: int | None = None, eval_batch: int = 1000):
@@ -178,7 +179,7 @@ class LanguageModelTask(_NoProbe):
         splits = tuple(dict.fromkeys((train_split, eval_split)))
         wt = load_wikitext(root, vocab_split, splits)
         self.device = torch.device(device)
-        self.vocab_size = len(wt.vocab)
+        self.vocab_size, self.eval_split = len(wt.vocab), eval_split
         self.bptt, self.num_layers, self.hidden_size = bptt, num_layers, hidden_size
         self.train_ids = wt.ids[train_split][:max_train_tokens].to(self.device)
         eval_ids = wt.ids[eval_split][:max_eval_tokens]
@@ -269,7 +270,7 @@ class TranslationTask(_NoProbe):
     def __init__(self, root, device="cpu", seed: int = 0, min_freq: int = 2, eval_split: str = "val",
                  eval_samples: int | None = None, label_smoothing: float = 0.1, decode_max_len: int = 60,
                  eval_batch: int = 100, max_train_pairs: int | None = None, subset_pairs: int = 256):
-        self.device = torch.device(device)
+        self.device, self.eval_split = torch.device(device), eval_split
         self.data = prepare_multi30k(root, min_freq, splits=("train", eval_split))
         self.src, self.tgt = (ids[:max_train_pairs] for ids in self.data.ids["train"])
         self.lengths = torch.tensor([len(s) for s in self.src])

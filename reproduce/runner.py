@@ -37,6 +37,7 @@ import torch
 import yaml
 
 from extrap.engines import ENGINES
+from results.records import presentation
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -56,6 +57,7 @@ RUN_KEYS = {
     "engine": "auto, processes, horovod, virtual or single",
     "seeds": "the number of seeds",
     "label": "a human label for the cell",
+    "color": "the colour of the cell's curves (a matplotlib colour)",
 }
 
 
@@ -119,6 +121,7 @@ class Run:
     cell: str
     seed: int
     settings: dict
+    shown: dict = dataclasses.field(default_factory=dict)  # how results/ shows it (``presentation``)
 
     @property
     def key(self) -> tuple:
@@ -138,7 +141,7 @@ def load_config(item: str) -> dict:
         raise ConfigError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for section in ("common", "scales", "variants", "cells"):
+    for section in ("about", "common", "scales", "variants", "cells"):
         if not isinstance(cfg.get(section, {}), dict):
             raise ConfigError(f"{section}: expected a mapping in {path.name}")
     return cfg
@@ -226,7 +229,8 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
                               c_settings, cell_overrides.get(cell), cli)
             check_settings(settings, f"{item} {variant}/{cell}")
             for seed in range(settings.get("seeds", 1)):
-                runs.append(Run(item, variant, cell, seed, {**settings, "seed": seed}))
+                runs.append(Run(item, variant, cell, seed, {**settings, "seed": seed},
+                                presentation(cfg, list(variants), variant, cell)))
     return runs
 
 
@@ -342,8 +346,8 @@ def execute(run: Run, engine, out: Path, progress: bool) -> dict:
                    progress=progress, desc=f"{run.variant}/{run.cell} seed {run.seed}")
     if engine.is_main:  # exactly one line per evaluation, also after a resume
         metrics.write_text("".join(json.dumps(p) + "\n" for p in record["curve"]))
-    record.update(item=run.item, variant=run.variant, cell=run.cell, method=s.get("label", run.cell),
-                  seed=run.seed, config=s, git=provenance["git"])
+    record.update(item=run.item, variant=run.variant, cell=run.cell, **run.shown,
+                  eval_split=getattr(task, "eval_split", None), seed=run.seed, config=s, git=provenance["git"])
     return record
 
 

@@ -13,11 +13,11 @@ It imports no torch: collating needs the records and, for figures, matplotlib (A
 """
 
 from .collate import RECORDS_FILE, records_files, write_all
-from .records import METHOD_LABELS, load_records, method_label
-from .tables import METRICS, TABLE_ITEMS, Cell, Table, build_table
+from .records import about_of, load_records, methods_of, variants_of
+from .tables import Cell, Table, build_table, table_items
 
-__all__ = ["load_records", "build_table", "write_all", "Table", "Cell", "METHOD_LABELS", "method_label",
-           "METRICS", "TABLE_ITEMS", "RECORDS_FILE", "records_files", "write_figure"]
+__all__ = ["load_records", "build_table", "write_all", "Table", "Cell", "methods_of", "variants_of", "about_of",
+           "table_items", "RECORDS_FILE", "records_files", "write_figure"]
 
 
 def write_figure(records, item, path, colors=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .records import load_records
-from .tables import TABLE_ITEMS, build_table
+from .tables import build_table, table_items
 
 FIGURE_ITEMS = ("figure1", "figure2", "figure3", "figure4", "figure5")
 # figures drawn from another item's records (the appendix's Figure 5: Table 1's curves)
@@ -29,7 +29,8 @@ def write_all(directory) -> list[Path]:
     paper item present, ``tableN.{md,tex,csv}`` or ``figureN.png`` into ``directory``; return the
     paths written.
 
-    Items other than table1–3 and figure1–4 (the demo's, say) are ignored. Raises
+    Items whose records name no table layout and that are not figures (the demo's, say) are
+    ignored. Raises
     FileNotFoundError when there is no records file.
     """
     directory = Path(directory)
@@ -39,7 +40,7 @@ def write_all(directory) -> list[Path]:
     records = load_records(files)
     present = {r["item"] for r in records}
     written: list[Path] = []
-    for item in TABLE_ITEMS:
+    for item in table_items(records):
         if item in present:
             table = build_table(records, item)
             for suffix, text in (("md", table.to_markdown()), ("tex", table.to_latex()), ("csv", table.to_csv())):
@@ -51,7 +52,7 @@ def write_all(directory) -> list[Path]:
         from .figures import method_colors, write_figure  # matplotlib only when there is a figure to draw
 
         sources = {FIGURE_SOURCE.get(item, item) for item in figures}
-        colors = method_colors(r["cell"] for r in records if r["item"] in sources)
+        colors = method_colors([r for r in records if r["item"] in sources])
         for item in figures:
             written.append(write_figure(records, item, directory / f"{item}.png", colors))
     return written

@@ -6,7 +6,9 @@ Where the records carry a trace (``TrainConfig.log_every``), the training losses
 the loss at x_t on the task's fixed training subset and the mini-batch loss at the workers' x̃,
 every N steps; otherwise from the evaluations.
 A method none of whose seeds completed is drawn dotted from its diverged/failed runs and says so
-in the legend. Each method keeps one colour in every figure (``method_colors``).
+in the legend. Labels, the order of methods, their colours and the figure's title and setting
+come from the records (their item config's); a method whose config gives no colour gets a spare
+one (``method_colors``).
 
 Drawing goes through ``matplotlib.figure.Figure`` and the Agg canvas directly — never pyplot — so
 no GUI backend is touched, no global figure state is left behind, and a caller's own pyplot
@@ -16,6 +18,7 @@ backend (a notebook's, say) is not switched.
 from __future__ import annotations
 
 import statistics
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -23,31 +26,26 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .records import int_field, method_label, order_methods, unique_ints, variant_of
+from .records import about_of, int_field, methods_of, unique_ints, variant_of, variants_of
 from .collate import FIGURE_ITEMS
 from .tables import collect_cells
 
 __all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4", "figure5"]
 
 
-_TAB20 = matplotlib.colormaps["tab20"].colors
-# Baselines blue, extrapolation red, the light shade of each for the w/o-LARS runs; Adam shares
-# SGD's colours as the two never meet in one figure.
-_FIXED = {"sgd": 0, "adam": 0, "sgd-nolars": 1, "extrap-sgd": 6, "extrap-adam": 6, "extrap-sgd-nolars": 7,
-          "sgd+post-local": 18, "extrap-sgd+post-local": 2, "smoothout": 4, "filter-uniform": 5,
-          "uniform-noise": 8, "sam": 9, "stochastic-noise": 10, "gaussian-noise": 12,
-          "extragradient": 14, "filter-gaussian": 16}
-_SPARE = [3, 11, 13, 15, 17, 19]
+_SPARE = matplotlib.colormaps["tab10"].colors
 _LINESTYLES = ["-", "--", "-.", (0, (5, 1, 1, 1))]
 
 
-def method_colors(slugs) -> dict[str, tuple]:
-    """A colour per method slug: fixed for the known ones, and for the others the unused tab20
-    shades in sorted slug order, so the same set of slugs always gets the same colours."""
-    slugs = set(slugs)  # may be a generator: read it once
-    colors = {s: _TAB20[_FIXED[s]] for s in slugs if s in _FIXED}
-    for i, s in enumerate(sorted(slugs - set(colors))):
-        colors[s] = _TAB20[_SPARE[i % len(_SPARE)]]
+def method_colors(records: list[dict]) -> dict[str, object]:
+    """A colour per method (cell): its config's ``color`` as the records carry it; the methods
+    without one take tab10's colours in sorted order, so the same set always gets the same."""
+    colors = {}
+    for r in records:
+        if isinstance(r.get("color"), str) and matplotlib.colors.is_color_like(r["color"]):
+            colors.setdefault(r["cell"], r["color"])
+    spare = sorted({r["cell"] for r in records} - set(colors))
+    colors.update({cell: _SPARE[i % len(_SPARE)] for i, cell in enumerate(spare)})
     return colors
 
 
@@ -104,11 +102,12 @@ def _finish(ax, xlabel: str, ylabel: str, title: str, log_y: bool = False) -> No
 
 def _groups(records: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], list[str]]:
     """Records by (variant, cell): variants in order of appearance, methods in the paper's order."""
-    variants = list(dict.fromkeys(variant_of(r) for r in records))
-    methods = order_methods(r["cell"] for r in records)
+    variants, _ = variants_of(records)
+    methods, _ = methods_of(records)
     groups = {(v, m): [r for r in records if variant_of(r) == v and r["cell"] == m]
               for v in variants for m in methods}
     return {k: rs for k, rs in groups.items() if rs}, variants
+
 
 
 def _batches(records: list[dict]) -> str:
@@ -120,6 +119,17 @@ def _batches(records: list[dict]) -> str:
     return text + (f" (K = {workers[0]} workers)" if len(workers) == 1 else "")
 
 
+def _title(records: list[dict], item: str) -> str:
+    """"Figure N — setting", from the item config's ``about`` as the records carry it."""
+    about = about_of(records)
+    return " — ".join(t for t in (about.get("title", item), about.get("setting")) if t)
+
+
+def _split(records: list[dict]) -> str:
+    """The split the task evaluated (the records' ``eval_split``), for axis labels."""
+    return next((r["eval_split"] for r in records if isinstance(r.get("eval_split"), str)), "evaluation")
+
+
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=120)
@@ -129,9 +139,11 @@ def _per_method_panels(records, axes, panels, colors) -> None:
     """Draw each (variant, method) on each of ``axes``, panel i plotting ``panels[i]`` =
     (y key, x key, record list it is in: "curve" or "smoothness")."""
     groups, variants = _groups(records)
+    _, method_labels = methods_of(records)
+    _, variant_labels = variants_of(records)
     styles = {v: _LINESTYLES[i % len(_LINESTYLES)] for i, v in enumerate(variants)}
     for (variant, cell), rs in groups.items():
-        label = method_label(cell) + (f" [{variant}]" if len(variants) > 1 else "")
+        label = method_labels[cell] + (f" [{variant_labels[variant]}]" if len(variants) > 1 else "")
         for i, (ax, (key, x, source)) in enumerate(zip(axes, panels)):
             series = _series(rs, key, x=x, source=source)
             if series is not None:
@@ -173,7 +185,7 @@ def _curve_panels(records: list[dict], path: Path, colors: dict, panels: list[tu
     _per_method_panels(records, axes, [p[:3] for p in panels], colors)
     for ax, (_, _, _, xlabel, ylabel, panel_title, log_y) in zip(axes, panels):
         _finish(ax, xlabel, ylabel, panel_title, log_y=log_y)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 150))
     _save(fig, path)
 
 
@@ -184,21 +196,21 @@ def figure1(records: list[dict], path: Path, colors: dict) -> None:
         ("smoothness", "step", "smoothness", "step",
          r"$\|\nabla f(x_{t+1}) - \nabla f(x_t)\| \,/\, \|x_{t+1} - x_t\|$",
          "(b) local smoothness along the trajectory", False),
-    ], f"Figure 1 — ResNet-20 on CIFAR-10, no learning-rate decay, {_batches(records)}: {_BAND}")
+    ], f"{_title(records, 'figure1')}, {_batches(records)}: {_BAND}")
 
 
 def figure2(records: list[dict], path: Path, colors: dict) -> None:
     """Validation perplexity and training loss vs step of each method (2-layer LSTM)."""
     _curve_panels(records, path, colors, [
-        ("val_ppl", "step", "curve", "step", "validation perplexity (lower is better)",
-         "(a) validation perplexity", True),
+        ("val_ppl", "step", "curve", "step", f"{_split(records)}-split perplexity (lower is better)",
+         f"(a) {_split(records)}-split perplexity", True),
         _training_loss_panel(records, "(b) training loss") if _traced(records, "train_loss_subset")
         else _batch_loss_panel(records, "(b) mini-batch loss"),
-    ], f"Figure 2 — 2-layer LSTM on WikiText-2, no learning-rate decay, {_batches(records)}: {_BAND}")
+    ], f"{_title(records, 'figure2')}, {_batches(records)}: {_BAND}")
 
 
 def _global_batch(records: list[dict]) -> int | None:
-    return next((b for r in records if (b := int_field(r, "global_batch", r"B\s*=\s*(\d+)")) is not None), None)
+    return next((b for r in records if (b := int_field(r, "global_batch")) is not None), None)
 
 
 def figure3(records: list[dict], path: Path, colors: dict) -> None:
@@ -214,9 +226,9 @@ def figure3(records: list[dict], path: Path, colors: dict) -> None:
         loss = _training_loss_panel(rs, "")
         _per_method_panels(rs, [axes[0][j], axes[1][j]], [("bleu", "step", "curve"), loss[:3]], colors)
         name = f"B = {batch[v]}" if batch[v] is not None else (v or "(no variant)")
-        _finish(axes[0][j], "step", "test BLEU", f"{name}: BLEU")
+        _finish(axes[0][j], "step", f"{_split(rs)}-split BLEU", f"{name}: BLEU")
         _finish(axes[1][j], "step", loss[4], f"{name}: training loss", log_y=True)
-    fig.suptitle(f"Figure 3 — down-scaled Transformer on Multi30k en→de, Adam vs extrap-Adam: {_BAND}")
+    fig.suptitle(f"{_title(records, 'figure3')}: {_BAND}")
     _save(fig, path)
 
 
@@ -228,26 +240,28 @@ def _budget(record: dict) -> int | None:
 
 
 def figure4(records: list[dict], path: Path, colors: dict) -> None:
-    """Final test top-1 (mean ± std over seeds) against the epoch budget, a line per method."""
+    """The final metric (the config's, test top-1: mean ± std over seeds) against the epoch
+    budget, a line per method."""
     records = [r for r in records if _budget(r) is not None]
-    cells = collect_cells(records, "test_top1", key=lambda r: (r["cell"], _budget(r)))
+    metric = about_of(records).get("metric") or {}
+    key, what = metric.get("key", "test_top1"), metric.get("label", "final test top-1 accuracy (%)")
+    cells = collect_cells(records, key, key=lambda r: (r["cell"], _budget(r)))
+    methods, labels = methods_of(records)
     fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     ax = fig.subplots()
     budgets = sorted({b for _, b in cells})
-    for cell in order_methods(r["cell"] for r in records):
+    for cell in methods:
         points = [(b, cells[(cell, b)]) for b in budgets if (cell, b) in cells and cells[(cell, b)].n]
         if not points:
             continue
         lost = sum(c.n_diverged + c.n_failed for (m, _), c in cells.items() if m == cell)
-        label = method_label(cell) + (f" ({lost} seeds diverged/failed)" if lost else "")
+        label = labels[cell] + (f" ({lost} seeds diverged/failed)" if lost else "")
         ax.errorbar([b for b, _ in points], [c.mean for _, c in points], yerr=[c.std or 0.0 for _, c in points],
                     color=colors[cell], marker="o", capsize=3, linewidth=1.6, label=label)
     if budgets:
         ax.set_xticks(budgets)
-    _finish(ax, "training budget (epochs)", "final test top-1 accuracy (%)",
-            "final test top-1 vs training budget, mean ± std over seeds")
-    fig.suptitle(f"Figure 4 — ResNet-20 on CIFAR-10, {_batches(records)}:\n"
-                 "mini-batch SGD and extrap-SGD, each with and without post-local SGD")
+    _finish(ax, "training budget (epochs)", what, f"{what} vs training budget, mean ± std over seeds")
+    fig.suptitle(textwrap.fill(f"{_title(records, 'figure4')}, {_batches(records)}", 80))  # a narrow figure
     _save(fig, path)
 
 
@@ -255,8 +269,8 @@ def figure5(records: list[dict], path: Path, colors: dict) -> None:
     """The appendix's Figure 5: Table 1's runs over time — training loss and test top-1 vs step."""
     _curve_panels(records, path, colors, [
         _training_loss_panel(records, "(a) training loss"),
-        ("test_top1", "step", "curve", "step", "test top-1 (%)", "(b) test accuracy", False),
-    ], f"Figure 5 — the curves of Table 1 (CIFAR-10, learning-rate decay), {_batches(records)}: {_BAND}")
+        ("test_top1", "step", "curve", "step", f"{_split(records)}-split top-1 (%)", "(b) accuracy", False),
+    ], f"Figure 5 — the curves of {_title(records, 'table1')}, {_batches(records)}: {_BAND}")
 
 
 _DRAW = {"figure1": figure1, "figure2": figure2, "figure3": figure3, "figure4": figure4, "figure5": figure5}
@@ -269,7 +283,7 @@ def write_figure(records: list[dict], item: str, path, colors: dict | None = Non
     if item not in _DRAW:
         raise ValueError(f"item: expected one of {', '.join(FIGURE_ITEMS)}, got {item!r}")
     records = [r for r in records if r.get("item") == SOURCE_ITEM.get(item, item)]
-    colors = colors or method_colors(r["cell"] for r in records)
+    colors = colors or method_colors(records)
     path = Path(path)
     _DRAW[item](records, path, colors)
     return path

@@ -5,6 +5,11 @@ A record is one finished (item, variant, cell, seed) as the ``reproduce/`` scrip
 partial line after a crash, and a rerun cell appends a second record for the same key:
 ``load_records`` skips what does not parse (saying so on stderr, with the line number) and keeps
 the last record of each key.
+
+How a record is shown comes from the record itself: the runner copies its item config's labels,
+order, colours and ``about`` (title, setting, metric, layout) into it (``presentation``), so
+``results/`` keeps no table of labels or orders of its own. Records written before they carried
+these get them from their item's config in ``reproduce/configs/`` when they are read.
 """
 
 from __future__ import annotations
@@ -16,35 +21,46 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["load_records", "METHOD_LABELS", "method_label", "order_methods", "metric_of", "variant_of",
+__all__ = ["load_records", "presentation", "methods_of", "variants_of", "about_of", "metric_of", "variant_of",
            "record_key", "int_field", "unique_ints"]
 
-# Human labels of the method slugs, in the paper's wording where it has one.
-METHOD_LABELS = {
-    "sgd-nolars": "mini-batch SGD w/o LARS",
-    "extrap-sgd-nolars": "extrap-SGD w/o LARS",
-    "sgd": "mini-batch SGD",
-    "smoothout": "SmoothOut",
-    "uniform-noise": "uniform noise",
-    "stochastic-noise": "stochastic (anisotropic) noise",
-    "extrap-sgd": "extrap-SGD",
-    "sgd+post-local": "mini-batch SGD + post-local SGD",
-    "extrap-sgd+post-local": "extrap-SGD + post-local SGD",
-    "adam": "Adam",
-    "extrap-adam": "extrap-Adam",
-    "gaussian-noise": "Gaussian noise",
-    "filter-gaussian": "filter-wise Gaussian noise",
-    "filter-uniform": "filter-wise uniform noise",
-    "extragradient": "extragradient",
-    "sam": "SAM",
-}
+CONFIGS = Path(__file__).resolve().parent.parent / "reproduce" / "configs"
 
-# The order methods are listed in when an item does not fix one: Table 1's, then Table 2's, then
-# the rest of the framework (docs/method.md). Slugs not listed follow in the order they first appear.
-_DEFAULT_ORDER = ["sgd-nolars", "extrap-sgd-nolars", "sgd", "smoothout", "uniform-noise",
-                  "stochastic-noise", "extrap-sgd", "sgd+post-local", "extrap-sgd+post-local",
-                  "gaussian-noise", "filter-gaussian", "filter-uniform", "extragradient", "sam",
-                  "adam", "extrap-adam"]
+
+def presentation(cfg: dict, variants: list[str], variant: str, cell: str) -> dict:
+    """What a record carries from its item config ``cfg`` for ``results/`` to show it: the cell's
+    label, colour and place among the cells, the variant's label and place among ``variants``,
+    and the config's ``about``. A cell or variant the config lacks gets no label or place."""
+    cells, about = list(cfg.get("cells") or {}), cfg.get("about") or {}
+    settings = (cfg.get("cells") or {}).get(cell) or {}
+    shown = {"about": {key: value for key, value in about.items() if key != "variant_labels"}}
+    if variant in variants:
+        shown.update(variant_label=(about.get("variant_labels") or {}).get(variant, variant),
+                     variant_order=variants.index(variant))
+    if cell in cells:
+        shown.update(method=settings.get("label", cell), order=cells.index(cell))
+        shown.update({"color": settings["color"]} if "color" in settings else {})
+    return shown
+
+
+def _config(item: str, cache: dict) -> dict | None:
+    """The item's config from reproduce/configs/ (None when there is none, or it is unreadable)."""
+    if item not in cache:
+        import yaml  # noqa: PLC0415 (only for records that predate their presentation)
+
+        try:
+            cache[item] = yaml.safe_load((CONFIGS / f"{item}.yaml").read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            cache[item] = None
+    return cache[item] if isinstance(cache[item], dict) else None
+
+
+def _with_presentation(record: dict, cache: dict) -> dict:
+    """A record that predates ``about`` gets its item config's presentation (when there is one)."""
+    if "about" in record or not re.fullmatch(r"[\w-]+", record["item"]) or (cfg := _config(record["item"], cache)) is None:
+        return record
+    variants = list(cfg.get("variants") or {"default": {}})
+    return {**presentation(cfg, variants, variant_of(record), record["cell"]), **record}
 
 
 def _warn(message: str) -> None:
@@ -71,7 +87,8 @@ def load_records(paths) -> list[dict]:
     latest: dict[tuple, dict] = {}
     for path in map(Path, paths):
         _read_into(latest, path)
-    return list(latest.values())
+    configs: dict = {}
+    return [_with_presentation(r, configs) for r in latest.values()]
 
 
 def _read_into(latest: dict[tuple, dict], path: Path) -> None:
@@ -110,17 +127,10 @@ def metric_of(record: dict, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def int_field(record: dict, key: str, pattern: str | None = None) -> int | None:
-    """An integer field of the record, or failing that one parsed from its variant by ``pattern``
-    (a regex with one group), e.g. the workers of variant ``"K=16,b=256"`` by ``r"K=(\\d+)"``."""
+def int_field(record: dict, key: str) -> int | None:
+    """An integer field of the record (workers, local_batch, global_batch), or None."""
     value = record.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if pattern is not None:
-        match = re.search(pattern, variant_of(record))
-        if match:
-            return int(match.group(1))
-    return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def unique_ints(records: list[dict], key: str) -> list[int]:
@@ -128,14 +138,34 @@ def unique_ints(records: list[dict], key: str) -> list[int]:
     return sorted({r[key] for r in records if isinstance(r.get(key), int) and not isinstance(r.get(key), bool)})
 
 
-def method_label(slug: str) -> str:
-    """The human label of a method slug (the slug itself when it has none)."""
-    return METHOD_LABELS.get(slug, slug)
+def _ordered(records: list[dict], key, order_key: str, label_key: str) -> tuple[list, dict]:
+    """The distinct ``key(record)`` values in their config order (the records' ``order_key``;
+    those without one after the others, in order of appearance) and each one's label (the
+    records' ``label_key``, else the value itself)."""
+    first: dict = {}
+    for i, r in enumerate(records):
+        value = key(r)
+        order = r.get(order_key)
+        rank = (0, order, i) if isinstance(order, int) and not isinstance(order, bool) else (1, 0, i)
+        if value not in first or rank < first[value][0]:
+            label = r.get(label_key)
+            first[value] = (rank, label if isinstance(label, str) and label else (value or "(no variant)"))
+    values = sorted(first, key=lambda v: first[v][0])
+    return values, {v: first[v][1] for v in values}
 
 
-def order_methods(slugs, preferred: list[str] | None = None) -> list[str]:
-    """The distinct ``slugs`` with those in ``preferred`` (default: the paper's order) first, in
-    that order, then the others in the order they first appear."""
-    preferred = _DEFAULT_ORDER if preferred is None else preferred
-    seen = list(dict.fromkeys(slugs))
-    return [s for s in preferred if s in seen] + [s for s in seen if s not in preferred]
+def methods_of(records: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """The records' cells in their config's order, and each cell's label (the record's
+    ``method``, written from the config's ``label``)."""
+    return _ordered(records, lambda r: r["cell"], "order", "method")
+
+
+def variants_of(records: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """The records' variants in their config's order, and each one's label (``variant_label``)."""
+    return _ordered(records, variant_of, "variant_order", "variant_label")
+
+
+def about_of(records: list[dict]) -> dict:
+    """How the item is shown (its config's ``about``: title, setting, metric, rows), from its
+    records; empty when they carry none."""
+    return next((r["about"] for r in records if isinstance(r.get("about"), dict)), {})

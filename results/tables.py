@@ -15,51 +15,18 @@ import io
 import statistics
 from dataclasses import dataclass, field
 
-from .records import int_field, method_label, metric_of, order_methods, unique_ints, variant_of
+from .records import about_of, int_field, methods_of, metric_of, unique_ints, variant_of, variants_of
 
-__all__ = ["Cell", "Table", "build_table", "collect_cells", "TABLE_ITEMS", "METRICS", "latex_escape"]
+__all__ = ["Cell", "Table", "build_table", "collect_cells", "table_items", "latex_escape"]
 
 MISSING = "—"
 
-# metric key -> (what it is, higher is better)
-METRICS = {
-    "test_top1": ("test top-1 accuracy (%)", True),
-    "val_ppl": ("validation perplexity", False),
-    "bleu": ("test BLEU", True),
-}
-
-
-@dataclass(frozen=True)
-class _Layout:
-    title: str
-    setting: str
-    methods_as_rows: bool
-    method_order: list[str]
-    variant_order: list[str] = field(default_factory=list)
-    variant_labels: dict[str, str] = field(default_factory=dict)
-    metric: str = "test_top1"
-
-
-_LAYOUTS = {
-    "table1": _Layout(
-        "Table 1", "ResNet-20 and VGG-11 (down-scaled) on CIFAR-10 with learning-rate decay",
-        methods_as_rows=True,
-        method_order=["sgd-nolars", "extrap-sgd-nolars", "sgd", "smoothout", "uniform-noise",
-                      "stochastic-noise", "extrap-sgd"],
-        variant_order=["resnet20", "vgg11"],
-        variant_labels={"resnet20": "ResNet-20", "vgg11": "VGG-11 (down-scaled)"}),
-    "table2": _Layout(
-        "Table 2", "ResNet-20 on CIFAR-10 and CIFAR-100, with and without post-local SGD",
-        methods_as_rows=True,
-        method_order=["sgd", "sgd+post-local", "extrap-sgd", "extrap-sgd+post-local"],
-        variant_order=["cifar10", "cifar100"],
-        variant_labels={"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}),
-    "table3": _Layout(
-        "Table 3", "ResNet-20 on CIFAR-10 at a fixed global batch split as K workers × local batch b",
-        methods_as_rows=False,
-        method_order=["sgd", "extrap-sgd", "sgd+post-local", "extrap-sgd+post-local"]),
-}
-TABLE_ITEMS = tuple(_LAYOUTS)
+def table_items(records: list[dict]) -> list[str]:
+    """The items among the records that are tables: their config's ``about`` names a metric and
+    what the rows are."""
+    items = dict.fromkeys(r["item"] for r in records)
+    return [item for item in items
+            if {"metric", "rows"} <= set(about_of([r for r in records if r["item"] == item]))]
 
 
 @dataclass
@@ -206,45 +173,45 @@ def _batch_phrase(records: list[dict], with_split: bool) -> str:
 def _split_label(records: list[dict], variant: str) -> tuple[tuple, str]:
     """Table 3's row: (sort key, label) from the variant's workers and local batch."""
     rs = [r for r in records if variant_of(r) == variant]
-    k = next((v for r in rs if (v := int_field(r, "workers", r"K\s*=\s*(\d+)")) is not None), None)
-    b = next((v for r in rs if (v := int_field(r, "local_batch", r"b\s*=\s*(\d+)")) is not None), None)
+    k = next((v for r in rs if (v := int_field(r, "workers")) is not None), None)
+    b = next((v for r in rs if (v := int_field(r, "local_batch")) is not None), None)
     if k is None or b is None:
         return (1, 0, 0, variant), variant or "(no variant)"
     return (0, k, b, variant), f"K={k} × b={b}"
 
 
 def build_table(records: list[dict], item: str) -> Table:
-    """The table of ``item`` ("table1", "table2" or "table3") from the records of that item.
+    """The table of ``item`` from the records of that item, as its config's ``about`` says:
+    title, setting, metric (key, label, which way is better) and ``rows`` (``cells``: the
+    methods as rows and the variants as columns; ``variants``: the other way round, the
+    variants being K × b splits, labelled and sorted by workers, then local batch).
 
-    Rows and columns are the methods and variants present in the records, methods in the paper's
-    order then any others, variants in the paper's order (Table 3: by workers, then local batch).
+    Methods and variants are those present in the records, in their config's order.
     """
-    if item not in _LAYOUTS:
-        raise ValueError(f"item: expected one of {', '.join(TABLE_ITEMS)}, got {item!r}")
-    layout = _LAYOUTS[item]
     records = [r for r in records if r.get("item") == item]
-    methods = order_methods((r["cell"] for r in records), layout.method_order)
-    method_labels = {m: method_label(m) for m in methods}
-    seen = list(dict.fromkeys(variant_of(r) for r in records))
-    if layout.methods_as_rows:
-        variants = [v for v in layout.variant_order if v in seen]
-        variants += [v for v in seen if v not in variants]
-        variant_labels = {v: layout.variant_labels.get(v, v or "(no variant)") for v in variants}
+    about = about_of(records)
+    metric = about.get("metric") if isinstance(about.get("metric"), dict) else {}
+    if not records or "key" not in metric:
+        raise ValueError(f"item: no records of {item!r} that name a table's metric")
+    methods, method_labels = methods_of(records)
+    if about.get("rows", "cells") == "cells":
+        variants, variant_labels = variants_of(records)
         rows, row_labels, columns, column_labels = methods, method_labels, variants, variant_labels
         key = lambda r: (r["cell"], variant_of(r))  # noqa: E731
         row_header = "method"
     else:
+        seen = list(dict.fromkeys(variant_of(r) for r in records))
         split = {v: _split_label(records, v) for v in seen}
         variants = sorted(seen, key=lambda v: split[v][0])
         rows, row_labels = variants, {v: split[v][1] for v in variants}
         columns, column_labels = methods, method_labels
         key = lambda r: (variant_of(r), r["cell"])  # noqa: E731
         row_header = "K × b"
-    what, higher = METRICS[layout.metric]
-    caption = (f"{layout.setting}: {what}, {'higher' if higher else 'lower'} is better, at "
-               f"{_batch_phrase(records, with_split=layout.methods_as_rows)}. Mean ± std over seeds "
+    what, higher = metric.get("label", metric["key"]), metric.get("higher_is_better", True)
+    caption = (f"{about.get('setting', item)}: {what}, {'higher' if higher else 'lower'} is better, at "
+               f"{_batch_phrase(records, with_split=row_header == 'method')}. Mean ± std over seeds "
                f"(n = seeds in the mean; diverged and failed seeds are excluded and counted); "
                f"{MISSING} = not run.")
-    return Table(item=item, title=layout.title, caption=caption, metric=layout.metric,
+    return Table(item=item, title=about.get("title", item), caption=caption, metric=metric["key"],
                  row_header=row_header, rows=rows, columns=columns, row_labels=row_labels,
-                 column_labels=column_labels, cells=collect_cells(records, layout.metric, key))
+                 column_labels=column_labels, cells=collect_cells(records, metric["key"], key))

@@ -14,14 +14,25 @@ import pytest
 
 import results
 from conftest import ROOT, launcher_env
+from reproduce import runner
 from results.figures import _series, method_colors
+from results.records import presentation
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def shown(item, variant, cell) -> dict:
+    """What the runner copies into a record from the item's config (``runner.presentation``); a
+    cell or variant the config lacks gets no label or place of its own."""
+    if item not in runner.ITEMS:
+        return {}
+    cfg = runner.load_config(item)
+    return presentation(cfg, [*(cfg.get("variants") or {"default": {}}), variant], variant, cell)
+
+
 def record(item, variant, cell, seed, top1=None, status="completed", workers=16, local_batch=256,
            metric="test_top1", curve=None, **extra):
-    return {"item": item, "variant": variant, "cell": cell, "method": cell, "seed": seed,
+    return {"item": item, "variant": variant, "cell": cell, **shown(item, variant, cell), "seed": seed,
             "workers": workers, "local_batch": local_batch, "global_batch": workers * local_batch,
             "engine": "virtual", "status": status, "steps": 100,
             "final": {} if top1 is None else {"train_loss": 0.05, metric: top1},
@@ -193,7 +204,9 @@ def test_curves_average_completed_seeds_with_a_std_band():
     traced = [record("figure1", "", "sgd", 0, 90.0, curve=[{"step": 4, "train_loss": 2.0}])]
     traced[0]["trace"] = [{"step": 2, "batch_loss": 3.0, "train_loss_subset": 2.5}]
     assert _series(traced, "train_loss_subset", source="trace")[:2] == ([2], [2.5])
-    assert method_colors(["sgd", "zz"])["sgd"] == method_colors(["sgd", "extrap-sgd", "aa"])["sgd"]
+    assert method_colors([record("figure1", "", c, 0) for c in ("sgd", "zz")])["sgd"] == "#1f77b4"  # the config's
+    spare = method_colors([record("x", "", c, 0) for c in ("zz", "aa")])  # no config: spare colours, by name
+    assert spare == method_colors([record("x", "", c, 0) for c in ("aa", "zz")]) and spare["aa"] != spare["zz"]
 
 
 def test_figure4_reads_the_budget_from_the_runs_config_not_the_variant_name():
