@@ -173,3 +173,18 @@ def test_the_items_are_the_configs_and_each_script_describes_itself():
     assert {name for name in ITEMS if f"-m reproduce.{name} " in planned} == set(ITEMS)
     help_text = run([sys.executable, "-m", "reproduce.figure4", "--help"]).stdout
     assert "Figure 4 — ResNet-20 on CIFAR-10" in help_text and "Expected runtime" in help_text
+
+
+def test_every_run_carries_how_its_config_shows_it():
+    """Labels, order, colours and the item's about: copied from the config into every run's record."""
+    from reproduce.runner import load_config, parse_args, plan
+
+    runs = plan("table1", parse_args("table1", ["--scale", "smoke"]))
+    cells = list(load_config("table1")["cells"])
+    for run in runs:
+        cell = load_config("table1")["cells"][run.cell]
+        assert run.shown["method"] == cell["label"] and run.shown["color"] == cell["color"]
+        assert run.shown["order"] == cells.index(run.cell)
+        assert run.shown["about"]["title"] == "Table 1" and run.shown["about"]["rows"] == "cells"
+    assert {r.variant: r.shown["variant_label"] for r in runs} == {"resnet20": "ResNet-20",
+                                                                    "vgg11": "VGG-11 (down-scaled)"}
