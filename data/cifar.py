@@ -23,19 +23,14 @@ path and says what is wrong (truncated pickle, column count, label count or rang
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import os
 import pickle
-import shutil
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .download import download_and_extract
 
 __all__ = ["load_cifar", "cifar_classes", "download_and_extract", "CIFAR_SPECS"]
 
@@ -103,78 +98,6 @@ def cifar_classes(root, name: str = "cifar10", label: str = "fine", download: bo
     if not isinstance(names, list):
         raise ValueError(f"{path}: no list under key {spec['names'][label]!r} (keys: {sorted(meta)})")
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-
-
-def download_and_extract(url: str, root, md5: str, folder: str) -> Path:
-    """Fetch the archive at ``url``, check its md5, and extract ``folder`` from it into
-    ``root``. The archive is extracted into a temporary directory beside the target and renamed
-    into place only when complete, so a failed download, a wrong checksum or a broken archive
-    leaves neither a partial ``root/folder`` nor temporary files behind (nor ``root`` itself,
-    when this call created it). Several processes may download at once (each into its own
-    temporaries; the first rename wins), though letting rank 0 download first saves bandwidth."""
-    root = Path(root)
-    target = root / folder
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; remove it to download again")
-    created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    fd, archive = tempfile.mkstemp(dir=root, prefix=".download-", suffix=".tar.gz")
-    os.close(fd)
-    staging = None
-    done = False
-    try:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
-        except (urllib.error.URLError, OSError) as err:
-            raise FileNotFoundError(f"could not download {url} ({err}); is this machine online?") from err
-        digest = hashlib.md5()
-        with open(archive, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != md5:
-            raise ValueError(f"{url}: md5 {digest.hexdigest()} does not match the expected {md5}; "
-                             "the download is corrupt or not the official archive")
-        staging = tempfile.mkdtemp(dir=root, prefix=".extract-")
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
-                _safe_extract(tar, staging)
-        except (tarfile.TarError, EOFError, OSError) as err:
-            raise ValueError(f"{url}: broken archive ({type(err).__name__}: {err})") from err
-        extracted = Path(staging) / folder
-        if not extracted.is_dir():
-            raise ValueError(f"{url}: the archive has no folder {folder!r}")
-        try:
-            os.rename(extracted, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            # another process finished the same download first; its folder arrived whole
-        done = True
-    finally:
-        os.unlink(archive)
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if created and not done:
-            try:
-                os.rmdir(root)  # empty unless another process is using it
-            except OSError:
-                pass
-    return target
-
-
-def _safe_extract(tar: tarfile.TarFile, dest: str) -> None:
-    """Extract regular files and folders only, never outside ``dest`` (the "data" filter of
-    Python >= 3.10.12 / 3.11.4, with an equivalent check on older interpreters)."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(dest, filter="data")
-        return
-    base = os.path.realpath(dest)
-    for member in tar.getmembers():
-        path = os.path.realpath(os.path.join(dest, member.name))
-        if not (member.isfile() or member.isdir()) or os.path.commonpath([base, path]) != base:
-            raise tarfile.TarError(f"refusing member {member.name!r}")
-    tar.extractall(dest)
 
 
 def _spec(name: str) -> dict:

@@ -11,6 +11,10 @@ Multi30k training targets the round trip text → tokens → text is exact up to
 ~0.2% of sentences under BLEU's own tokenisation. BLEU is sacrebleu's corpus BLEU (13a
 tokenisation) on detokenised output, case-insensitive when the vocabulary is lowercased.
 
+``prepare_multi30k(root, download=True)`` fetches the six gzipped task-1 files of the dataset's
+own repository (github.com/multi30k/dataset, ``data/task1/raw``) into ``multi30k/`` when ``root``
+holds none of them, checking each one's sha256 (``data.download``).
+
 Vocabularies (``Vocab.build``) keep tokens seen at least ``min_freq`` times in the training
 split, after the specials ``<pad>`` = 0, ``<unk>`` = 1, ``<bos>`` = 2, ``<eos>`` = 3. Encoded
 sentences are ``<bos> w1 … wn <eos>``; batches are padded batch-first, [B, L].
@@ -37,10 +41,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .download import download_files
+
 __all__ = ["tokenize", "detokenize", "Vocab", "Multi30k", "read_pairs", "load_multi30k",
-           "prepare_multi30k", "pad_batch", "collate", "bucket_batches", "bleu", "SPLITS", "SPECIALS"]
+           "prepare_multi30k", "pad_batch", "collate", "bucket_batches", "bleu", "SPLITS", "SPECIALS",
+           "MULTI30K_FILES"]
 
 SPLITS = ("train", "val", "test_2016_flickr")
+_RAW = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
+MULTI30K_FILES = {name: (_RAW + name, sha256) for name, sha256 in (  # the December 2017 files
+    ("train.en.gz", "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f"),
+    ("train.de.gz", "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6"),
+    ("val.en.gz", "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28"),
+    ("val.de.gz", "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a"),
+    ("test_2016_flickr.en.gz", "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9"),
+    ("test_2016_flickr.de.gz", "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8"))}
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 PAD, UNK, BOS, EOS = range(4)
 
@@ -134,7 +149,8 @@ def _find(folder: Path, split: str, lang: str) -> Path:
             return folder / name
     raise FileNotFoundError(
         f"{folder}: missing {split}.{lang} (or {split}.{lang}.gz); expected "
-        f"{{{','.join(SPLITS)}}}.{{en,de}}, plain or .gz, one sentence per line")
+        f"{{{','.join(SPLITS)}}}.{{en,de}}, plain or .gz, one sentence per line (the files of {_RAW}), "
+        "or pass download=True on a machine that is online")
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -165,18 +181,29 @@ def read_pairs(root, split: str, src: str = "en", tgt: str = "de") -> tuple[list
     return src_lines, tgt_lines
 
 
-def load_multi30k(root, splits=SPLITS, src: str = "en", tgt: str = "de") -> dict:
-    """{split: (source lines, target lines)} for ``splits``."""
+def load_multi30k(root, splits=SPLITS, src: str = "en", tgt: str = "de", download: bool = False) -> dict:
+    """{split: (source lines, target lines)} for ``splits``. With ``download`` and none of the
+    dataset's files under ``root``, the official files are fetched first (``MULTI30K_FILES``)."""
+    root = Path(root)
+    folder = root / "multi30k" if (root / "multi30k").is_dir() else root
+    if download and not any(any(folder.glob(f"{split}.*")) for split in SPLITS):
+        parent = root.parent if root.name == "multi30k" else root
+        try:
+            download_files(MULTI30K_FILES, parent, "multi30k")
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"Multi30k not found under {root} and {err}; put "
+                                    f"{', '.join(MULTI30K_FILES)} from {_RAW} into {parent / 'multi30k'}") from err
     return {s: read_pairs(root, s, src, tgt) for s in splits}
 
 
 def prepare_multi30k(root, min_freq: int = 2, lower: bool = True, splits=SPLITS,
-                     src: str = "en", tgt: str = "de") -> Multi30k:
-    """Read ``splits`` (``train`` must be among them), tokenise, build both vocabularies on the
-    training split with ``min_freq``, and encode every sentence."""
+                     src: str = "en", tgt: str = "de", download: bool = False) -> Multi30k:
+    """Read ``splits`` (``train`` must be among them; ``download``: see ``load_multi30k``),
+    tokenise, build both vocabularies on the training split with ``min_freq``, and encode
+    every sentence."""
     if "train" not in splits:
         raise ValueError("splits: the vocabularies are built on 'train', which must be included")
-    text = load_multi30k(root, splits, src, tgt)
+    text = load_multi30k(root, splits, src, tgt, download)
     tokens = {s: ([tokenize(x, lower) for x in a], [tokenize(x, lower) for x in b]) for s, (a, b) in text.items()}
     src_vocab = Vocab.build(tokens["train"][0], min_freq)
     tgt_vocab = Vocab.build(tokens["train"][1], min_freq)

@@ -175,9 +175,9 @@ class LanguageModelTask(_NoProbe):
     def __init__(self, root, num_layers: int, hidden_size: int, device="cpu", bptt: int = 35,
                  vocab_split: str = "train", train_split: str = "train", eval_split: str = "valid",
                  eval_batch: int = 10, max_train_tokens: int | None = None,
-                 max_eval_tokens: int | None = None, seed: int = 0):
+                 max_eval_tokens: int | None = None, seed: int = 0, download: bool = False):
         splits = tuple(dict.fromkeys((train_split, eval_split)))
-        wt = load_wikitext(root, vocab_split, splits)
+        wt = load_wikitext(root, vocab_split, splits, download=download)
         self.device = torch.device(device)
         self.vocab_size, self.eval_split = len(wt.vocab), eval_split
         self.bptt, self.num_layers, self.hidden_size = bptt, num_layers, hidden_size
@@ -269,9 +269,10 @@ class TranslationTask(_NoProbe):
 
     def __init__(self, root, device="cpu", seed: int = 0, min_freq: int = 2, eval_split: str = "val",
                  eval_samples: int | None = None, label_smoothing: float = 0.1, decode_max_len: int = 60,
-                 eval_batch: int = 100, max_train_pairs: int | None = None, subset_pairs: int = 256):
+                 eval_batch: int = 100, max_train_pairs: int | None = None, subset_pairs: int = 256,
+                 download: bool = False):
         self.device, self.eval_split = torch.device(device), eval_split
-        self.data = prepare_multi30k(root, min_freq, splits=("train", eval_split))
+        self.data = prepare_multi30k(root, min_freq, splits=("train", eval_split), download=download)
         self.src, self.tgt = (ids[:max_train_pairs] for ids in self.data.ids["train"])
         self.lengths = torch.tensor([len(s) for s in self.src])
         self.tgt_lengths = torch.tensor([len(t) for t in self.tgt])

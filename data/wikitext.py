@@ -7,6 +7,10 @@ already uses for rare words).
 Each worker reads its own contiguous stream (``worker_stream``), cut into ``[T, B]`` columns by
 ``batchify`` and into BPTT windows by ``get_batch``. The stream depends only on (K, worker), so
 it is the same under processes and virtual workers.
+
+``load_wikitext(root, download=True)`` fetches the official WikiText-2 (tokens, v1) archive when
+``root`` holds none of its files, checks its md5 and extracts ``wikitext-2/`` atomically
+(``data.download``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .download import download_and_extract
+
 __all__ = ["Vocab", "WikiText", "load_wikitext", "read_tokens", "build_vocab", "encode",
-           "batchify", "get_batch", "worker_stream", "SPLITS"]
+           "batchify", "get_batch", "worker_stream", "SPLITS", "WIKITEXT2"]
 
 SPLITS = ("train", "valid", "test")
+# the official archive (Merity et al. 2016), as the PyTorch word_language_model example uses it
+WIKITEXT2 = {"url": "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip",
+             "md5": "542ccefacc6c27f945fb54453812b3cd", "folder": "wikitext-2"}
 EOS, UNK = "<eos>", "<unk>"
 
 
@@ -85,9 +94,10 @@ def _split_path(folder: Path, split: str) -> Path:
     return folder / f"wiki.{split}.tokens"
 
 
-def load_wikitext(root, vocab_split: str = "train", splits=SPLITS) -> WikiText:
+def load_wikitext(root, vocab_split: str = "train", splits=SPLITS, download: bool = False) -> WikiText:
     """Read ``splits`` from ``root`` (the folder with the ``wiki.*.tokens`` files, or its parent
-    holding ``wikitext-2/``), with the vocabulary built from ``vocab_split``.
+    holding ``wikitext-2/``), with the vocabulary built from ``vocab_split``. With ``download``
+    and none of the files there, the official archive is fetched first.
 
     The full dataset trains on ``train``. A directory without the training file (such as the
     project's shared slice) can still be used by building the vocabulary from ``valid``,
@@ -100,6 +110,13 @@ def load_wikitext(root, vocab_split: str = "train", splits=SPLITS) -> WikiText:
     folder = root
     if not any(root.glob("wiki.*.tokens")) and (root / "wikitext-2").is_dir():
         folder = root / "wikitext-2"
+    if download and not any(folder.glob("wiki.*.tokens")):
+        parent = root.parent if root.name == WIKITEXT2["folder"] else root
+        try:
+            folder = download_and_extract(WIKITEXT2["url"], parent, WIKITEXT2["md5"], WIKITEXT2["folder"])
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"WikiText-2 not found under {root} and {err}; extract {WIKITEXT2['url']} "
+                                    f"into {parent} (wikitext-2/wiki.{{train,valid,test}}.tokens)") from err
     wanted = list(dict.fromkeys([vocab_split, *splits]))
     missing = [s for s in wanted if not _split_path(folder, s).is_file()]
     if missing:
@@ -111,7 +128,8 @@ def load_wikitext(root, vocab_split: str = "train", splits=SPLITS) -> WikiText:
         raise FileNotFoundError(
             f"{folder}: missing {', '.join(_split_path(folder, s).name for s in missing)} "
             f"(found: {', '.join(present) or 'nothing'}); expected wiki.{{train,valid,test}}.tokens "
-            f"from the WikiText-2 (tokens) archive{hint}")
+            f"from the WikiText-2 (tokens) archive {WIKITEXT2['url']}, or pass download=True on a "
+            f"machine that is online{hint}")
     words = {s: read_tokens(_split_path(folder, s)) for s in wanted}
     vocab = build_vocab(words[vocab_split])
     return WikiText(vocab, vocab_split, {s: encode(words[s], vocab) for s in splits})

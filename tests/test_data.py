@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import pickle
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,74 @@ def test_failed_download_leaves_nothing(tmp_path, monkeypatch, fault):
     with pytest.raises(error, match=message):
         cifar.load_cifar(dest, download=True)
     assert list(dest.iterdir()) == []  # a root the user made is kept, empty
+
+
+# ---------------------------------------------------------------- WikiText-2 and Multi30k downloads
+
+def wikitext_archive(tmp_path: Path) -> tuple[Path, str]:
+    """A local stand-in for the official zip: wikitext-2/wiki.{train,valid,test}.tokens."""
+    write_wikitext(tmp_path / "src" / "wikitext-2")
+    archive = tmp_path / "wikitext-2-v1.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted((tmp_path / "src" / "wikitext-2").iterdir()):
+            z.write(f, f"wikitext-2/{f.name}")
+    return archive, hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+def multi30k_files(tmp_path: Path) -> dict:
+    """Local stand-ins for the six official files, with their sha256."""
+    write_multi30k(tmp_path / "src", gz=True)
+    return {p.name: (p.as_uri(), hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted((tmp_path / "src").iterdir())}
+
+
+@pytest.mark.parametrize("dataset", ["wikitext-2", "multi30k"])
+def test_text_datasets_download_verify_and_extract(tmp_path, monkeypatch, dataset):
+    dest = tmp_path / "dest"
+    if dataset == "wikitext-2":
+        archive, md5 = wikitext_archive(tmp_path)
+        monkeypatch.setattr(wikitext, "WIKITEXT2", {**wikitext.WIKITEXT2, "url": archive.as_uri(), "md5": md5})
+        with pytest.raises(FileNotFoundError, match="download=True"):
+            wikitext.load_wikitext(dest)
+        wt = wikitext.load_wikitext(dest, download=True)
+        assert wt.vocab.itos[:3] == ["=", "Title", "<eos>"] and len(wt.ids["test"]) == 4
+    else:
+        monkeypatch.setattr(multi30k, "MULTI30K_FILES", multi30k_files(tmp_path))
+        with pytest.raises(FileNotFoundError, match="download=True"):
+            multi30k.prepare_multi30k(dest)
+        data = multi30k.prepare_multi30k(dest, download=True)
+        assert data.text["val"] == (EN, DE)
+    assert [p.name for p in dest.iterdir()] == [dataset]  # no temporary left
+    again = (wikitext.load_wikitext(dest, download=True).ids["test"] if dataset == "wikitext-2"
+             else multi30k.prepare_multi30k(dest, download=True).text["val"])  # present: read, not fetched
+    assert len(again) > 0
+
+
+@pytest.mark.parametrize("dataset", ["wikitext-2", "multi30k"])
+@pytest.mark.parametrize("fault", ["checksum", "offline"])
+def test_a_failed_text_download_leaves_nothing_and_says_where_files_go(tmp_path, monkeypatch, dataset, fault):
+    dest = tmp_path / "dest"
+    if dataset == "wikitext-2":
+        archive, md5 = wikitext_archive(tmp_path)
+        url = (tmp_path / "absent.zip").as_uri() if fault == "offline" else archive.as_uri()
+        monkeypatch.setattr(wikitext, "WIKITEXT2", {**wikitext.WIKITEXT2, "url": url,
+                                                    "md5": "0" * 32 if fault == "checksum" else md5})
+        load = lambda: wikitext.load_wikitext(dest, download=True)  # noqa: E731
+        where = "wiki.{train,valid,test}.tokens"
+    else:
+        files = multi30k_files(tmp_path)
+        name = "val.de.gz"  # one bad file of six spoils the lot
+        files[name] = ((tmp_path / "absent.gz").as_uri(), files[name][1]) if fault == "offline" else (files[name][0], "0" * 64)
+        monkeypatch.setattr(multi30k, "MULTI30K_FILES", files)
+        load = lambda: multi30k.prepare_multi30k(dest, download=True)  # noqa: E731
+        where = "train.en.gz"
+    error, message = {"checksum": (ValueError, "does not match the expected"),
+                      "offline": (FileNotFoundError, "could not download")}[fault]
+    with pytest.raises(error, match=message) as err:
+        load()
+    if fault == "offline":
+        assert where in str(err.value) and str(dest) in str(err.value)
+    assert not dest.exists()  # neither the dataset folder, nor temporaries, nor the new root
 
 
 # ---------------------------------------------------------------- real CIFAR-10 slice
