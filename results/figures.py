@@ -228,7 +228,8 @@ def figure3(records: list[dict], path: Path, colors: dict) -> None:
         name = f"B = {batch[v]}" if batch[v] is not None else (v or "(no variant)")
         _finish(axes[0][j], "step", f"{_split(rs)}-split BLEU", f"{name}: BLEU")
         _finish(axes[1][j], "step", loss[4], f"{name}: training loss", log_y=True)
-    fig.suptitle(textwrap.fill(f"{_title(records, 'figure3')}: {_BAND}", int(11 * fig.get_figwidth()), break_on_hyphens=False))
+    title = f"{_title(records, 'figure3')}: {_BAND}"
+    fig.suptitle(textwrap.fill(title, int(11 * fig.get_figwidth()), break_on_hyphens=False))
     _save(fig, path)
 
 
@@ -261,7 +262,8 @@ def figure4(records: list[dict], path: Path, colors: dict) -> None:
     if budgets:
         ax.set_xticks(budgets)
     _finish(ax, "training budget (epochs)", what, f"{what} vs training budget, mean ± std over seeds")
-    fig.suptitle(textwrap.fill(f"{_title(records, 'figure4')}, {_batches(records)}", 80, break_on_hyphens=False))  # a narrow figure
+    title = f"{_title(records, 'figure4')}, {_batches(records)}"
+    fig.suptitle(textwrap.fill(title, 80, break_on_hyphens=False))  # a narrow figure
     _save(fig, path)
 
 

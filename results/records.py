@@ -57,7 +57,9 @@ def _config(item: str, cache: dict) -> dict | None:
 
 def _with_presentation(record: dict, cache: dict) -> dict:
     """A record that predates ``about`` gets its item config's presentation (when there is one)."""
-    if "about" in record or not re.fullmatch(r"[\w-]+", record["item"]) or (cfg := _config(record["item"], cache)) is None:
+    if "about" in record or not re.fullmatch(r"[\w-]+", record["item"]):
+        return record
+    if (cfg := _config(record["item"], cache)) is None:
         return record
     variants = list(cfg.get("variants") or {"default": {}})
     return {**presentation(cfg, variants, variant_of(record), record["cell"]), **record}
