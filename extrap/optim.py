@@ -170,8 +170,10 @@ class _Extrapolation:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
-        for q in (getattr(self.comm, "points_of", None) or {}).values():
-            q.grad = None
+        points = getattr(self.comm, "points_of", None) or {}
+        for q in (points[id(p)] for g in self.param_groups for p in g["params"] if id(p) in points):
+            if q.grad is not None:
+                q.grad = None if set_to_none else q.grad.zero_()
 
     def gamma(self, group: dict) -> float:
         """γ_t: the group's ``gamma``; by default the learning rate of small-batch training,
@@ -263,8 +265,9 @@ class _Extrapolation:
         finally:
             for group, wd in lars:
                 group["weight_decay"] = wd
-        if points:  # every worker's point back at x_t (now x_{t+1})
-            torch._foreach_copy_(points, [p.expand_as(q) for p, q in zip(params, points)])
+        if self._shares_x_t():  # every worker's point back at x_t (now x_{t+1}), gradient or not
+            held = [p for g in self.param_groups for p in g["params"] if self.point(p) is not p]
+            torch._foreach_copy_([self.point(p) for p in held], [p.expand_as(self.point(p)) for p in held])
         for p, t in zip(params, local) if keep else ():
             self.state[p]["local_grad"] = t
         return loss

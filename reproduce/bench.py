@@ -187,23 +187,26 @@ def _virtual_step(k: int, device, xs, ys, batched: bool = True) -> Callable[[], 
 
 
 def _state_mib(k: int, device, xs, ys, split: bool) -> float:
-    """MiB of training state after a step of k virtual ResNet-20 workers with extrap-SGD and
-    LARS: parameters, points, their gradients, BatchNorm buffers and the optimizer's state, as
-    the engine holds them (one x_t while synchronous) or as K models (``split``)."""
+    """MiB of training state of k virtual ResNet-20 workers with extrap-SGD and LARS at its peak,
+    after the workers' backward and before ``step()``: parameters, points, their gradients,
+    BatchNorm buffers, the optimizer's state (the last step's local gradients included) and the
+    saved x_t, as the engine holds them (one x_t while synchronous) or as K models (``split``)."""
     torch.manual_seed(0)
     engine = make_engine("virtual", k, device=device, batched=False)
     workers = engine.prepare(build_model("resnet20"))
     opt = ExtrapolatedSGD(workers.parameters(), lr=0.1, perturbation="extrap", comm=engine.comm, lars=True, **SGD_KW)
     if split:
         workers.split(opt)
-    for _ in range(2):  # the second step holds the first one's local gradients
+    for step in range(3):  # two full steps, then the third one's backward
         opt.zero_grad(set_to_none=False)  # torch's zeroing keeps the gradient tensors
         opt.perturb()
         workers.forward_backward(F.cross_entropy, xs, ys)
-        opt.step()
+        if step < 2:
+            opt.step()
     tensors = [*workers.parameters(), *workers.points().values(), *workers.buffers.values(),
                *[t for s in opt.state.values() if isinstance(s, dict) for t in s.values() if torch.is_tensor(t)]]
     tensors += [t.grad for t in tensors if t.grad is not None]
+    tensors += opt._x_t  # K models: the x_t that perturb() saved while the parameters are at x̃
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values()) / 2**20
 
@@ -505,7 +508,7 @@ def markdown(report: dict) -> str:
                  f"single model {ips['single-model']:,.0f}: batched ÷ single {vw['batched_vs_single']:.2f} "
                  f"(GPU target ≥ 0.7), batched ÷ loop {vw['batched_vs_loop']:.2f} (GPU target ≥ 3); "
                  f"the virtual engine's default on {report['device']}: {vw['engine_default']}; training state "
-                 f"(extrap-SGD + LARS) {vw['state_mib']['shared']:.1f} MiB sharing x_t, "
+                 f"at its peak (extrap-SGD + LARS) {vw['state_mib']['shared']:.1f} MiB sharing x_t, "
                  f"{vw['state_mib']['models']:.1f} MiB as K models |")
     gpu = r["gpu"]
     if "skipped" in gpu:

@@ -252,3 +252,51 @@ def test_virtual_workers_sharing_x_t_follow_k_full_models(optimizer, perturbatio
     for (n, p), q in zip(shared.named_parameters(), full.parameters()):
         for k in range(3):
             torch.testing.assert_close(p, q[k], rtol=1e-6, atol=1e-7, msg=lambda m: f"{n} worker {k}: {m}")
+
+
+@pytest.mark.parametrize("perturbation", ["extrap", "gaussian"])
+def test_a_parameter_without_a_gradient_in_some_steps_keeps_its_point_at_x_t(perturbation):
+    """A layer used only at some steps: its point is reset to x_t at every step, as K full
+    models restore theirs, so sharing x_t changes nothing."""
+    from extrap import ExtrapolatedSGD
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.use_b = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1), True
+
+        def forward(self, x):
+            return self.a(x) + (self.b(x) if self.use_b else 0)
+
+    def run(split: bool):
+        torch.manual_seed(0)
+        engine = make_engine("virtual", 2)
+        workers = engine.prepare(TwoHeads())
+        opt = ExtrapolatedSGD(workers.parameters(), lr=0.1, momentum=0.0, nesterov=False, perturbation=perturbation,
+                              gamma=0.1, comm=engine.comm)
+        if split:
+            workers.split(opt)
+        g = torch.Generator().manual_seed(1)
+        for t in range(6):
+            workers.template.use_b = t in (0, 5)  # b only at the first and the last step
+            x, y = torch.randn(2, 8, 4, generator=g), torch.randn(2, 8, 1, generator=g)
+            opt.zero_grad()
+            opt.perturb()
+            workers.forward_backward(lambda out, y: ((out - y) ** 2).mean(), x, y)
+            opt.step()
+            for n, q in workers.points().items():
+                assert split or torch.equal(q, workers.params[n].expand_as(q)), (t, n)
+        return workers
+
+    shared, full = run(False), run(True)
+    for (n, p), q in zip(shared.named_parameters(), full.parameters()):
+        torch.testing.assert_close(p.expand_as(q), q, rtol=1e-6, atol=1e-7, msg=lambda m: f"{n}: {m}")
+
+
+def test_one_engine_prepares_one_model():
+    from models import build_model
+
+    engine = make_engine("virtual", 2)
+    engine.prepare(build_model("digits_cnn"))
+    with pytest.raises(ValueError, match="^comm: already holds another model's workers"):
+        engine.prepare(build_model("digits_cnn"))

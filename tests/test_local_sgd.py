@@ -38,6 +38,27 @@ def test_beta0_h1_equals_minibatch_sgd():
     # (by the per-worker loop, float32 rounding grows to about 4e-4 over these 20 steps)
 
 
+def test_the_switch_keeps_that_steps_gradients_without_perturb():
+    """A loop that never calls perturb() (perturbation none): the workers split inside step() at
+    the switch, and that step still uses the gradients taken at x_t."""
+    def run(post_local):
+        torch.manual_seed(0)
+        engine, task = make_engine("virtual", 2), DigitsTask()
+        workers = engine.prepare(build_model("digits_cnn"))
+        opt = ExtrapolatedSGD(workers.parameters(), lr=0.05, momentum=0.0, nesterov=False, perturbation="none",
+                              comm=engine.comm)
+        stepper = PostLocalSGD(opt, switch_step=2, local_steps=1) if post_local else opt
+        for t in range(3):
+            x, y = engine.worker_batch(task.train_batches(engine.worker_ids, 0, t, 16, 2))
+            stepper.zero_grad()
+            workers.forward_backward(task.loss, x, y)
+            stepper.step()
+        return workers.parameters()
+
+    for p, q in zip(run(True), run(False)):  # H = 1, β = 0: mini-batch SGD
+        assert ((p - q.expand_as(p)).norm() / q.norm()).item() <= 1e-6
+
+
 @pytest.mark.parametrize("perturbation", ["none", "extrap"])
 def test_workers_differ_between_averagings_and_agree_after_one(perturbation):
     h, switch = 4, 3

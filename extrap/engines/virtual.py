@@ -50,12 +50,16 @@ class VirtualWorkers:
     ``parameters()`` are the optimizer's: x_t once (each worker's model as ``[K, ...]`` once
     ``split``). ``points()`` are where the workers compute; their ``.grad`` after
     ``forward_backward`` are the workers' own gradients. ``comm`` (the engine's) is the
-    communicator to give the optimizer."""
+    communicator to give the optimizer, and holds this one model's points. The optimizer's
+    ``step()`` resets the points to x_t; change x_t only through it or ``load_state_dict``."""
 
     def __init__(self, model: nn.Module, num_workers: int, batched: bool | None = None,
                  execution: Execution = Execution(), comm: VirtualComm | None = None):
         self.num_workers, self.execution = num_workers, execution
         self.comm = VirtualComm(num_workers) if comm is None else comm
+        if self.comm.points_of is not None:
+            raise ValueError("comm: already holds another model's workers; prepare one model per engine "
+                             "(or VirtualComm)")
         device = next(iter(model.parameters())).device
         # a model may declare ``vmap_compatible = False`` (no batching rule for one of its kernels)
         self.batched = (batched_by_default(device) if batched is None else batched) and getattr(model, "vmap_compatible", True)
@@ -94,13 +98,13 @@ class VirtualWorkers:
         optimizer's per-model state become [K, ...] copies, in place, and the points go."""
         if not self.shared:
             return
-        for p in self.params.values():
+        for n, p in self.params.items():
             state = optimizer.state.get(p, {}) if optimizer is not None else {}
             for key in SPLIT_STATE:
                 if key in state:
                     state[key] = self._stacked(state[key])
             p.data = self._stacked(p)
-            p.grad = None
+            p.grad = self._points[n].grad  # gradients taken at the points (= x_t) stay this step's
         self._points = None
         self.comm.points_of = None
 
