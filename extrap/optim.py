@@ -166,7 +166,8 @@ class _Extrapolation:
         return (getattr(self.comm, "points_of", None) or {}).get(id(p), p)
 
     def _shares_x_t(self) -> bool:
-        return getattr(self.comm, "points_of", None) is not None
+        points = getattr(self.comm, "points_of", None) or {}
+        return any(id(p) in points for g in self.param_groups for p in g["params"])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)

@@ -293,10 +293,16 @@ def test_a_parameter_without_a_gradient_in_some_steps_keeps_its_point_at_x_t(per
         torch.testing.assert_close(p.expand_as(q), q, rtol=1e-6, atol=1e-7, msg=lambda m: f"{n}: {m}")
 
 
-def test_one_engine_prepares_one_model():
+def test_one_engine_trains_one_model_at_a_time():
+    """Runs one after another reuse an engine; a model whose engine prepared another since is
+    refused instead of silently not training."""
+    from data import DigitsTask
     from models import build_model
 
-    engine = make_engine("virtual", 2)
-    engine.prepare(build_model("digits_cnn"))
-    with pytest.raises(ValueError, match="^comm: already holds another model's workers"):
-        engine.prepare(build_model("digits_cnn"))
+    engine, task = make_engine("virtual", 2), DigitsTask()
+    first = engine.prepare(build_model("digits_cnn"))
+    second = engine.prepare(build_model("digits_cnn"))
+    x, y = engine.worker_batch(task.train_batches(engine.worker_ids, 0, 0, 8, 2))
+    assert second.forward_backward(task.loss, x, y).shape == (2,)
+    with pytest.raises(RuntimeError, match="prepared another model since"):
+        first.forward_backward(task.loss, x, y)

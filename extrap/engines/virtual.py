@@ -50,16 +50,13 @@ class VirtualWorkers:
     ``parameters()`` are the optimizer's: x_t once (each worker's model as ``[K, ...]`` once
     ``split``). ``points()`` are where the workers compute; their ``.grad`` after
     ``forward_backward`` are the workers' own gradients. ``comm`` (the engine's) is the
-    communicator to give the optimizer, and holds this one model's points. The optimizer's
+    communicator to give the optimizer; it holds the points of the model prepared last. The optimizer's
     ``step()`` resets the points to x_t; change x_t only through it or ``load_state_dict``."""
 
     def __init__(self, model: nn.Module, num_workers: int, batched: bool | None = None,
                  execution: Execution = Execution(), comm: VirtualComm | None = None):
         self.num_workers, self.execution = num_workers, execution
         self.comm = VirtualComm(num_workers) if comm is None else comm
-        if self.comm.points_of is not None:
-            raise ValueError("comm: already holds another model's workers; prepare one model per engine "
-                             "(or VirtualComm)")
         device = next(iter(model.parameters())).device
         # a model may declare ``vmap_compatible = False`` (no batching rule for one of its kernels)
         self.batched = (batched_by_default(device) if batched is None else batched) and getattr(model, "vmap_compatible", True)
@@ -67,7 +64,8 @@ class VirtualWorkers:
         self.params = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in model.named_parameters()}
         self._points = {n: self._stacked(p).requires_grad_(p.requires_grad) for n, p in self.params.items()}
         self.buffers = {n: self._stacked(b) for n, b in model.named_buffers()}
-        self.comm.points_of = {id(p): self._points[n] for n, p in self.params.items()}
+        # the comm holds the points of the model prepared last (a run after another on one engine)
+        self.comm.points_of = self._registered = {id(p): self._points[n] for n, p in self.params.items()}
         self.comm.split = self.split
         self._eval = None
         self._losses: dict = {}  # loss_fn -> the workers' loss function (vmapped, compiled)
@@ -121,6 +119,9 @@ class VirtualWorkers:
         of tensors with a leading worker axis) at its point, summed and backpropagated: worker
         k's slice of every point's ``.grad`` is the gradient of its own loss. Returns the K
         losses, or ``(losses, aux)`` with one aux per worker when ``loss_fn`` returns ``(loss, aux)``."""
+        if self.shared and self.comm.points_of is not self._registered:
+            raise RuntimeError("these workers' engine has prepared another model since: one engine "
+                               "trains one model at a time")
         inputs, points = self.execution.layout(inputs, image_dims=5), self.points()
         with self.execution.autocast(self.device):
             fn = self._loss(loss_fn)
