@@ -165,14 +165,14 @@ class _Extrapolation:
         and back), or, where the workers share x_t, the communicator's ``[K, ...]`` points."""
         return (getattr(self.comm, "points_of", None) or {}).get(id(p), p)
 
-    def _shares_x_t(self) -> bool:
-        points = getattr(self.comm, "points_of", None) or {}
-        return any(id(p) in points for g in self.param_groups for p in g["params"])
+    def _shared(self) -> list[tuple[Tensor, Tensor]]:
+        """(x_t, its points) of this optimizer's parameters whose workers share x_t; [] if none."""
+        points = getattr(self.comm, "points_of", None)
+        return [(p, points[id(p)]) for g in self.param_groups for p in g["params"] if id(p) in points] if points else []
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
-        points = getattr(self.comm, "points_of", None) or {}
-        for q in (points[id(p)] for g in self.param_groups for p in g["params"] if id(p) in points):
+        for _, q in self._shared():
             if q.grad is not None:
                 q.grad = None if set_to_none else q.grad.zero_()
 
@@ -207,16 +207,17 @@ class _Extrapolation:
                                  "computes this worker's gradient at x_t")
             with torch.enable_grad(), local_backward(self.comm):  # d is this worker's own
                 loss = closure()
-        groups = [(g, ps) for g in self.param_groups if (ps := [p for p in g["params"] if p.requires_grad and
-                                                                (not self.kind.closure or self.point(p).grad is not None)])]
-        self._perturbed = [] if self._shares_x_t() else [p for _, ps in groups for p in ps]  # x_t to save
+        shared = dict((id(p), q) for p, q in self._shared())
+        groups = [(g, ps) for g in self.param_groups if (ps := [p for p in g["params"] if p.requires_grad and (
+            not self.kind.closure or shared.get(id(p), p).grad is not None)])]
+        self._perturbed = [] if shared else [p for _, ps in groups for p in ps]  # x_t to save
         if [t.shape for t in self._x_t] != [p.shape for p in self._perturbed]:
             self._x_t = [torch.empty_like(p) for p in self._perturbed]
         if self._perturbed:
             torch._foreach_copy_(self._x_t, self._perturbed)
         for (group, ps), ds in zip(groups, self.kind.direction(self, groups)):
             if gamma := self.gamma(group):
-                torch._foreach_add_([self.point(p) for p in ps], ds, alpha=-gamma)
+                torch._foreach_add_([shared.get(id(p), p) for p in ps], ds, alpha=-gamma)
         if self.kind.closure:
             self.zero_grad(set_to_none=True)  # the caller's backward at x̃ starts clean
         return loss
@@ -235,11 +236,13 @@ class _Extrapolation:
         if self._perturbed:
             torch._foreach_copy_(self._perturbed, self._x_t)
         self._perturbed = None
-        params = [p for g in self.param_groups for p in g["params"] if self.point(p).grad is not None]
+        shared = self._shared()
+        at = dict((id(p), q) for p, q in shared)
+        params = [p for g in self.param_groups for p in g["params"] if at.get(id(p), p).grad is not None]
         if self.comm is None and (self.kind.keeps_local_grad or self.kind.closure):
             refuse_without_comm(self.perturbation)
         keep, layout = self.kind.keeps_local_grad and params, self.layout
-        if points := [self.point(p) for p in params] if self._shares_x_t() else None:
+        if points := [at[id(p)] for p in params] if shared else None:
             if not average:
                 raise RuntimeError("step(average=False): the workers share one x_t; a local step needs "
                                    "their own models (PostLocalSGD splits them at its switch)")
@@ -266,9 +269,8 @@ class _Extrapolation:
         finally:
             for group, wd in lars:
                 group["weight_decay"] = wd
-        if self._shares_x_t():  # every worker's point back at x_t (now x_{t+1}), gradient or not
-            held = [p for g in self.param_groups for p in g["params"] if self.point(p) is not p]
-            torch._foreach_copy_([self.point(p) for p in held], [p.expand_as(self.point(p)) for p in held])
+        if shared:  # every worker's point back at x_t (now x_{t+1}), gradient or not
+            torch._foreach_copy_([q for _, q in shared], [p.expand_as(q) for p, q in shared])
         for p, t in zip(params, local) if keep else ():
             self.state[p]["local_grad"] = t
         return loss
