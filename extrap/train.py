@@ -210,11 +210,11 @@ def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[
     return Run(cfg, engine, task, workers, optimizer, schedule, steps_per_epoch, peak_lr, lr_scale, probe)
 
 
-def _trace_point(run: Run, step: int, window: Tensor, steps: int) -> dict:
-    """A trace point after ``step``: this process's workers' mean mini-batch losses at x̃ over the
-    last ``steps`` steps (``window``: their sums, [W]) and, where the task has ``subset_loss``,
-    the loss at x_t (worker 0's model) on its fixed subset; device tensors until the epoch ends."""
-    point = {"step": step, "batch_loss": window / steps}
+def _trace_point(run: Run, step: int, batch_loss: Tensor) -> dict:
+    """A trace point after ``step``: ``batch_loss``, this process's workers' mean mini-batch loss
+    at x̃ since the last point, and, where the task has ``subset_loss``, the loss at x_t (worker
+    0's model) on its fixed subset; device tensors until the epoch ends."""
+    point = {"step": step, "batch_loss": batch_loss}
     subset_loss = getattr(run.task, "subset_loss", None)
     if subset_loss is not None:
         point["train_loss_subset"] = subset_loss(run.workers.eval_module(0))
@@ -240,7 +240,7 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
     k = engine.world_size
     fresh = REGISTRY[cfg.perturbation].closure
     loss_sum, lr = torch.zeros((), device=engine.device), 0.0
-    window, window_steps, points = torch.zeros(len(engine.worker_ids), device=engine.device), 0, []
+    points, last = [], (epoch * run.steps_per_epoch, loss_sum.clone())  # the last trace point: step, loss_sum
     for i in range(run.steps_per_epoch):
         step = epoch * run.steps_per_epoch + i
         lr = run.schedule.apply(optimizer, step, gamma=False)  # γ: the optimizer's own default
@@ -258,16 +258,16 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
             losses, aux = losses
             task.after_step(dict(zip(engine.worker_ids, aux)))
         loss_sum += losses.sum()
-        window += losses.detach().float()
-        window_steps += 1
         if cfg.clip_norm is not None:
             clip_local_grads_(list(workers.points().values()), cfg.clip_norm, engine.comm)
         optimizer.step()
         if run.probe is not None and run.probe.due(step + 1):
             run.probe.observe(step + 1, workers.eval_module(0))
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
-            points.append(_trace_point(run, step + 1, window, window_steps))
-            window, window_steps = torch.zeros_like(window), 0
+            since, before = last
+            mean = (loss_sum - before) / ((step + 1 - since) * len(engine.worker_ids))
+            points.append(_trace_point(run, step + 1, mean))
+            last = (step + 1, loss_sum.clone())
         if bar is not None:
             bar.update(1)
     run.trace.extend(_read_trace(run, points))
