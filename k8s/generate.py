@@ -27,9 +27,10 @@ from pathlib import Path
 
 import yaml
 
+from reproduce import ITEMS  # a config per item
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ITEMS = tuple(sorted(p.stem for p in (ROOT / "reproduce" / "configs").glob("*.yaml")))  # a config per item
 SETTINGS = HERE / "settings.yaml"
 GENERATED_DIRS = ("mpijobs", "pytorchjobs")
 DATA = "/data"  # where the volume is mounted in every pod

@@ -37,11 +37,10 @@ import torch
 import yaml
 
 from extrap.engines import ENGINES
+from reproduce import CONFIGS, ITEMS  # noqa: F401 (ITEMS: the runner's item list)
 from results.records import presentation
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = Path(__file__).resolve().parent / "configs"
-ITEMS = tuple(sorted(p.stem for p in CONFIGS.glob("*.yaml")))  # one config (and script) per item
 SCALES = ("paper", "smoke")
 TASKS = ("cifar", "wikitext2", "multi30k", "digits")
 # keys of a run besides extrap.train.TrainConfig's fields

@@ -21,10 +21,10 @@ import re
 import sys
 from pathlib import Path
 
+from reproduce import CONFIGS
+
 __all__ = ["load_records", "presentation", "methods_of", "variants_of", "about_of", "metric_of", "variant_of",
            "record_key", "int_field", "unique_ints"]
-
-CONFIGS = Path(__file__).resolve().parent.parent / "reproduce" / "configs"
 
 
 def presentation(cfg: dict, variants: list[str], variant: str, cell: str) -> dict:
