@@ -30,6 +30,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from reproduce import CONFIGS, ITEMS  # noqa: F401 (ITEMS: the runner's item lis
 from results.records import presentation
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALES = ("paper", "smoke")
+SCALES = ("paper", "laptop", "smoke")
 TASKS = ("cifar", "wikitext2", "multi30k", "digits")
 # keys of a run besides extrap.train.TrainConfig's fields
 RUN_KEYS = {
@@ -444,3 +445,12 @@ def _check_paths(runs: list[Run], out: Path) -> None:
         raise ConfigError(f"--out: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"--out: {probe} is not writable")
+    for missing in [out, *out.parents]:  # the folders to be made: none may be a dangling link
+        if missing == probe:
+            break
+        if missing.is_symlink():
+            raise ConfigError(f"--out: {missing} is a symbolic link to {os.readlink(missing)}, which does not exist")
+    try:  # root passes os.access everywhere, and /proc or /sys refuse a new folder anyway: try one
+        tempfile.TemporaryDirectory(dir=probe, prefix=".extrap-probe-").cleanup()
+    except OSError as e:
+        raise ConfigError(f"--out: cannot make a folder in {probe} ({e.strerror or type(e).__name__})") from None

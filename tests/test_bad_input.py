@@ -84,7 +84,7 @@ def test_unknown_keys(tmp_path_factory, key):
 @given(flag_value=st.one_of(
     st.tuples(st.sampled_from(["--workers", "--seeds"]), st.sampled_from(["abc", "1.5", "", "two"])),
     st.tuples(st.just("--scale"), st.text(string.ascii_lowercase, min_size=1, max_size=8).filter(
-        lambda s: s not in ("paper", "smoke"))),
+        lambda s: s not in runner.SCALES)),
     st.tuples(st.just("--engine"), st.sampled_from(["gpu", "mpi", "ddp", "threads"])),
     st.tuples(st.just("--only"), st.text(string.ascii_lowercase, min_size=1, max_size=10).filter(
         lambda s: s not in runner.load_config(ITEM)["cells"])),
@@ -110,6 +110,22 @@ def test_unusable_data_and_output_folders(tmp_path):
     (data / "cifar10-subset").mkdir(parents=True)
     code, _, stderr = call(["--data-dir", str(data)], a_file / "out")
     assert code == 2 and stderr.strip() == f"reproduce.{ITEM}: --out: {a_file} is not a directory"
+
+
+@pytest.mark.parametrize("where", ["/proc/forbidden", "/sys/extrap-out", "dangling", "dangling/below"])
+def test_output_folders_that_cannot_be_made(tmp_path, where):
+    """Places where no folder can be made, also as root (who passes every permission check):
+    /proc and /sys, and a path through a symbolic link to nowhere. One line, exit 2, nothing made."""
+    if where.startswith("/") and not Path(where).parent.is_dir():
+        pytest.skip(f"{Path(where).parent} does not exist here")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    data = tmp_path / "data"
+    (data / "cifar10-subset").mkdir(parents=True)
+    out = Path(where) if where.startswith("/") else tmp_path / where
+    code, stdout, stderr = call(["--data-dir", str(data)], out)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, (stdout, stderr)
+    assert stderr.startswith(f"reproduce.{ITEM}: --out: ") and "Traceback" not in stderr
+    assert not (tmp_path / "nowhere").exists() and not out.exists()
 
 
 def test_a_malformed_config_file(tmp_path, monkeypatch):
