@@ -38,7 +38,7 @@ from .schedules import KINDS, SCALINGS, Schedule, scaled_lr
 from .smoothness import SmoothnessProbe
 
 __all__ = ["Task", "TrainConfig", "train", "setup", "train_one_epoch", "validate", "save_checkpoint",
-           "restart_from_checkpoint", "build_optimizer", "steps_to_target"]
+           "restart_from_checkpoint", "build_optimizer"]
 
 
 class Task(Protocol):
@@ -413,11 +413,3 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[
     if run.probe is not None:
         record["smoothness"] = run.probe.history
     return record
-
-
-def steps_to_target(curve: list[dict], target: float, key: str = "train_loss") -> int | None:
-    """The first evaluated step at which ``key`` is at or below ``target`` (None: never)."""
-    for point in curve:
-        if key in point and point[key] <= target:
-            return point["step"]
-    return None

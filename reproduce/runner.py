@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from extrap.engines import ENGINES
-from reproduce import CONFIGS, ITEMS  # noqa: F401 (ITEMS: the runner's item list)
+from reproduce import CONFIGS, ITEMS, config_path  # noqa: F401 (CONFIGS, ITEMS: the runner's item list)
 from results.records import presentation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +58,7 @@ RUN_KEYS = {
     "seeds": "the number of seeds",
     "label": "a human label for the cell",
     "color": "the colour of the cell's curves (a matplotlib colour)",
+    "target_loss": "a training-loss target: results/ reports each method's steps to reach it (results.study)",
 }
 
 
@@ -80,6 +81,16 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog.split()[-1]}: {message} (see --help)\n")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def parse_args(item: str, argv=None) -> argparse.Namespace:
     # the item's script describes it (under ``python -m`` it runs as __main__: import it by name)
     doc = importlib.import_module(f"reproduce.{item}").__doc__
@@ -88,9 +99,9 @@ def parse_args(item: str, argv=None) -> argparse.Namespace:
                         epilog="key=value arguments override any setting of the config")
     ap.add_argument("--scale", choices=SCALES, default="paper")
     ap.add_argument("--engine", choices=ENGINES, default=None)
-    ap.add_argument("--workers", type=int, default=None, help="K (default: the config's)")
+    ap.add_argument("--workers", type=_positive_int, default=None, help="K (default: the config's)")
     ap.add_argument("--only", default=None, help="cells to run, comma-separated (default: all)")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the config's)")
+    ap.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 (default: the config's)")
     ap.add_argument("--data-dir", default=None, help="the datasets' root (default: the config's)")
     ap.add_argument("--out", default=None, help="results folder (default: runs/<scale>)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -129,7 +140,7 @@ class Run:
 
 
 def load_config(item: str) -> dict:
-    path = CONFIGS / f"{item}.yaml"
+    path = config_path(item)
     try:
         with open(path) as f:
             cfg = yaml.safe_load(f)
@@ -171,6 +182,9 @@ def check_settings(settings: dict, where: str) -> None:
     for key in ("model_kwargs", "task_kwargs"):
         if not isinstance(settings.get(key, {}), dict):
             raise ConfigError(f"{key}: expected a mapping, got {settings[key]!r} ({where})")
+    target = settings.get("target_loss")
+    if target is not None and not (_type_ok("float", target) and 0 < target < float("inf")):
+        raise ConfigError(f"target_loss: expected a positive number, got {target!r} ({where})")
     if settings.get("task") not in TASKS:
         raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {settings.get('task')!r} ({where})")
 
@@ -206,6 +220,7 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
     variant_overrides = scale.pop("variants", {}) or {}
     cell_overrides = scale.pop("cells", {}) or {}
     run_variants = scale.pop("run_variants", None)  # a scale may run only some variants
+    run_cells = scale.pop("run_cells", None)  # ... and only some cells
     cli = parse_overrides(args.overrides)
     for flag, key in (("workers", "workers"), ("seeds", "seeds"), ("engine", "engine"), ("data_dir", "data_dir")):
         if getattr(args, flag) is not None:
@@ -214,6 +229,11 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
     if run_variants is not None:
         variants = {v: variants.get(v, {}) for v in run_variants}
     cells = cfg.get("cells") or {}
+    if run_cells is not None:
+        unknown = [c for c in run_cells if c not in cells]
+        if unknown:
+            raise ConfigError(f"run_cells: {item}'s {args.scale} scale names unknown cell {unknown[0]!r}")
+        cells = {c: cells[c] for c in run_cells}
     only = None if args.only is None else [c.strip() for c in args.only.split(",") if c.strip()]
     if only is not None:
         unknown = [c for c in only if c not in cells]

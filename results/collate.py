@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .records import load_records
+from .study import build_study, study_items
 from .tables import build_table, table_items
 
 FIGURE_ITEMS = ("figure1", "figure2", "figure3", "figure4", "figure5")
@@ -26,8 +27,9 @@ def records_files(directory) -> list[Path]:
 
 def write_all(directory) -> list[Path]:
     """Read ``directory/records.jsonl`` (and ``directory/*/records.jsonl``) and write, for each
-    paper item present, ``tableN.{md,tex,csv}`` or ``figureN.png`` into ``directory``; return the
-    paths written.
+    paper item present, ``tableN.{md,tex,csv}`` or ``figureN.png`` into ``directory``, and for
+    an item run as a study (``results.study``) ``<item>.study.{md,csv,png}``; return the paths
+    written.
 
     Items whose records name no table layout and that are not figures (the demo's, say) are
     ignored. Raises
@@ -47,6 +49,15 @@ def write_all(directory) -> list[Path]:
                 path = directory / f"{item}.{suffix}"
                 path.write_text(text, encoding="utf-8")
                 written.append(path)
+    for item in study_items(records):  # a learning-rate grid over seeds with a loss target (laptop scale)
+        study = build_study(records, item)
+        for suffix, text in (("md", study.to_markdown()), ("csv", study.to_csv())):
+            path = directory / f"{item}.study.{suffix}"
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+        from .figures import write_study_figure  # noqa: PLC0415 (matplotlib only when there is a figure to draw)
+
+        written.append(write_study_figure(records, item, directory / f"{item}.study.png"))
     figures = [item for item in FIGURE_ITEMS if FIGURE_SOURCE.get(item, item) in present]
     if figures:
         from .figures import method_colors, write_figure  # matplotlib only when there is a figure to draw

@@ -4,7 +4,8 @@ Curves are drawn against training steps and averaged over the seeds that complet
 point, with a shaded band of ± one standard deviation over seeds when there is more than one.
 Where the records carry a trace (``TrainConfig.log_every``), the training losses come from it:
 the loss at x_t on the task's fixed training subset and the mini-batch loss at the workers' x̃,
-every N steps; otherwise from the evaluations.
+every N steps; otherwise from the evaluations. A study's figure (``write_study_figure``, see
+``results.study``) draws each method at its tuned learning rate, with the target.
 A method none of whose seeds completed is drawn dotted from its diverged/failed runs and says so
 in the legend. Labels, the order of methods, their colours and the figure's title and setting
 come from the records (their item config's); a method whose config gives no colour gets a spare
@@ -27,10 +28,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .records import about_of, int_field, methods_of, unique_ints, variant_of, variants_of
+from .study import LOSS, build_study, study_records
 from .collate import FIGURE_ITEMS
 from .tables import collect_cells
 
-__all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4", "figure5"]
+__all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4", "figure5",
+           "write_study_figure"]
 
 
 _SPARE = matplotlib.colormaps["tab10"].colors
@@ -288,4 +291,41 @@ def write_figure(records: list[dict], item: str, path, colors: dict | None = Non
     colors = colors or method_colors(records)
     path = Path(path)
     _DRAW[item](records, path, colors)
+    return path
+
+
+def write_study_figure(records: list[dict], item: str, path) -> Path:
+    """(a) the training loss at x_t against steps of each method at its tuned rate (mean ± 1 std
+    over seeds) with the target; (b) the item's metric against steps at the same rates; (c) with
+    more than one rate, the share of seeds reaching the target at each rate."""
+    study = build_study(records, item)
+    records = study_records(records, item)
+    colors = method_colors(records)
+    panels = 2 + (len(study.variants) > 1)
+    fig = Figure(figsize=(6 * panels, 4.6), layout="constrained")
+    axes = fig.subplots(1, panels)
+    for m in study.methods:
+        v = study.tuned(m)
+        rs = [r for r in records if r["cell"] == m and variant_of(r) == v]
+        label = study.method_labels[m] + (f", {study.variant_labels[v]}" if panels > 2 else "")
+        for ax, key, source in ((axes[0], LOSS, "trace"), (axes[1], study.metric.get("key"), "curve")):
+            series = _series(rs, key, source=source) if key else None
+            if series is not None:
+                _draw(ax, series, colors[m], label)
+        if panels > 2:
+            grid = sorted((arm.base_lr, arm.reached / arm.n) for (mm, _), arm in study.arms.items()
+                          if mm == m and arm.base_lr is not None)
+            axes[2].plot([x for x, _ in grid], [y for _, y in grid], "o-", color=colors[m], label=study.method_labels[m])
+    axes[0].axhline(study.target, color="0.3", linestyle="--", linewidth=1, label=f"target {study.target:g}")
+    axes[0].set_yscale("log")
+    at = "at its tuned rate" if panels > 2 else "mean over seeds"
+    _finish(axes[0], "step", "training loss at $x_t$ (fixed training subset)", f"(a) training loss, {at}, band ± 1 std")
+    _finish(axes[1], "step", study.metric.get("label", "metric"), f"(b) {study.metric.get('label', 'metric')}")
+    if panels > 2:
+        axes[2].set_xscale("log")
+        _finish(axes[2], "base learning rate (at the base batch, scaled linearly)", "share of seeds reaching the target",
+                "(c) the rate grid")
+    fig.suptitle(f"{study.title} — {study._caption().split('. Steps')[0]}")
+    path = Path(path)
+    _save(fig, path)
     return path

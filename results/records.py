@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from reproduce import CONFIGS
+from reproduce import config_path
 
 __all__ = ["load_records", "presentation", "methods_of", "variants_of", "about_of", "metric_of", "variant_of",
            "record_key", "int_field", "unique_ints"]
@@ -49,7 +49,7 @@ def _config(item: str, cache: dict) -> dict | None:
         import yaml  # noqa: PLC0415 (only for records that predate their presentation)
 
         try:
-            cache[item] = yaml.safe_load((CONFIGS / f"{item}.yaml").read_text(encoding="utf-8"))
+            cache[item] = yaml.safe_load(config_path(item).read_text(encoding="utf-8"))
         except (OSError, ValueError, yaml.YAMLError):
             cache[item] = None
     return cache[item] if isinstance(cache[item], dict) else None

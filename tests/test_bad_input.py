@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import reproduce
 from extrap import PERTURBATIONS
 from reproduce import runner
 
@@ -131,7 +132,7 @@ def test_output_folders_that_cannot_be_made(tmp_path, where):
 def test_a_malformed_config_file(tmp_path, monkeypatch):
     configs = tmp_path / "configs"
     configs.mkdir()
-    monkeypatch.setattr(runner, "CONFIGS", configs)
+    monkeypatch.setattr(reproduce, "CONFIGS", configs)  # where reproduce.config_path looks
     for text, message in (("common: [unclosed", "not valid YAML"), ("- a list", "expected a mapping"),
                           ("common: 3", "common: expected a mapping")):
         (configs / f"{ITEM}.yaml").write_text(text)
