@@ -39,7 +39,7 @@ help:
 	@echo "make bench    measure extrap's costs side by side -> docs/bench.{md,json} (BENCH_ARGS=--tiny)"
 	@echo "make install  create $(VENV) with torch ($(TORCH)), Open MPI + mpi4py, and this project"
 	@echo "make install-horovod   build Horovod 0.28.1 into $(VENV) (~3 min) for ENGINE=horovod"
-	@echo "make reproduce-table1 ... reproduce-figure4, reproduce-all   a paper item (SCALE=paper|smoke, -> $(OUT))"
+	@echo "make reproduce-table1 ... reproduce-figure7, reproduce-all   a paper item (SCALE=paper|laptop|smoke, -> $(OUT))"
 	@echo "make tables   rebuild tables and figures from $(OUT)/records.jsonl"
 	@echo "make k8s      regenerate k8s/ manifests from the configs and k8s/settings.yaml"
 	@echo "make image    docker build -f k8s/Dockerfile -t $(IMAGE) ."

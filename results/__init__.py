@@ -21,7 +21,7 @@ __all__ = ["load_records", "build_table", "write_all", "Table", "Cell", "methods
 
 
 def write_figure(records, item, path, colors=None):
-    """Draw ``item`` (figure1 … figure4) into the PNG ``path``; see ``results.figures``."""
+    """Draw ``item`` (figure1 … figure5, figure7) into the PNG ``path``; see ``results.figures``."""
     from .figures import write_figure as draw  # matplotlib is imported only when a figure is drawn
 
     return draw(records, item, path, colors)

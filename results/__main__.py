@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     for path in written:
         print(f"wrote {path}")
     if not written:
-        print(f"error: {records}: no table1–3 or figure1–4 records, nothing written", file=sys.stderr)
+        print(f"error: {records}: no records of a table, figure or study, nothing written", file=sys.stderr)
         return 1
     return 0
 

@@ -8,7 +8,7 @@ from .records import load_records
 from .study import build_study, study_items
 from .tables import build_table, table_items
 
-FIGURE_ITEMS = ("figure1", "figure2", "figure3", "figure4", "figure5")
+FIGURE_ITEMS = ("figure1", "figure2", "figure3", "figure4", "figure5", "figure7")
 # figures drawn from another item's records (the appendix's Figure 5: Table 1's curves)
 FIGURE_SOURCE = {"figure5": "table1"}
 

@@ -1,4 +1,4 @@
-"""Figures 1–4 from the records' curves.
+"""Figures 1–5 and 7 from the records' curves.
 
 Curves are drawn against training steps and averaged over the seeds that completed, point by
 point, with a shaded band of ± one standard deviation over seeds when there is more than one.
@@ -32,7 +32,7 @@ from .study import LOSS, build_study, study_records
 from .collate import FIGURE_ITEMS
 from .tables import collect_cells
 
-__all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4", "figure5",
+__all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4", "figure5", "figure7",
            "write_study_figure"]
 
 
@@ -270,20 +270,31 @@ def figure4(records: list[dict], path: Path, colors: dict) -> None:
     _save(fig, path)
 
 
-def figure5(records: list[dict], path: Path, colors: dict) -> None:
-    """The appendix's Figure 5: Table 1's runs over time — training loss and test top-1 vs step."""
+def _loss_and_accuracy(records: list[dict], path: Path, colors: dict, title: str) -> None:
     _curve_panels(records, path, colors, [
         _training_loss_panel(records, "(a) training loss"),
         ("test_top1", "step", "curve", "step", f"{_split(records)}-split top-1 (%)", "(b) accuracy", False),
-    ], f"Figure 5 — the curves of {_title(records, 'table1')}, {_batches(records)}: {_BAND}")
+    ], f"{title}, {_batches(records)}: {_BAND}")
 
 
-_DRAW = {"figure1": figure1, "figure2": figure2, "figure3": figure3, "figure4": figure4, "figure5": figure5}
+def figure5(records: list[dict], path: Path, colors: dict) -> None:
+    """The appendix's Figure 5: Table 1's runs over time — training loss and test top-1 vs step."""
+    _loss_and_accuracy(records, path, colors, f"Figure 5 — the curves of {_title(records, 'table1')}")
+
+
+def figure7(records: list[dict], path: Path, colors: dict) -> None:
+    """The appendix's Figure 7: extrap-SGD without momentum against mini-batch SGD with it, early
+    in training — training loss at x_t and test top-1 vs step."""
+    _loss_and_accuracy(records, path, colors, _title(records, "figure7"))
+
+
+_DRAW = {"figure1": figure1, "figure2": figure2, "figure3": figure3, "figure4": figure4, "figure5": figure5,
+         "figure7": figure7}
 from .collate import FIGURE_SOURCE as SOURCE_ITEM  # noqa: E402  (figure5 draws table1's records)
 
 
 def write_figure(records: list[dict], item: str, path, colors: dict | None = None) -> Path:
-    """Draw ``item`` (figure1 … figure5) from the records of that item (figure5: table1's) into
+    """Draw ``item`` (figure1 … figure5, figure7) from the records of that item (figure5: table1's) into
     the PNG ``path``."""
     if item not in _DRAW:
         raise ValueError(f"item: expected one of {', '.join(FIGURE_ITEMS)}, got {item!r}")

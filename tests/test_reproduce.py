@@ -140,10 +140,11 @@ def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, args, message):
 
 
 def test_every_item_resolves_at_both_scales():
-    from reproduce.runner import parse_args, plan
+    from reproduce.runner import ITEMS, load_config, parse_args, plan
 
-    for name in ("table1", "table2", "table3", "figure1", "figure2", "figure3", "figure4"):
-        for scale in ("paper", "smoke"):
+    assert {"table1", "table2", "table3", "figure1", "figure2", "figure3", "figure4", "figure7"} <= set(ITEMS)
+    for name in ITEMS:
+        for scale in ("paper", "smoke", *(["laptop"] if "laptop" in load_config(name)["scales"] else [])):
             runs = plan(name, parse_args(name, ["--scale", scale]))
             assert runs, (name, scale)
             for r in runs:
@@ -163,6 +164,31 @@ def test_language_items_at_smoke_scale(tmp_path, name, metric, vocab):
         assert r["final"]["val_loss"] < 0.9 * math.log(vocab)
     run([sys.executable, "-m", "results", str(tmp_path)])
     assert (tmp_path / f"{name}.png").exists()
+
+
+LAPTOP_ITEMS = ["figure1", "figure7"]
+
+
+@needs_data
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LAPTOP_ITEMS)
+def test_laptop_configs_run_a_few_steps_and_collate_as_a_study(tmp_path, name):
+    """The laptop study's configs as they are (K = 16, B = 1,024, the rate grid), one seed of one
+    cell for one epoch (4 steps): they run, and results/ writes the study's table and figure."""
+    from reproduce.runner import load_config
+
+    scale = load_config(name)["scales"]["laptop"]
+    cell = scale.get("run_cells", list(load_config(name)["cells"]))[0]
+    run([sys.executable, "-m", f"reproduce.{name}", "--scale", "laptop", "--no-progress", "--seeds", "1",
+         "--only", cell, "--out", str(tmp_path), "epochs=1", "log_every=1", "eval_every=1"])
+    recs = records(tmp_path)
+    assert len(recs) == len(scale.get("run_variants", ["default"]))
+    for r in recs:
+        assert r["status"] == "completed" and r["global_batch"] == 1024 and r["workers"] == 16
+        assert r["config"]["target_loss"] == scale["target_loss"] and len(r["trace"]) == r["steps"] == 4
+    run([sys.executable, "-m", "results", str(tmp_path)])
+    table = (tmp_path / f"{name}.study.md").read_text()
+    assert f"at most {scale['target_loss']:g}" in table and (tmp_path / f"{name}.study.png").exists()
 
 
 def test_the_items_are_the_configs_and_each_script_describes_itself():
