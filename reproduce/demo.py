@@ -91,6 +91,8 @@ def main(argv=None) -> int:
         argv = ["--scale", DEFAULT_SCALE, *argv]
     if not any(a == "--out" or a.startswith("--out=") for a in argv):
         argv = ["--out", DEFAULT_OUT, *argv]
+    if "--no-progress" not in argv:  # a line per run instead: four ranks' bars would interleave
+        argv = ["--no-progress", *argv]
     if under_launcher():  # a rank of the launch below (or of the user's own mpirun): run, no more
         return runner.main(DEMO, argv)
     args = runner.parse_args(DEMO, argv)

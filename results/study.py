@@ -2,8 +2,9 @@
 target, with 95 % intervals over seeds (README "What the suite shows at laptop scale").
 
 An item's records form a study when their settings name a ``target_loss`` (the ``laptop``
-scale's configs do) and carry a trace (``log_every``). Each variant is then one base learning
-rate of a grid, and each (method, rate) an *arm* of seeds:
+scale's configs do) and carry a trace (``log_every``). Each (method, variant) is an *arm* of
+seeds. Where a method's variants differ in nothing but ``base_lr``, they are a rate grid and the
+method is shown at its tuned rate; other variants (Figure 3's batch sizes) are each shown.
 
 - **steps to target**: the first traced step at which the training loss at x_t on the fixed
   subset (``train_loss_subset``) is at or below the target. A seed that never gets there, or
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -117,11 +119,19 @@ class Study:
     global_batch: list[int]
     metric: dict = field(default_factory=dict)  # the config's about.metric: key, label
     setting: str = ""
+    rate_grid: bool = True  # the variants differ only in base_lr: each method is tuned over them
 
     def tuned(self, method: str) -> str | None:
         """The method's variant (rate) that reaches the target most often, then fastest."""
         runs = [v for v in self.variants if (method, v) in self.arms]
         return min(runs, key=lambda v: self.arms[method, v].rank()) if runs else None
+
+    def shown(self) -> list[tuple[str, str]]:
+        """The (method, variant) arms of the main table: each method at its tuned rate over a rate
+        grid; otherwise (other variants: batch sizes, say) every arm."""
+        if self.rate_grid:
+            return [(m, v) for m in self.methods if (v := self.tuned(m)) is not None]
+        return [(m, v) for v in self.variants for m in self.methods if (m, v) in self.arms]
 
     def _caption(self) -> str:
         batch = ", ".join(map(str, self.global_batch)) or "not recorded"
@@ -132,18 +142,15 @@ class Study:
     def to_markdown(self) -> str:
         line = lambda texts: "| " + " | ".join(t.replace("|", "\\|") for t in texts) + " |"  # noqa: E731
         lines = [f"**{self.title}, steps to a training-loss target.** {self._caption()}", ""]
-        if len(self.variants) > 1:
+        if self.rate_grid and len(self.variants) > 1:
             lines += self._grid_lines(line) + ["", "Each method at its tuned rate (most seeds reaching the "
                                                "target, then fewest steps).", ""]
         metric = [f"final {self.metric.get('label', self.metric['key'])}"] if "key" in self.metric else []
         probed = any(arm.smoothness for arm in self.arms.values())
-        lines += [line(["method", "rate", "reached", "steps to target", "final training loss", *metric,
-                        *(["smoothness (mean along the path)"] if probed else [])]),
+        lines += [line(["method", "rate" if self.rate_grid else "variant", "reached", "steps to target",
+                        "final training loss", *metric, *(["smoothness (mean along the path)"] if probed else [])]),
                   "|---|---|" + "---:|" * (3 + len(metric) + probed)]
-        for m in self.methods:
-            v = self.tuned(m)
-            if v is None:
-                continue
+        for m, v in self.shown():
             arm = self.arms[m, v]
             lines.append(line([self.method_labels[m], self.variant_labels[v], f"{arm.reached}/{arm.n}",
                                _text(arm.steps, 1), _text(arm.final_loss, 4),
@@ -168,14 +175,15 @@ class Study:
         return lines
 
     def to_csv(self) -> str:
-        """One line per (method, rate): counts, the per-seed values (';'-joined) and the intervals."""
+        """One line per (method, variant): whether the main table shows it (a method's tuned rate),
+        counts, the per-seed values (';'-joined) and the steps' interval."""
         buf = io.StringIO()
         out = csv.writer(buf, lineterminator="\n")
-        out.writerow(["method", "variant", "base_lr", "tuned", "n", "reached", "n_diverged", "steps",
+        out.writerow(["method", "variant", "base_lr", "shown", "n", "reached", "n_diverged", "steps",
                       "steps_mean", "steps_low", "steps_high", "final_loss", "smoothness", "metric"])
         for (m, v), arm in self.arms.items():
             ci = interval([float(s) for s in arm.steps]) or ("", "", "")
-            out.writerow([m, v, "" if arm.base_lr is None else repr(arm.base_lr), int(self.tuned(m) == v), arm.n,
+            out.writerow([m, v, "" if arm.base_lr is None else repr(arm.base_lr), int((m, v) in self.shown()), arm.n,
                           arm.reached, arm.n_diverged, ";".join(map(str, arm.steps)), *map(str, ci),
                           ";".join(repr(x) for x in arm.final_loss), ";".join(repr(x) for x in arm.smoothness),
                           ";".join(repr(x) for x in arm.metric)])
@@ -222,6 +230,12 @@ def build_study(records: list[dict], item: str) -> Study:
         probes = [p["smoothness"] for p in r.get("smoothness") or [] if isinstance(p, dict) and _finite(p.get("smoothness"))]
         if probes:
             arm.smoothness.append(statistics.fmean(probes))
+    settings = {}  # per (method, variant): the settings besides the seed and the rate
+    for r in records:
+        config = r.get("config") if isinstance(r.get("config"), dict) else {}
+        settings.setdefault(r["cell"], {})[variant_of(r)] = json.dumps(
+            {k: v for k, v in config.items() if k not in ("seed", "base_lr")}, sort_keys=True, default=str)
+    rate_grid = all(len(set(by_variant.values())) == 1 for by_variant in settings.values())
     batches = sorted({r["global_batch"] for r in records if isinstance(r.get("global_batch"), int)})
     return Study(item, about.get("title", item), target, methods, method_labels, variants, variant_labels, arms,
-                 batches, metric, about.get("setting", item))
+                 batches, metric, about.get("setting", item), rate_grid)

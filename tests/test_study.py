@@ -81,12 +81,12 @@ def test_markdown_and_csv_show_the_grid_and_the_tuned_rates():
     md = study.to_markdown()
     assert "at most 1" in md and "global batch B = 1024" in md
     mean, lo, hi = interval([4.0, 6.0, 6.0])
-    extrap_row = next(line for line in md.splitlines() if line.startswith("| extrap-SGD | lr0.2"))
+    extrap_row = next(line for line in md.splitlines() if line.startswith("| extrap-SGD | η_base = 0.2 |"))
     assert f"3/3 | {mean:.1f} [{lo:.1f}, {hi:.1f}]" in extrap_row
     grid_row = next(line for line in md.splitlines() if line.startswith("| mini-batch SGD |") and "diverged" in line)
     assert "2/3, 1 diverged: 4.0" in grid_row and "| — |" in grid_row  # sgd never ran at 0.4
     rows = list(csv.DictReader(io.StringIO(study.to_csv())))
-    tuned = {(r["method"], r["variant"]) for r in rows if r["tuned"] == "1"}
+    tuned = {(r["method"], r["variant"]) for r in rows if r["shown"] == "1"}
     assert tuned == {("sgd", "lr0.1"), ("extrap-sgd", "lr0.2")}
     sgd_fast = next(r for r in rows if (r["method"], r["variant"]) == ("sgd", "lr0.2"))
     assert (sgd_fast["n"], sgd_fast["reached"], sgd_fast["n_diverged"], sgd_fast["steps"]) == ("3", "2", "1", "4;4")
@@ -102,3 +102,15 @@ def test_results_writes_the_study_and_its_figure(tmp_path):
     assert study_items([{**r, "config": {}} for r in records]) == []  # no target: not a study
     path = write_study_figure(records, "figure1", tmp_path / "again.png")
     assert path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_variants_other_than_rates_are_each_shown_not_tuned():
+    """Figure 3's variants are batch sizes: every (method, variant) is its own row."""
+    records = [{**r, "config": {**r["config"], "local_batch": 32 if r["variant"] == "lr0.1" else 64}}
+               for r in grid_records()]
+    study = build_study(records, "figure1")
+    assert not study.rate_grid
+    assert study.shown() == [("sgd", "lr0.1"), ("sgd", "lr0.2"), ("extrap-sgd", "lr0.2"), ("extrap-sgd", "lr0.4")]
+    md = study.to_markdown()
+    assert "tuned rate" not in md and "| method | variant |" in md and md.count("| mini-batch SGD |") == 2
+    assert build_study(grid_records(), "figure1").rate_grid
