@@ -78,7 +78,7 @@ image:
 	docker build -f k8s/Dockerfile --build-arg GIT_COMMIT=$$(git rev-parse HEAD) -t $(IMAGE) .
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=30 $(PYTEST_ARGS)
 
 BENCH_ARGS ?=
 bench: install
