@@ -24,65 +24,71 @@ MPI_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-run-as-root)
 NP        = $(or $(WORKERS),16)
 LAUNCH   ?= $(if $(filter processes,$(ENGINE)),$(VENV)/bin/mpirun $(MPI_FLAGS) -np $(NP)) \
             $(if $(filter horovod,$(ENGINE)),$(VENV)/bin/horovodrun --gloo -np $(NP) -H localhost:$(NP))
-ITEM_ARGS = --scale $(SCALE) --out $(OUT) $(if $(WORKERS),--workers $(WORKERS)) \
-            $(if $(ENGINE),--engine $(ENGINE)) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+# Every value given here, on the command line or in a file reaches the shell as literal
+# arguments, never as shell code: q quotes one value as one argument, qw each of its words
+# (PYTEST_ARGS and BENCH_ARGS, which may quote words, are split by scripts/exec_with_args.py).
+q  = '$(subst ','\'',$(1))'
+qw = $(foreach w,$(1),$(call q,$(w)))
+ITEM_ARGS = --scale $(call q,$(SCALE)) --out $(call q,$(OUT)) $(if $(WORKERS),--workers $(call q,$(WORKERS))) \
+            $(if $(ENGINE),--engine $(call q,$(ENGINE))) $(if $(DATA_DIR),--data-dir $(call q,$(DATA_DIR)))
 
 # Kubernetes (k8s/): manifests generated from reproduce/configs and k8s/settings.yaml; the image
 # named there, built from k8s/Dockerfile (needs a Docker engine).
-IMAGE    = $(shell sed -n 's/^image: *//p' k8s/settings.yaml)
+K8S_SETTINGS ?= k8s/settings.yaml
+IMAGE    = $(shell sed -n 's/^image: *//p' $(call q,$(K8S_SETTINGS)))
 
 .PHONY: install install-horovod demo test bench clean help tables reproduce-all k8s image $(addprefix reproduce-,$(ITEMS))
 
 help:
-	@echo "make demo     the main job: SGD vs extrap-SGD vs SmoothOut on digits, 4 MPI workers (-> $(DEMO_OUT))"
-	@echo "make test     the test suite"
-	@echo "make bench    measure extrap's costs side by side -> docs/bench.{md,json} (BENCH_ARGS=--tiny)"
-	@echo "make install  create $(VENV) with torch ($(TORCH)), Open MPI + mpi4py, and this project"
-	@echo "make install-horovod   build Horovod 0.28.1 into $(VENV) (~3 min) for ENGINE=horovod"
-	@echo "make reproduce-table1 ... reproduce-figure7, reproduce-all   a paper item (SCALE=paper|laptop|smoke, -> $(OUT))"
-	@echo "make tables   rebuild tables and figures from $(OUT)/records.jsonl"
-	@echo "make k8s      regenerate k8s/ manifests from the configs and k8s/settings.yaml"
-	@echo "make image    docker build -f k8s/Dockerfile -t $(IMAGE) ."
-	@echo "make clean    remove $(VENV) and runs/"
+	@printf '%s\n' "make demo     the main job: SGD vs extrap-SGD vs SmoothOut on digits, 4 MPI workers (-> "$(call q,$(DEMO_OUT))")" \
+	  "make test     the test suite" \
+	  "make bench    measure extrap's costs side by side -> docs/bench.{md,json} (BENCH_ARGS=--tiny)" \
+	  "make install  create "$(call q,$(VENV))" with torch ("$(call q,$(TORCH))"), Open MPI + mpi4py, and this project" \
+	  "make install-horovod   build Horovod 0.28.1 into "$(call q,$(VENV))" (~3 min) for ENGINE=horovod" \
+	  "make reproduce-table1 ... reproduce-figure7, reproduce-all   an item (SCALE=paper|laptop|smoke, -> "$(call q,$(OUT))")" \
+	  "make tables   rebuild tables and figures from "$(call q,$(OUT))"/records.jsonl" \
+	  "make k8s      regenerate k8s/ manifests from the configs and k8s/settings.yaml" \
+	  "make image    docker build -f k8s/Dockerfile -t "$(call q,$(IMAGE))" ." \
+	  "make clean    remove "$(call q,$(VENV))" and runs/"
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[suite,mpi,dev]"
+	$(call q,$(PYTHON)) -m venv $(call q,$(VENV))
+	$(call q,$(PY)) -m pip install --quiet $(call q,$(TORCH))
+	$(call q,$(PY)) -m pip install --quiet -e ".[suite,mpi,dev]"
 	@touch $@
 
 install-horovod: $(VENV)/.horovod
 
 $(VENV)/.horovod: $(VENV)/.installed scripts/install-horovod.sh
-	bash scripts/install-horovod.sh $(PY)
+	bash scripts/install-horovod.sh $(call q,$(PY))
 	@touch $@
 
 demo: install
-	$(PY) -m reproduce.demo --out $(DEMO_OUT)
+	$(call q,$(PY)) -m reproduce.demo --out $(call q,$(DEMO_OUT))
 
 $(addprefix reproduce-,$(ITEMS)): reproduce-%: install
-	$(LAUNCH) $(PY) -m reproduce.$* $(ITEM_ARGS)
-	$(PY) -m results $(OUT)
+	$(call qw,$(LAUNCH)) $(call q,$(PY)) -m reproduce.$* $(ITEM_ARGS)
+	$(call q,$(PY)) -m results $(call q,$(OUT))
 
 reproduce-all: $(addprefix reproduce-,$(ITEMS))
 
 tables: install
-	$(PY) -m results $(OUT)
+	$(call q,$(PY)) -m results $(call q,$(OUT))
 
 k8s: install
-	$(PY) -m k8s.generate
+	$(call q,$(PY)) -m k8s.generate
 
 image:
-	docker build -f k8s/Dockerfile --build-arg GIT_COMMIT=$$(git rev-parse HEAD) -t $(IMAGE) .
+	docker build -f k8s/Dockerfile --build-arg GIT_COMMIT="$$(git rev-parse HEAD)" -t $(call q,$(IMAGE)) .
 
 test: install
-	$(PY) -m pytest -q --durations=30 $(PYTEST_ARGS)
+	$(call q,$(PY)) scripts/exec_with_args.py $(call q,$(PY)) -m pytest -q --durations=30 -- $(call q,$(PYTEST_ARGS))
 
 BENCH_ARGS ?=
 bench: install
-	$(PY) -m reproduce.bench --out docs $(BENCH_ARGS)
+	$(call q,$(PY)) scripts/exec_with_args.py $(call q,$(PY)) -m reproduce.bench --out docs -- $(call q,$(BENCH_ARGS))
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(call q,$(VENV)) runs .pytest_cache
