@@ -22,8 +22,10 @@ ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
+import errno
 import importlib
 import json
 import os
@@ -161,6 +163,8 @@ def load_config(item: str) -> dict:
 def check_settings(settings: dict, where: str) -> None:
     """Unknown keys and bad values, named."""
     fields = _train_fields()
+    if "seed" in settings:
+        raise ConfigError(f"seed: not a setting; --seeds N runs seeds 0..N-1 ({where})")
     for key in settings:
         if key not in fields and key not in RUN_KEYS:
             raise ConfigError(f"{key}: unknown key ({where})")
@@ -283,29 +287,114 @@ def versions() -> dict:
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
-def finished_keys(records: Path) -> set:
-    """(item, variant, cell, seed) of completed and diverged records; bad lines are skipped."""
-    done = set()
+def finished_runs(records: Path) -> dict[tuple, dict]:
+    """(item, variant, cell, seed) -> settings of the completed and diverged records (the last of
+    each key); lines that do not parse are skipped."""
+    done: dict[tuple, dict] = {}
     if records.exists():
-        for line in records.read_text().splitlines():
+        for line in records.read_bytes().splitlines():
             try:
                 r = json.loads(line)
                 if r.get("status") in ("completed", "diverged"):
-                    done.add((r["item"], r["variant"], r["cell"], r["seed"]))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    done[(r["item"], r["variant"], r["cell"], r["seed"])] = r.get("config")
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 continue
     return done
 
 
+IDENTITY_EXCLUDES = ("label", "color")  # how a run is shown, not what it computes
+
+
+def identity(settings) -> dict:
+    """What makes two runs the same run: their resolved settings, less how they are shown."""
+    if not isinstance(settings, dict):
+        return {}
+    return {k: v for k, v in settings.items() if k not in IDENTITY_EXCLUDES}
+
+
+def differences(old: dict, new: dict, limit: int = 3) -> str:
+    """``base_lr: 2.0 there, 0.01 here; epochs: ...`` for the first ``limit`` keys that differ."""
+    old, new = identity(old), identity(new)
+    keys = [k for k in sorted(set(old) | set(new), key=str) if old.get(k, "unset") != new.get(k, "unset")]
+    text = "; ".join(f"{k}: {old.get(k, 'unset')!r} there, {new.get(k, 'unset')!r} here" for k in keys[:limit])
+    return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_identities(runs: list["Run"], out: Path, done: dict[tuple, dict]) -> None:
+    """A run already finished, or begun (a checkpoint), in ``out`` with other settings is refused:
+    a rerun never skips or continues a run that computed something else."""
+    for run in runs:
+        where = f"{run.variant}/{run.cell} seed {run.seed}"
+        if run.key in done and done[run.key] is not None and identity(done[run.key]) != identity(run.settings):
+            raise ConfigError(f"{where}: {out / 'records.jsonl'} holds it with other settings "
+                              f"({differences(done[run.key], run.settings)}); use another --out, or remove "
+                              f"that record and {run_dir(out, run)} to rerun it")
+        directory = run_dir(out, run)
+        if run.key in done or not any(directory.glob("checkpoint.rank*.pt")):
+            continue
+        try:
+            begun = json.loads((directory / "provenance.json").read_text(encoding="utf-8")).get("config")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            begun = None  # no readable provenance: nothing to compare (the checkpoint is checked on load)
+        if isinstance(begun, dict) and identity(begun) != identity(run.settings):
+            raise ConfigError(f"{where}: {directory} holds an interrupted run with other settings "
+                              f"({differences(begun, run.settings)}); use another --out, or remove that "
+                              f"folder to start it afresh")
+
+
 def append_line(path: Path, obj: dict) -> None:
-    """One JSON line appended with a single write on an O_APPEND descriptor, then fsync."""
+    """One JSON line appended to ``path`` whole or not at all: on its own line (a newline first
+    when the file ends in a partial line), written until done, then fsync; a short write (a full
+    disk) truncates the file back and raises OSError."""
     data = (json.dumps(obj) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        written = 0
+        try:
+            while written < len(data):
+                n = os.write(fd, data[written:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += n
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)  # no partial record left behind
+            raise
     finally:
         os.close(fd)
+
+
+def run_dir(out: Path, run: "Run") -> Path:
+    return out / run.item / run.variant / run.cell / f"seed{run.seed}"
+
+
+class OutLock:
+    """An exclusive lock on ``<out>/.lock`` for the whole invocation: a second run into the same
+    folder is refused at once instead of duplicating records or racing on checkpoints."""
+
+    def __init__(self, out: Path):
+        self.path, self.fd = out / ".lock", None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise ConfigError(f"--out: {self.path.parent} is in use by another run ({holder}); wait for it, "
+                              f"or use another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # releases the lock
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -347,9 +436,9 @@ def execute(run: Run, engine, out: Path, progress: bool) -> dict:
     from models import build_model
 
     s = run.settings
-    run_dir = out / run.item / run.variant / run.cell / f"seed{run.seed}"
+    directory = run_dir(out, run)
     if engine.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     engine.barrier()
     cfg = train_config(s)
     torch.manual_seed(run.seed)  # the model's x_0; processes share rank 0's
@@ -359,10 +448,10 @@ def execute(run: Run, engine, out: Path, progress: bool) -> dict:
                   "config": s, "git": git_info(), "versions": versions(), "engine": engine.kind,
                   "world_size": engine.world_size, "device": str(engine.device)}
     if engine.is_main:
-        (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    metrics = run_dir / "metrics.jsonl"
+        (directory / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    metrics = directory / "metrics.jsonl"
     record = train(cfg, engine, model, task, log=print if engine.is_main else None,
-                   on_eval=lambda point: append_line(metrics, point), checkpoint=run_dir / "checkpoint",
+                   on_eval=lambda point: append_line(metrics, point), checkpoint=directory / "checkpoint",
                    progress=progress, desc=f"{run.variant}/{run.cell} seed {run.seed}")
     if engine.is_main:  # exactly one line per evaluation, also after a resume
         metrics.write_text("".join(json.dumps(p) + "\n" for p in record["curve"]))
@@ -372,7 +461,17 @@ def execute(run: Run, engine, out: Path, progress: bool) -> dict:
 
 
 def main(item: str, argv=None) -> int:
-    """Run ``item``'s plan; 0 when done, 2 for a bad configuration or argument."""
+    """Run ``item``'s plan; 0 when done, 2 for a bad configuration or argument, 130 when
+    interrupted (Ctrl-C: the same command resumes from the last checkpoint)."""
+    try:
+        return _main(item, argv)
+    except KeyboardInterrupt:
+        print(f"\nreproduce.{item}: interrupted; the same command resumes from the last checkpoint",
+              file=sys.stderr, flush=True)
+        return 130
+
+
+def _main(item: str, argv=None) -> int:
     args = parse_args(item, argv)
     out = Path(args.out or f"runs/{args.scale}")
     try:
@@ -383,6 +482,34 @@ def main(item: str, argv=None) -> int:
     except ConfigError as e:
         print(f"reproduce.{item}: {e}", file=sys.stderr)
         return 2
+    records = out / "records.jsonl"
+    try:
+        done = finished_runs(records)
+        check_identities(runs, out, done)
+        from extrap.engines.launch import world_info_from_env
+
+        rank = world_info_from_env().rank
+    except (ConfigError, ValueError) as e:
+        print(f"reproduce.{item}: {e}", file=sys.stderr)
+        return 2
+    created = not out.exists()
+    with contextlib.ExitStack() as stack:
+        if rank == 0:  # one writer per folder: the main rank of this run holds its lock throughout
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(OutLock(out))
+            except ConfigError as e:
+                print(f"reproduce.{item}: {e}", file=sys.stderr)
+                return 2
+        code = _run_all(item, args, runs, out, done)
+    if code == 2 and created and rank == 0:  # refused before any work: leave nothing behind
+        with contextlib.suppress(OSError):
+            (out / ".lock").unlink()
+            out.rmdir()
+    return code
+
+
+def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, done: dict) -> int:
     from extrap.engines import make_engine
 
     engines: dict = {}
@@ -406,7 +533,6 @@ def main(item: str, argv=None) -> int:
                   f"(mpirun -np K); this one runs K={engine.world_size}")
         runs = [r for r in runs if r.settings.get("workers") in (engine.world_size, None)]
     if engine.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         resolved = {f"{r.variant}/{r.cell}": {k: v for k, v in r.settings.items() if k != "seed"}
                     for r in runs if r.seed == 0}
         text = yaml.safe_dump({"item": item, "scale": args.scale, "engine": engine.kind,
@@ -414,7 +540,6 @@ def main(item: str, argv=None) -> int:
         print(text)
         (out / f"{item}.{args.scale}.resolved.yaml").write_text(text)
     records = out / "records.jsonl"
-    done = finished_keys(records)
     for run in runs:
         if run.key in done:
             if engine.is_main:
@@ -428,7 +553,15 @@ def main(item: str, argv=None) -> int:
                 raise
             _abort_rank(item, engine, run, e)
         if engine.is_main:
-            append_line(records, record)
+            try:
+                append_line(records, record)
+            except OSError as e:
+                print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: cannot append its record to "
+                      f"{records} ({e.strerror or e}); nothing was appended. Rerun the same command when "
+                      f"that is mended: the run resumes from its last checkpoint", file=sys.stderr, flush=True)
+                if engine.launched:
+                    os._exit(1)
+                return 1
             final = record["final"]
             print(f"{run.variant}/{run.cell} seed {run.seed}: {record['status']}, "
                   + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)), flush=True)

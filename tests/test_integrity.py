@@ -1,0 +1,167 @@
+"""No silently wrong or lost record: a rerun with other settings neither skips nor continues a
+run that computed something else; a record is appended whole or not at all (a full disk), on its
+own line (after a partial one); a second run into a folder in use is refused. The runs are the
+demo's (digits, embedded), so these tests need nothing from ../shared."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import ROOT, launcher_env
+from reproduce import runner
+from results import load_records
+
+
+def run_demo(out, *args, check=True, timeout=300):
+    """The demo's item through the runner (virtual workers, smoke scale, mini-batch SGD only)."""
+    proc = subprocess.run([sys.executable, "-c", "import sys; from reproduce import runner; "
+                           "sys.exit(runner.main('demo', sys.argv[1:]))", "--scale", "smoke", "--engine", "virtual",
+                           "--only", "sgd", "--no-progress", "--out", str(out), *args],
+                          cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+def one_line_refusal(proc, *words):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_a_rerun_with_other_settings_is_refused_and_the_same_one_skips(tmp_path):
+    out = tmp_path / "out"
+    run_demo(out)
+    before = (out / "records.jsonl").read_bytes()
+    changed = run_demo(out, "base_lr=0.02", check=False)
+    one_line_refusal(changed, "default/sgd seed 0", "other settings", "base_lr: 0.01 there, 0.02 here", "--out")
+    longer = run_demo(out, "epochs=3", check=False)
+    one_line_refusal(longer, "epochs: 2 there, 3 here")
+    same = run_demo(out)
+    assert "skip default/sgd seed 0" in same.stdout
+    relabelled = run_demo(out, "label=SGD")  # how a run is shown is not what it computed
+    assert "skip default/sgd seed 0" in relabelled.stdout
+    assert (out / "records.jsonl").read_bytes() == before
+
+
+def test_an_interrupted_run_with_other_settings_is_not_continued(tmp_path):
+    out = tmp_path / "out"
+    run_demo(out)
+    (out / "records.jsonl").unlink()  # as if killed after its last checkpoint, before the record
+    assert list((out / "demo" / "default" / "sgd" / "seed0").glob("checkpoint.rank*.pt"))
+    proc = run_demo(out, "base_lr=0.05", check=False)
+    one_line_refusal(proc, "interrupted run with other settings", "base_lr: 0.01 there, 0.05 here")
+    assert not (out / "records.jsonl").exists()
+    resumed = run_demo(out)  # the same settings resume it
+    assert "resumed from" in resumed.stdout and len(load_records(out / "records.jsonl")) == 1
+
+
+def test_seed_is_not_a_setting(tmp_path):
+    proc = run_demo(tmp_path / "out", "seed=3", check=False)
+    one_line_refusal(proc, "seed: not a setting", "--seeds")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_record_after_a_partial_line_starts_its_own_line(tmp_path):
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"item": "demo", "variant": "default", "cell": "sgd", "seed": 0, "status": "compl')
+    runner.append_line(records, {"item": "demo", "variant": "default", "cell": "sgd", "seed": 1, "status": "completed"})
+    lines = records.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["seed"] == 1
+    assert [r["seed"] for r in load_records(records)] == [1]  # the partial line is skipped, with a warning
+
+
+FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from pathlib import Path
+    from reproduce import runner
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+    path, limit = Path(sys.argv[1]), int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        runner.append_line(path, {"item": "demo", "cell": "sgd", "seed": 1, "trace": "x" * 4000})
+    except OSError as e:
+        print("OSError", e.errno)
+""")
+
+
+def test_a_full_disk_during_an_append_leaves_the_file_as_it_was(tmp_path):
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"item": "demo", "cell": "sgd", "seed": 0}\n')
+    before = records.read_bytes()
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(records), "1000"], cwd=ROOT, env=launcher_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split()[0] == "OSError", proc.stdout + proc.stderr
+    assert records.read_bytes() == before
+
+
+RUNNER_ON_A_FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from unittest import mock
+    from reproduce import runner
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))  # room for everything but the record
+    big = {"status": "completed", "final": {}, "trace": "x" * 50000}
+    with mock.patch.object(runner, "execute", lambda run, *a, **k: {**big, "item": run.item, "variant": run.variant,
+                                                                    "cell": run.cell, "seed": run.seed}):
+        sys.exit(runner.main("demo", sys.argv[1:]))
+""")
+
+
+def test_the_runner_on_a_full_disk_exits_1_with_one_line_and_no_partial_record(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", RUNNER_ON_A_FULL_DISK, "--scale", "smoke", "--engine", "virtual",
+                           "--only", "sgd", "--no-progress", "--out", str(out)],
+                          cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-1000:] + proc.stderr[-1000:]
+    assert "completed" not in proc.stdout.splitlines()[-1]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot append its record" in lines[0] and "Traceback" not in proc.stderr
+    records = out / "records.jsonl"
+    assert not records.exists() or records.read_bytes() == b""
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "import sys; from reproduce import runner; sys.exit(runner.main('demo', sys.argv[1:]))",
+           "--scale", "smoke", "--engine", "virtual", "--only", "sgd", "--no-progress", "--out", str(out), "epochs=60"]
+    first = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "demo").exists():  # the first run is training
+            time.sleep(0.1)
+        assert (out / "demo").exists(), "the first run never started"
+        second = run_demo(out, "epochs=60", check=False)
+        one_line_refusal(second, "--out", "in use by another run", f"pid {first.pid}")
+    finally:
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-2000:]
+    assert len(load_records(out / "records.jsonl")) == 1 and len((out / "records.jsonl").read_text().splitlines()) == 1
+    after = run_demo(out, "epochs=60")  # the lock went with the first run
+    assert "skip default/sgd seed 0" in after.stdout
+
+
+def test_ctrl_c_then_the_same_command_resumes(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "import sys; from reproduce import runner; sys.exit(runner.main('demo', sys.argv[1:]))",
+           "--scale", "smoke", "--engine", "virtual", "--only", "sgd", "--no-progress", "--out", str(out), "epochs=60"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = out / "demo" / "default" / "sgd" / "seed0" / "checkpoint.rank0.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.05)
+    assert ckpt.exists()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run ended before the interrupt reached it")
+    assert proc.returncode == 130 and len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+    resumed = run_demo(out, "epochs=60")
+    assert "resumed from" in resumed.stdout and len(load_records(out / "records.jsonl")) == 1
+    assert os.path.exists(out / "records.jsonl")
