@@ -22,7 +22,10 @@ What it writes:
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import yaml
@@ -35,21 +38,120 @@ SETTINGS = HERE / "settings.yaml"
 GENERATED_DIRS = ("mpijobs", "pytorchjobs")
 DATA = "/data"  # where the volume is mounted in every pod
 
-__all__ = ["load_settings", "jobs", "manifests", "write", "main", "ITEMS"]
+__all__ = ["load_settings", "validate_settings", "quantity", "times", "jobs", "manifests", "write", "main", "ITEMS"]
+
+
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes (DNS-1123) name
+_IMAGE = re.compile(r"([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+                    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
+_QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
+_KEYS = {"image", "scale", "volume", "gpus_per_worker", "per_gpu", "shm", "uid", "user", "ssh_port", "run_policy"}
+_CLEAN_POD_POLICIES = ("Running", "All", "None")
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def quantity(value, key: str) -> tuple[Fraction, str]:
+    """A Kubernetes quantity (``6``, ``1.5``, ``500m``, ``24Gi``) as (exact number, suffix)."""
+    text = str(value) if _integer(value) or isinstance(value, float) and math.isfinite(value) else value
+    match = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{key}: expected a Kubernetes quantity such as 6, 1.5, 500m or 24Gi, got {value!r}")
+    return Fraction(match["number"]), match["suffix"] or ""
+
+
+def times(value, n: int, key: str) -> str:
+    """``quantity × n`` in the same unit, exactly: ``24Gi × 2 = 48Gi``, ``1.5 × 2 = 3``, ``1.5 × 3 = 4.5``."""
+    number, suffix = quantity(value, key)
+    product = number * n
+    if product.denominator == 1:
+        return f"{product.numerator}{suffix}"
+    digits = 0
+    while (product * 10 ** digits).denominator != 1:  # a finite decimal: the inputs are decimals
+        digits += 1
+    scaled = product.numerator * 10 ** digits // product.denominator
+    whole, frac = divmod(scaled, 10 ** digits)
+    return f"{whole}.{frac:0{digits}d}{suffix}"
+
+
+def _require(condition: bool, key: str, expected: str, value) -> None:
+    if not condition:
+        raise ValueError(f"{key}: expected {expected}, got {value!r}")
+
+
+def validate_settings(settings, where: str) -> dict:
+    """Every key of k8s/settings.yaml, its type and range, checked before anything is written;
+    a ValueError names the first bad one."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where}: expected a mapping of settings, got {type(settings).__name__}")
+    unknown = sorted(set(settings) - _KEYS, key=str)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown key in {where} (known: {', '.join(sorted(_KEYS))})")
+    missing = [key for key in sorted(_KEYS) if key not in settings]
+    if missing:
+        raise ValueError(f"{missing[0]}: missing from {where}")
+    s = settings
+    _require(isinstance(s["image"], str) and _IMAGE.fullmatch(s["image"]) is not None, "image",
+             "an image reference such as registry.example.com/you/extrap:0.1.0", s["image"])
+    scales = _common_scales()
+    _require(s["scale"] in scales, "scale", f"one of {', '.join(scales)} (the scales every item has)", s["scale"])
+    volume = s["volume"]
+    _require(isinstance(volume, dict), "volume", "a mapping with claim, size and storage_class", volume)
+    for key in volume:
+        _require(key in ("claim", "size", "storage_class"), f"volume.{key}", "no such key (claim, size, storage_class)", key)
+    _require(isinstance(volume.get("claim"), str) and _NAME.fullmatch(volume["claim"]) is not None, "volume.claim",
+             "a Kubernetes name (lower-case letters, digits, '-')", volume.get("claim"))
+    quantity(volume.get("size"), "volume.size")
+    cls = volume.get("storage_class")
+    _require(cls is None or isinstance(cls, str) and _NAME.fullmatch(cls) is not None, "volume.storage_class",
+             "null or a storage class name", cls)
+    _require(_integer(s["gpus_per_worker"]) and s["gpus_per_worker"] >= 1, "gpus_per_worker", "an integer >= 1",
+             s["gpus_per_worker"])
+    per = s["per_gpu"]
+    _require(isinstance(per, dict) and set(per) == {"cpu", "memory"}, "per_gpu", "a mapping of cpu and memory", per)
+    quantity(per["cpu"], "per_gpu.cpu")
+    quantity(per["memory"], "per_gpu.memory")
+    quantity(s["shm"], "shm")
+    _require(_integer(s["uid"]) and 1 <= s["uid"] <= 2**31 - 1, "uid",
+             "an integer user id from 1 to 2147483647 (the pods run as a non-root user)", s["uid"])
+    _require(isinstance(s["user"], str) and re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", s["user"]) is not None
+             and s["user"] != "root", "user", "a non-root user name", s["user"])
+    _require(_integer(s["ssh_port"]) and 1 <= s["ssh_port"] <= 65535, "ssh_port", "a port from 1 to 65535", s["ssh_port"])
+    policy = s["run_policy"]
+    _require(isinstance(policy, dict) and set(policy) == {"backoffLimit", "cleanPodPolicy", "ttlSecondsAfterFinished"},
+             "run_policy", "a mapping of backoffLimit, cleanPodPolicy and ttlSecondsAfterFinished", policy)
+    for key in ("backoffLimit", "ttlSecondsAfterFinished"):
+        _require(_integer(policy[key]) and policy[key] >= 0, f"run_policy.{key}", "an integer >= 0", policy[key])
+    _require(policy["cleanPodPolicy"] in _CLEAN_POD_POLICIES, "run_policy.cleanPodPolicy",
+             f"one of {', '.join(_CLEAN_POD_POLICIES)}", policy["cleanPodPolicy"])
+    return settings
+
+
+def _common_scales() -> list[str]:
+    """The scales every item's config has (a job per item is generated at the chosen one)."""
+    from reproduce.runner import SCALES, load_config
+
+    return [scale for scale in SCALES if all(scale in (load_config(item).get("scales") or {}) for item in ITEMS)]
 
 
 def load_settings(path: Path = SETTINGS) -> dict:
-    with open(path) as f:
-        settings = yaml.safe_load(f)
-    for key in ("image", "scale", "volume", "gpus_per_worker", "per_gpu", "shm", "uid", "user",
-                "ssh_port", "run_policy"):
-        if key not in settings:
-            raise ValueError(f"{key}: missing from {path}")
-    if not (isinstance(settings["gpus_per_worker"], int) and settings["gpus_per_worker"] >= 1):
-        raise ValueError(f"gpus_per_worker: expected an integer >= 1 in {path}")
-    if settings["uid"] == 0 or settings["user"] == "root":
-        raise ValueError(f"uid/user: the pods run as a non-root user ({path})")
-    return settings
+    """k8s/settings.yaml, read and validated (``validate_settings``); a ValueError names the
+    file and what is wrong, in one line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        settings = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML{at} ({getattr(e, 'problem', None) or type(e).__name__})") from None
+    if settings is None:
+        raise ValueError(f"{path}: empty; expected the settings (see k8s/settings.yaml in the checkout)")
+    return validate_settings(settings, str(path))
 
 
 # -- the jobs: one per (item, worker count) -----------------------------------------------------------
@@ -129,19 +231,10 @@ def _pod(s: dict, labels: dict, containers: list[dict], volumes: list[dict] | No
 
 def _gpu_resources(s: dict, gpus: int) -> dict:
     per = s["per_gpu"]
-    cpu = _times(per["cpu"], gpus)
-    memory = _times(per["memory"], gpus)
+    cpu = times(per["cpu"], gpus, "per_gpu.cpu")
+    memory = times(per["memory"], gpus, "per_gpu.memory")
     return {"requests": {"cpu": cpu, "memory": memory},
             "limits": {"memory": memory, "nvidia.com/gpu": gpus}}
-
-
-def _times(quantity: str, n: int) -> str:
-    """``"24Gi" × 2 = "48Gi"``, ``"6" × 2 = "12"`` (integer quantities with an optional suffix)."""
-    text = str(quantity)
-    digits = len(text) - len(text.lstrip("0123456789"))
-    if digits == 0:
-        raise ValueError(f"per_gpu: {quantity!r} is not an integer quantity (e.g. 6, 24Gi)")
-    return f"{int(text[:digits]) * n}{text[digits:]}"
 
 
 def _slots(s: dict, job: dict) -> tuple[int, int]:
@@ -279,9 +372,10 @@ def write(directory: Path = HERE, settings: dict | None = None, check: bool = Fa
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m k8s.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="compare only; exit 1 if a file differs")
+    ap.add_argument("--settings", type=Path, default=SETTINGS, help="the settings file (default: k8s/settings.yaml)")
     args = ap.parse_args(argv)
     try:
-        changed = write(check=args.check)
+        changed = write(settings=load_settings(args.settings), check=args.check)
     except (ValueError, OSError) as e:
         print(f"k8s.generate: {e}", file=sys.stderr)
         return 2

@@ -341,3 +341,83 @@ def test_dockerfile_builds_what_the_manifests_expect():
     assert users and users[-1] == "${UID}"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "runs"} <= set(ignored)
+
+
+# -- settings: every key checked before anything is written ----------------------------------------
+
+def _set(path: str, value):
+    def change(s):
+        *parents, last = path.split(".")
+        node = s
+        for p in parents:
+            node = node[p]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return change
+
+
+_DELETE = object()
+BAD_SETTINGS = [
+    ("gpus_per_worker", True, "gpus_per_worker: expected an integer >= 1"),
+    ("gpus_per_worker", 0, "gpus_per_worker"),
+    ("image", 123, "image: expected an image reference"),
+    ("image", None, "image: expected"),
+    ("image", "extrap:0.1.0; rm -rf /", "image: expected"),
+    ("image", "$(touch x)", "image: expected"),
+    ("uid", "0", "uid: expected an integer user id"),
+    ("uid", 0, "uid:"),
+    ("uid", -1, "uid:"),
+    ("user", "root", "user: expected a non-root user name"),
+    ("ssh_port", 70000, "ssh_port"),
+    ("scale", "papr", "scale: expected one of paper, smoke"),
+    ("scale", "laptop", "scale: expected one of paper, smoke"),
+    ("per_gpu.cpu", "six", "per_gpu.cpu: expected a Kubernetes quantity"),
+    ("per_gpu.memory", [24], "per_gpu.memory: expected a Kubernetes quantity"),
+    ("per_gpu.memory", _DELETE, "per_gpu: expected a mapping of cpu and memory"),
+    ("shm", "-1Gi", "shm: expected a Kubernetes quantity"),
+    ("volume.claim", "Extrap_Data", "volume.claim"),
+    ("volume.size", None, "volume.size"),
+    ("volume", _DELETE, "volume: missing"),
+    ("run_policy.cleanPodPolicy", "Sometimes", "run_policy.cleanPodPolicy"),
+    ("run_policy.backoffLimit", -2, "run_policy.backoffLimit"),
+    ("imagee", "x", "imagee: unknown key"),
+]
+
+
+@pytest.mark.parametrize("path, value, message", BAD_SETTINGS, ids=[f"{p}={v!r}"[:40] for p, v, _ in BAD_SETTINGS])
+def test_bad_settings_are_refused_in_one_line_naming_the_key(path, value, message):
+    settings = copy.deepcopy(SETTINGS)
+    _set(path, value)(settings)
+    with pytest.raises(ValueError) as e:
+        generate.validate_settings(settings, "settings.yaml")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), ("image: [unclosed", "not valid YAML at line 1"),
+                                           ("- a list", "expected a mapping"), ("image: x\n", "missing from")])
+def test_the_command_refuses_a_broken_settings_file_before_writing(tmp_path, text, message):
+    bad = tmp_path / "settings.yaml"
+    bad.write_text(text)
+    before = {p: p.read_bytes() for p in K8S.rglob("*.yaml")}
+    proc = subprocess.run([sys.executable, "-m", "k8s.generate", "--settings", str(bad)], cwd=ROOT,
+                          env=launcher_env(), capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    assert {p: p.read_bytes() for p in K8S.rglob("*.yaml")} == before
+
+
+@pytest.mark.parametrize("value, n, expected", [("24Gi", 2, "48Gi"), ("6", 2, "12"), (6, 3, "18"), ("1.5", 2, "3"),
+                                                ("1.5", 3, "4.5"), ("500m", 3, "1500m"), ("0.25Gi", 2, "0.5Gi"),
+                                                (1.5, 2, "3"), (".5", 3, "1.5")])
+def test_quantities_multiply_exactly(value, n, expected):
+    assert generate.times(value, n, "per_gpu.cpu") == expected
+
+
+def test_decimal_cpu_per_gpu_multiplies_into_the_pods_requests():
+    settings = copy.deepcopy(SETTINGS)
+    settings.update(gpus_per_worker=2, per_gpu={"cpu": "1.5", "memory": "1.5Gi"})
+    doc = yaml.safe_load(generate.manifests(generate.validate_settings(settings, "s"))["mpijobs/figure1.yaml"])
+    worker = doc["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["resources"]
+    assert worker["requests"] == {"cpu": "3", "memory": "3Gi"} and worker["limits"]["nvidia.com/gpu"] == 2
