@@ -116,14 +116,21 @@ class TrainConfig:
             "perturbation": (self.perturbation in PERTURBATIONS, "one of " + ", ".join(PERTURBATIONS)),
             "lr_scaling": (self.lr_scaling in SCALINGS, "one of " + ", ".join(SCALINGS)),
             "schedule": (self.schedule in KINDS, "one of " + ", ".join(KINDS)),
-            "base_lr": (self.base_lr > 0, "a number > 0"),
+            "base_lr": (0 < self.base_lr < math.inf, "a finite number > 0"),
             "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
             "local_batch": (self.local_batch >= 1, "an integer >= 1"),
             "base_batch": (self.base_batch >= 1, "an integer >= 1"),
             "epochs": (self.epochs >= 1, "an integer >= 1"),
             "eval_every": (self.eval_every >= 1, "an integer >= 1"),
             "log_every": (self.log_every >= 0, "an integer >= 0"),
-            "warmup_epochs": (self.warmup_epochs >= 0, "a number >= 0"),
+            "warmup_epochs": (0 <= self.warmup_epochs < math.inf, "a finite number >= 0"),
+            "warmup_steps": (self.warmup_steps is None or self.warmup_steps >= 0, "None or an integer >= 0"),
+            "milestones": (_increasing_fractions(self.milestones),
+                           "increasing fractions of training in (0, 1), e.g. [0.5, 0.75]"),
+            "switch_epoch": (self.switch_epoch is None or 0 <= self.switch_epoch < math.inf,
+                             "None or a finite number >= 0"),
+            "loss_bound": (0 < self.loss_bound < math.inf, "a finite number > 0"),
+            "probe_every": (self.probe_every >= 0, "an integer >= 0"),
             "local_steps": (self.local_steps >= 1, "an integer >= 1"),
             "optimizer": (self.optimizer in ("sgd", "adam"), "sgd or adam"),
             "checkpoint_every": (self.checkpoint_every >= 1, "an integer >= 1"),
@@ -134,6 +141,11 @@ class TrainConfig:
             "precision": (self.precision in PRECISIONS and (self.precision == "float32" or self.dtype == "float32"),
                           f"one of {', '.join(PRECISIONS)} (bf16 with dtype float32)"),
         }.items()})
+
+
+def _increasing_fractions(values) -> bool:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1]
+    return len(numbers) == len(values) and all(a < b for a, b in zip(numbers, numbers[1:]))
 
 
 def clip_local_grads_(points: list[Tensor], max_norm: float, comm: Communicator) -> None:

@@ -191,6 +191,55 @@ def check_settings(settings: dict, where: str) -> None:
         raise ConfigError(f"target_loss: expected a positive number, got {target!r} ({where})")
     if settings.get("task") not in TASKS:
         raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {settings.get('task')!r} ({where})")
+    _check_task_and_model(settings, where)
+
+
+TASK_SET_BY_RUNNER = {"root", "device", "seed", "name", "num_layers", "hidden_size", "tensors"}
+
+
+def _task_class(task: str):
+    import data
+
+    return {"cifar": data.CifarTask, "wikitext2": data.LanguageModelTask, "multi30k": data.TranslationTask,
+            "digits": data.DigitsTask}[task]
+
+
+def _check_task_and_model(settings: dict, where: str) -> None:
+    """The task's keyword arguments against its signature, the dataset's name, and the model built
+    on the meta device (no memory, no data): before any output, not inside training."""
+    import inspect
+
+    from models import build_model
+
+    task = settings["task"]
+    for key in ("data_dir", "data_subdir"):
+        if key in settings and not isinstance(settings[key], str):
+            raise ConfigError(f"{key}: expected a folder name, got {settings[key]!r} ({where})")
+    if task == "cifar" and settings.get("dataset", "cifar10") not in ("cifar10", "cifar100"):
+        raise ConfigError(f"dataset: expected cifar10 or cifar100, got {settings.get('dataset')!r} ({where})")
+    cls = _task_class(task)
+    params = inspect.signature(cls).parameters
+    for key, value in settings.get("task_kwargs", {}).items():
+        if key not in params or key in TASK_SET_BY_RUNNER:
+            known = ", ".join(k for k in params if k not in TASK_SET_BY_RUNNER) or "none"
+            raise ConfigError(f"task_kwargs: {cls.__name__} takes no {key!r} (it takes {known}) ({where})")
+        annotation = str(params[key].annotation)
+        if not _type_ok(annotation, value) or (annotation.startswith("int") and value is not None and value < 1) \
+                or (key == "label_smoothing" and not 0 <= value < 1):
+            raise ConfigError(f"task_kwargs: {key} expected {'an integer >= 1' if annotation.startswith('int') else annotation}"
+                              f"{' or None' if 'None' in annotation else ''}, got {value!r} ({where})")
+    if settings.get("probe_every") and task not in ("cifar", "digits"):
+        raise ConfigError(f"probe_every: the smoothness probe needs a classification task (cifar, digits), "
+                          f"not {task} ({where})")
+    shapes = {"cifar": {"num_classes": 100 if settings.get("dataset") == "cifar100" else 10},
+              "wikitext2": {"vocab_size": 100}, "multi30k": {"src_vocab": 100, "tgt_vocab": 100}, "digits": {}}[task]
+    try:
+        with torch.device("meta"):
+            build_model(settings.get("model"), **{**shapes, **settings.get("model_kwargs", {})})
+    except (TypeError, ValueError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        prefix = "" if message.startswith("model:") else "model_kwargs: "
+        raise ConfigError(f"{prefix}{message} ({where})") from None
 
 
 def _type_ok(annotation: str, value) -> bool:

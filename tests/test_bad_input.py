@@ -64,11 +64,25 @@ BAD_VALUES = {
     "workers": st.one_of(NOT_A_NUMBER, st.integers(max_value=0).map(str)),
     "seeds": st.one_of(NOT_A_NUMBER, st.integers(max_value=0).map(str)),
     "task": st.sampled_from(["imagenet", "mnist", "1"]),
-    "model_kwargs": st.sampled_from(["3", "abc", "[1, 2]"]),
+    "model_kwargs": st.sampled_from(["3", "abc", "[1, 2]", "{widht: 2}", "{num_classes: -1, depth: 3}"]),
+    # checked before any output, where they once failed inside training
+    "milestones": st.one_of(NOT_A_NUMBER, st.sampled_from(["[0.75, 0.5]", "[0.5, 1.5]", "[0, 0.5]", "[a]"])),
+    "warmup_epochs": st.one_of(NOT_A_NUMBER, NEGATIVE, st.just(".inf")),
+    "warmup_steps": st.one_of(st.sampled_from(["abc", "1.5"]), st.integers(max_value=-1).map(str)),
+    "switch_epoch": st.one_of(st.sampled_from(["abc", ".inf"]), NEGATIVE),
+    "loss_bound": st.one_of(NOT_A_NUMBER, NEGATIVE, st.sampled_from(["0", ".inf"])),
+    "probe_every": st.one_of(NOT_A_NUMBER, st.integers(max_value=-1).map(str)),
+    "model": st.sampled_from(["resnet21", "vgg", "gpt2", "1"]),
+    "dataset": st.sampled_from(["cifar1000", "imagenet", "1"]),
+    "data_subdir": st.sampled_from(["1", "[a]", "{a: 1}"]),
+    "task_kwargs": st.sampled_from(["{bptt: 35}", "{eval_train_samples: 0}", "{eval_train_samples: -5}",
+                                    "{download: maybe}", "{root: /tmp}", "3"]),
+    "seed": st.integers(min_value=0, max_value=100).map(str),
+    "target_loss": st.one_of(NEGATIVE, st.sampled_from(["abc", "[1, 2]", "true", "''", "0", ".inf"])),  # null: none
 }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(sorted(BAD_VALUES)), data=st.data())
 def test_out_of_range_or_mistyped_settings(tmp_path_factory, key, data):
     value = data.draw(BAD_VALUES[key])
