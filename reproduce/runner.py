@@ -572,8 +572,9 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
 
     try:
         engine = engine_for(runs[0].settings)
-    except ValueError as e:
-        print(f"reproduce.{item}: {e}", file=sys.stderr)
+    except (ValueError, RuntimeError, ImportError) as e:  # an engine that cannot start: said in one line
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"reproduce.{item}: {message}", file=sys.stderr)
         return 2
     if engine.launched:
         mismatched = {r.settings.get("workers") for r in runs} - {engine.world_size, None}

@@ -165,3 +165,22 @@ def test_ctrl_c_then_the_same_command_resumes(tmp_path):
     resumed = run_demo(out, "epochs=60")
     assert "resumed from" in resumed.stdout and len(load_records(out / "records.jsonl")) == 1
     assert os.path.exists(out / "records.jsonl")
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    (["--engine", "processes"], {}, "no launcher started this one"),
+    (["--engine", "horovod"], {}, "no launcher started this one"),
+    (["--workers", "2"], {"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR is not set"),
+    (["--workers", "2"], {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
+                          "EXTRAP_TIMEOUT_S": "inf"}, "EXTRAP_TIMEOUT_S: expected a finite number"),
+    ([], {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "x"}, "LOCAL_WORLD_SIZE: the torchrun launcher's"),
+    (["--workers", "3"], {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"}, "3 requested but the launcher"),
+])
+def test_an_engine_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, flags, env, message):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", "import sys; from reproduce import runner; "
+                           "sys.exit(runner.main('demo', sys.argv[1:]))", "--scale", "smoke", "--only", "sgd",
+                           "--no-progress", "--out", str(out), *flags], cwd=ROOT, env={**launcher_env(), **env},
+                          capture_output=True, text=True, timeout=120)
+    one_line_refusal(proc, message)
+    assert not out.exists()

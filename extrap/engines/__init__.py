@@ -69,6 +69,10 @@ def make_engine(kind: str = "auto", workers: int | None = None, device=None, bat
         else:
             kind = "virtual" if (workers or 1) > 1 else "single"
     if kind in ("processes", "horovod"):
+        if launched.launcher == "none" and (workers or 1) > 1:
+            start = "horovodrun -np K" if kind == "horovod" else "mpirun -np K or torchrun --nproc-per-node K"
+            raise ValueError(f"engine: {kind} runs one process per worker, but no launcher started this one "
+                             f"(start it with {start}, or use the virtual engine)")
         if workers is not None and workers != launched.world_size:
             raise ValueError(f"workers: {workers} requested but the launcher started "
                              f"{launched.world_size} ranks")

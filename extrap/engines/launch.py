@@ -8,6 +8,7 @@ rank 0 picks its address and a free port and shares them with the other ranks th
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -48,11 +49,15 @@ def world_info_from_env(environ=None) -> DistInfo:
     env = os.environ if environ is None else environ
     for launcher, (r, w, lr, ls) in _LAUNCHERS.items():
         if r in env and w in env:
-            try:
-                local_size = int(str(env.get(ls, "1")).split("(")[0].split(",")[0])
-                return DistInfo(int(env[r]), int(env[w]), int(env.get(lr, 0)), local_size, launcher)
-            except ValueError as e:
-                raise ValueError(f"{r}/{w}: {launcher} launcher variables are not integers ({e})") from None
+            values = {}
+            for name, default in ((r, None), (w, None), (lr, "0"), (ls, "1")):
+                text = str(env.get(name, default)).split("(")[0].split(",")[0]  # Open MPI: "4(x2)", "2,2"
+                try:
+                    values[name] = int(text)
+                except ValueError:
+                    raise ValueError(f"{name}: the {launcher} launcher's variable is not an integer, got "
+                                     f"{env.get(name)!r}") from None
+            return DistInfo(values[r], values[w], values[lr], values[ls], launcher)
     return DistInfo()
 
 
@@ -93,8 +98,8 @@ def collective_timeout_s() -> float:
         timeout = float(value)
     except ValueError:
         raise ValueError(f"EXTRAP_TIMEOUT_S: expected seconds, got {value!r}") from None
-    if not timeout > 0:
-        raise ValueError(f"EXTRAP_TIMEOUT_S: expected seconds > 0, got {value!r}")
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"EXTRAP_TIMEOUT_S: expected a finite number of seconds > 0, got {value!r}")
     return timeout
 
 
