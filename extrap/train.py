@@ -340,12 +340,18 @@ def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], N
     if epoch == 0:
         return 0, 0.0
     path, state = found[epoch]
-    run.workers.load_state_dict(checkpoint_io.unpack_worker_copies(state["workers"]))
-    run.optimizer.load_state_dict(checkpoint_io.unpack_worker_copies(state["optimizer"]))
-    torch.set_rng_state(state["rng"])
-    run.curve, run.trace = state["curve"], state.get("trace", [])
-    if run.probe is not None:
-        run.probe.load_state_dict(state["probe"])
+    try:  # a checksum-valid file of another run (model, worker count, optimizer, perturbation) fails here
+        run.workers.load_state_dict(checkpoint_io.unpack_worker_copies(state["workers"]))
+        run.optimizer.load_state_dict(checkpoint_io.unpack_worker_copies(state["optimizer"]))
+        torch.set_rng_state(state["rng"])
+        run.curve, run.trace = state["curve"], state.get("trace", [])
+        if run.probe is not None:
+            run.probe.load_state_dict(state["probe"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise checkpoint_io.CheckpointError(
+            f"{path}: holds another run's state ({first}); remove it (and its .prev) to start this run over"
+        ) from None
     say(f"resumed from {path} at epoch {epoch}")
     return epoch, state["elapsed"]
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from extrap.checkpoint import CheckpointError
 from extrap.engines import ENGINES
 from reproduce import CONFIGS, ITEMS, config_path  # noqa: F401 (CONFIGS, ITEMS: the runner's item list)
 from results.records import presentation
@@ -598,6 +599,11 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
         run_engine = engine if engine.launched else engine_for(run.settings)
         try:
             record = execute(run, run_engine, out, progress=not args.no_progress)
+        except CheckpointError as e:  # a checkpoint this run cannot continue from: said in one line
+            print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: {e}", file=sys.stderr, flush=True)
+            if engine.launched:
+                os._exit(2)
+            return 2
         except Exception as e:  # noqa: BLE001 - reported, then this rank ends
             if not engine.launched:
                 raise

@@ -23,7 +23,11 @@ def main(argv=None) -> int:
         print(f"error: {records}: no such file, nor {args.dir}/*/{RECORDS_FILE} (expected the records "
               f"the reproduce/ scripts append)", file=sys.stderr)
         return 2
-    written = write_all(args.dir)
+    try:
+        written = write_all(args.dir)
+    except OSError as e:  # a read-only folder, a full disk, a directory where a file goes
+        print(f"error: cannot write into {args.dir}: {e.filename or ''} ({e.strerror or e})", file=sys.stderr)
+        return 2
     for path in written:
         print(f"wrote {path}")
     if not written:

@@ -52,9 +52,12 @@ def method_colors(records: list[dict]) -> dict[str, object]:
     return colors
 
 
+PLOTTABLE = 1e15  # a value beyond ± this (a diverged run's loss, a corrupt record) is left out of a figure
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and abs(value) != float("inf")
+        and abs(value) <= PLOTTABLE
 
 
 def _series(records: list[dict], key: str, x: str = "step", source: str = "curve"):

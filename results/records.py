@@ -104,6 +104,10 @@ def _read_into(latest: dict[tuple, dict], path: Path) -> None:
                 _warn(f"{path}:{lineno}: skipped, not valid JSON ({e.msg}, column {e.colno}; "
                       f"a partial line from an interrupted run?)")
                 continue
+            except RecursionError:
+                _warn(f"{path}:{lineno}: skipped, nested too deeply to be a record")
+                continue
+            record = _printable(record)
             if not isinstance(record, dict):
                 _warn(f"{path}:{lineno}: skipped, a JSON {type(record).__name__}, not an object")
                 continue
@@ -111,6 +115,18 @@ def _read_into(latest: dict[tuple, dict], path: Path) -> None:
                 _warn(f"{path}:{lineno}: skipped, no 'item' or 'cell' string")
                 continue
             latest[record_key(record)] = record
+
+
+def _printable(value):
+    """``value`` with every string made encodable (a lone surrogate, which JSON's ``\\ud800`` can
+    carry, becomes U+FFFD), so that tables, CSV and figures can be written whatever a record says."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if not value.isascii() else value
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    return value
 
 
 def variant_of(record: dict) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .records import about_of, methods_of, variant_of, variants_of
+from .tables import fixed
 
 __all__ = ["Arm", "Study", "build_study", "study_items", "study_records", "steps_to_target", "interval", "LOSS"]
 
@@ -77,8 +78,8 @@ def _text(values: list[float], digits: int) -> str:
         return "—"
     ci = interval(values)
     if ci is None:
-        return f"{values[0]:.{digits}f}"
-    return f"{ci[0]:.{digits}f} [{ci[1]:.{digits}f}, {ci[2]:.{digits}f}]"
+        return fixed(values[0], digits)
+    return f"{fixed(ci[0], digits)} [{fixed(ci[1], digits)}, {fixed(ci[2], digits)}]"
 
 
 @dataclass

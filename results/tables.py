@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .records import about_of, int_field, methods_of, metric_of, unique_ints, variant_of, variants_of
 
-__all__ = ["Cell", "Table", "build_table", "collect_cells", "table_items", "latex_escape"]
+__all__ = ["Cell", "Table", "build_table", "collect_cells", "table_items", "latex_escape", "fixed"]
 
 MISSING = "—"
 
@@ -60,9 +60,9 @@ class Cell:
             if self.n_diverged and self.n_failed:
                 return f"no completed seed ({', '.join(lost)})"
             return f"{'diverged' if self.n_diverged else 'failed'} (n={self.n_diverged + self.n_failed})"
-        value = f"{self.mean:.{digits}f}"
+        value = fixed(self.mean, digits)
         if self.std is not None:
-            value += f" ± {self.std:.{digits}f}"
+            value += f" ± {fixed(self.std, digits)}"
         return f"{value} ({', '.join([f'n={self.n}', *lost])})"
 
 
@@ -131,6 +131,12 @@ class Table:
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
           "±": r"$\pm$", "×": r"$\times$", "—": "---", "–": "--", "≤": r"$\leq$", "≥": r"$\geq$"}
+
+
+def fixed(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals, or in 3 significant digits beyond a million (an extreme
+    value then reads ``1e+308``, not three hundred digits)."""
+    return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.3g}"
 
 
 def latex_escape(text: str) -> str:

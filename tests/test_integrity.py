@@ -184,3 +184,25 @@ def test_an_engine_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, fl
                           capture_output=True, text=True, timeout=120)
     one_line_refusal(proc, message)
     assert not out.exists()
+
+
+def test_a_checkpoint_of_another_run_is_refused_in_one_line(tmp_path):
+    """A checksum-valid checkpoint of K = 4 workers where K = 2 runs: no traceback, exit 2."""
+    four, two = tmp_path / "four", tmp_path / "two"
+    run_demo(four, "--workers", "4")
+    theirs = four / "demo" / "default" / "sgd" / "seed0" / "checkpoint.rank0.pt"
+    ours = two / "demo" / "default" / "sgd" / "seed0"
+    ours.mkdir(parents=True)
+    (ours / "checkpoint.rank0.pt").write_bytes(theirs.read_bytes())
+    proc = run_demo(two, "--workers", "2", check=False)
+    one_line_refusal(proc, "default/sgd seed 0", "holds another run's state", "to start this run over")
+    assert not (two / "records.jsonl").exists()
+
+
+def test_a_corrupt_or_foreign_records_file_does_not_stop_the_runner(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "records.jsonl").write_bytes(b"\xff\xfe not utf-8\n" + b"[" * 100_000 + b"\n" + b'"a string"\n')
+    proc = run_demo(out)
+    assert "default/sgd seed 0: completed" in proc.stdout
+    assert [r["cell"] for r in load_records(out / "records.jsonl")] == ["sgd"]

@@ -273,3 +273,27 @@ def test_records_one_folder_per_job_are_merged(tmp_path):
     assert [p.name for p in results.write_all(tmp_path)] == ["table3.md", "table3.tex", "table3.csv"]
     text = (tmp_path / "table3.md").read_text()
     assert "91.00 ± 1.41 (n=2)" in text and "89.00 (n=1)" in text
+
+
+def test_extreme_values_and_a_lone_surrogate_still_collate(tmp_path):
+    """Records a crash or a hand could leave: ±1e308, the smallest subnormal, a cell named by a lone
+    surrogate (JSON's \\ud800). Every file is written whole; huge numbers read in 3 digits."""
+    recs = [record("table1", "resnet20", "sgd", s, v, curve=[{"step": 1, "test_top1": v, "train_loss": v}])
+            for s, v in enumerate([1e308, -1e308, 5e-324])]
+    recs.append(record("table1", "resnet20", "\ud800x", 0, 5.0))
+    write_records(tmp_path, recs)
+    proc = subprocess.run([sys.executable, "-m", "results", str(tmp_path)], cwd=ROOT, env=launcher_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    table = (tmp_path / "table1.md").read_text(encoding="utf-8")
+    assert "± 1e+308 (n=3)" in table and "\ufffd" in table and table.endswith("|\n")
+    assert (tmp_path / "figure5.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_an_unwritable_output_is_one_line_exit_2(tmp_path):
+    write_records(tmp_path, table1_records())
+    (tmp_path / "table1.md").mkdir()  # root passes permission checks: a folder where the file goes
+    proc = subprocess.run([sys.executable, "-m", "results", str(tmp_path)], cwd=ROOT, env=launcher_env(),
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "table1.md" in lines[0] and "Traceback" not in proc.stderr
