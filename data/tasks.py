@@ -183,7 +183,10 @@ class LanguageModelTask(_NoProbe):
         self.bptt, self.num_layers, self.hidden_size = bptt, num_layers, hidden_size
         self.train_ids = wt.ids[train_split][:max_train_tokens].to(self.device)
         eval_ids = wt.ids[eval_split][:max_eval_tokens]
-        self.eval_data = batchify(eval_ids, eval_batch).to(self.device)
+        try:
+            self.eval_data = batchify(eval_ids, eval_batch).to(self.device)
+        except ValueError as e:
+            raise ValueError(f"{root}: the {eval_split} split (wiki.{eval_split}.tokens) is too short: {e}") from None
         self._streams: dict = {}
         self._hidden: dict = {}
         self._subset: Tensor | None = None

@@ -70,6 +70,10 @@ def read_tokens(path) -> list[str]:
                 words.append(EOS)
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err})") from err
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a file of tokens") from None
+    if len(words) == words.count(EOS):
+        raise ValueError(f"{path}: no words ({len(words)} blank lines); expected WikiText-2 tokens")
     return words
 
 
@@ -118,9 +122,12 @@ def load_wikitext(root, vocab_split: str = "train", splits=SPLITS, download: boo
             raise FileNotFoundError(f"WikiText-2 not found under {root} and {err}; extract {WIKITEXT2['url']} "
                                     f"into {parent} (wikitext-2/wiki.{{train,valid,test}}.tokens)") from err
     wanted = list(dict.fromkeys([vocab_split, *splits]))
+    for s in wanted:
+        if _split_path(folder, s).is_dir():
+            raise ValueError(f"{_split_path(folder, s)}: a folder, not a file of tokens")
     missing = [s for s in wanted if not _split_path(folder, s).is_file()]
     if missing:
-        present = sorted(p.name for p in folder.glob("wiki.*.tokens")) if folder.is_dir() else []
+        present = sorted(p.name for p in folder.glob("wiki.*.tokens") if p.is_file()) if folder.is_dir() else []
         hint = ""
         if "train" in missing and {"wiki.valid.tokens", "wiki.test.tokens"} <= set(present):
             hint = ("; without a training split, build the vocabulary from valid and evaluate on "

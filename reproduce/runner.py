@@ -470,6 +470,26 @@ def build_task(settings: dict, device):
     return task, {"src_vocab": task.src_vocab_size, "tgt_vocab": task.tgt_vocab_size}
 
 
+class DataError(ConfigError):
+    """A dataset that cannot serve a run (a missing, corrupt or too small file): one line, exit 2."""
+
+
+def load_task(settings: dict, device):
+    """``build_task``, with its data errors (a missing, corrupt, empty or too small file, each
+    named) as one ``DataError``, and the workers' batches checked against the training data."""
+    try:
+        task, model_kwargs = build_task(settings, device)
+        workers, local_batch = settings.get("workers", 1), settings.get("local_batch", 32)
+        steps = task.steps_per_epoch(workers, local_batch)
+    except (ValueError, OSError, EOFError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(text) from None
+    if steps < 1:
+        raise DataError(f"local_batch: K = {workers} workers × b = {local_batch} is more than the training data "
+                        f"holds (no full step an epoch); lower local_batch or --workers")
+    return task, model_kwargs
+
+
 def train_config(settings: dict):
     from extrap.train import TrainConfig
 
@@ -481,18 +501,20 @@ def train_config(settings: dict):
     return TrainConfig(**values)
 
 
-def execute(run: Run, engine, out: Path, progress: bool) -> dict:
+def execute(run: Run, engine, out: Path, progress: bool, ready=lambda: None) -> dict:
+    """One run: its data loaded and checked, then ``ready()``, its folder, and training."""
     from extrap.train import train
     from models import build_model
 
     s = run.settings
     directory = run_dir(out, run)
+    cfg = train_config(s)
+    torch.manual_seed(run.seed)  # the model's x_0; processes share rank 0's
+    task, model_kwargs = load_task(s, engine.device)
+    ready()
     if engine.is_main:
         directory.mkdir(parents=True, exist_ok=True)
     engine.barrier()
-    cfg = train_config(s)
-    torch.manual_seed(run.seed)  # the model's x_0; processes share rank 0's
-    task, model_kwargs = build_task(s, engine.device)
     model = build_model(s["model"], **{**model_kwargs, **s.get("model_kwargs", {})})
     provenance = {"item": run.item, "variant": run.variant, "cell": run.cell, "seed": run.seed,
                   "config": s, "git": git_info(), "versions": versions(), "engine": engine.kind,
@@ -583,13 +605,21 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
             print(f"note: runs with K in {sorted(mismatched)} need their own launch "
                   f"(mpirun -np K); this one runs K={engine.world_size}")
         runs = [r for r in runs if r.settings.get("workers") in (engine.world_size, None)]
-    if engine.is_main:
-        resolved = {f"{r.variant}/{r.cell}": {k: v for k, v in r.settings.items() if k != "seed"}
-                    for r in runs if r.seed == 0}
-        text = yaml.safe_dump({"item": item, "scale": args.scale, "engine": engine.kind,
-                               "workers": engine.world_size, "runs": resolved}, sort_keys=False)
-        print(text)
-        (out / f"{item}.{args.scale}.resolved.yaml").write_text(text)
+    resolved = {f"{r.variant}/{r.cell}": {k: v for k, v in r.settings.items() if k != "seed"}
+                for r in runs if r.seed == 0}
+    text = yaml.safe_dump({"item": item, "scale": args.scale, "engine": engine.kind,
+                           "workers": engine.world_size, "runs": resolved}, sort_keys=False)
+    said: list = []
+
+    def say_resolved():
+        """Once the first run's data has loaded: the resolved settings, printed and saved."""
+        if engine.is_main and not said:
+            print(text)
+            (out / f"{item}.{args.scale}.resolved.yaml").write_text(text)
+            said.append(True)
+
+    if all(run.key in done for run in runs):
+        say_resolved()
     records = out / "records.jsonl"
     for run in runs:
         if run.key in done:
@@ -598,9 +628,10 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
             continue
         run_engine = engine if engine.launched else engine_for(run.settings)
         try:
-            record = execute(run, run_engine, out, progress=not args.no_progress)
-        except CheckpointError as e:  # a checkpoint this run cannot continue from: said in one line
-            print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: {e}", file=sys.stderr, flush=True)
+            record = execute(run, run_engine, out, progress=not args.no_progress, ready=say_resolved)
+        except (CheckpointError, DataError) as e:  # data or a checkpoint this run cannot use: one line
+            if engine.is_main:
+                print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: {e}", file=sys.stderr, flush=True)
             if engine.launched:
                 os._exit(2)
             return 2

@@ -206,3 +206,49 @@ def test_a_corrupt_or_foreign_records_file_does_not_stop_the_runner(tmp_path):
     proc = run_demo(out)
     assert "default/sgd seed 0: completed" in proc.stdout
     assert [r["cell"] for r in load_records(out / "records.jsonl")] == ["sgd"]
+
+
+def run_item(item, out, *args):
+    return subprocess.run([sys.executable, "-m", f"reproduce.{item}", "--scale", "smoke", "--no-progress", "--out",
+                           str(out), *args], cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=300)
+
+
+def _wikitext(root, valid="a b c d e f g\n" * 50, test="h i j k\n" * 50):
+    folder = root / "wikitext-2"
+    folder.mkdir(parents=True)
+    for name, text in (("valid", valid), ("test", test)):
+        if text is None:
+            (folder / f"wiki.{name}.tokens").mkdir()
+        else:
+            (folder / f"wiki.{name}.tokens").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("blank training file", "wiki.valid.tokens: no words (3 blank lines)"),
+    ("empty evaluation file", "wiki.test.tokens: no words"),
+    ("a folder for a file", "wiki.test.tokens: a folder, not a file"),
+    ("corrupt CIFAR batch", "data_batch_1: corrupt pickle"),
+    ("batch larger than the data", "local_batch: 1000 × 4 workers exceeds the 1437 training images"),
+])
+def test_a_data_error_names_its_file_in_one_line_and_writes_nothing(tmp_path, case, message):
+    data, out = tmp_path / "data", tmp_path / "out"
+    if case == "blank training file":
+        _wikitext(data, valid="\n\n\n")
+    elif case == "empty evaluation file":
+        _wikitext(data, test="")
+    elif case == "a folder for a file":
+        _wikitext(data, test=None)
+    if "CIFAR" in case:
+        folder = data / "cifar10-subset" / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                     "batches.meta"):
+            (folder / name).write_bytes(b"not a pickle")
+        proc = run_item("figure1", out, "--only", "sgd", "--data-dir", str(data))
+    elif "larger" in case:
+        proc = run_item("demo", out, "--only", "sgd", "--engine", "virtual", "local_batch=1000")
+    else:
+        proc = run_item("figure2", out, "--only", "sgd", "--data-dir", str(data))
+    one_line_refusal(proc, "default/sgd seed 0", message)
+    assert not out.exists()
