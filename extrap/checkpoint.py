@@ -82,11 +82,15 @@ class Writer:
 
 def _write(data: bytes, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n")
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n")
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, say: no partial file left behind; the previous ones stand
+        tmp.unlink(missing_ok=True)
+        raise
     if path.exists():
         os.replace(path, previous(path))
     os.replace(tmp, path)

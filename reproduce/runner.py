@@ -352,6 +352,7 @@ def finished_runs(records: Path) -> dict[tuple, dict]:
     return done
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # a write that cannot happen: one line, exit 1
 IDENTITY_EXCLUDES = ("label", "color")  # how a run is shown, not what it computes
 
 
@@ -415,6 +416,23 @@ def append_line(path: Path, obj: dict) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def append_evaluation(path: Path, point: dict) -> None:
+    """``point`` appended to a run's ``metrics.jsonl``; the lines from its step on, which a run
+    resumed from an earlier checkpoint evaluates again, are dropped first (never a duplicate)."""
+    if path.exists():
+        lines = path.read_bytes().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] < point["step"]:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError, RecursionError):
+                continue  # a partial line from an interrupted write
+        if len(keep) < len(lines):
+            path.write_bytes(b"".join(line + b"\n" for line in keep))
+    append_line(path, point)
 
 
 def run_dir(out: Path, run: "Run") -> Path:
@@ -523,7 +541,7 @@ def execute(run: Run, engine, out: Path, progress: bool, ready=lambda: None) -> 
         (directory / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     metrics = directory / "metrics.jsonl"
     record = train(cfg, engine, model, task, log=print if engine.is_main else None,
-                   on_eval=lambda point: append_line(metrics, point), checkpoint=directory / "checkpoint",
+                   on_eval=lambda point: append_evaluation(metrics, point), checkpoint=directory / "checkpoint",
                    progress=progress, desc=f"{run.variant}/{run.cell} seed {run.seed}")
     if engine.is_main:  # exactly one line per evaluation, also after a resume
         metrics.write_text("".join(json.dumps(p) + "\n" for p in record["curve"]))
@@ -635,6 +653,18 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
             if engine.launched:
                 os._exit(2)
             return 2
+        except OSError as e:  # a full disk while saving: the checkpoints stand
+            if e.errno not in FULL_DISK:
+                if not engine.launched:
+                    raise
+                _abort_rank(item, engine, run, e)
+            if engine.is_main or not engine.launched:
+                print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: cannot write "
+                      f"{e.filename or 'a file'} ({e.strerror or e}); mend that and rerun the same command: "
+                      f"the run resumes from its last checkpoint", file=sys.stderr, flush=True)
+            if engine.launched:
+                os._exit(1)
+            return 1
         except Exception as e:  # noqa: BLE001 - reported, then this rank ends
             if not engine.launched:
                 raise

@@ -252,3 +252,57 @@ def test_a_data_error_names_its_file_in_one_line_and_writes_nothing(tmp_path, ca
         proc = run_item("figure2", out, "--only", "sgd", "--data-dir", str(data))
     one_line_refusal(proc, "default/sgd seed 0", message)
     assert not out.exists()
+
+
+def test_a_resumed_run_never_duplicates_an_evaluation(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    for step in (10, 20, 30):
+        runner.append_evaluation(metrics, {"step": step, "loss": step})
+    runner.append_evaluation(metrics, {"step": 20, "loss": -1})  # resumed from the checkpoint at step 10
+    assert [json.loads(line) for line in metrics.read_text().splitlines()] == [{"step": 10, "loss": 10},
+                                                                               {"step": 20, "loss": -1}]
+
+
+RUNNER_CHECKPOINT_FULL = textwrap.dedent("""
+    import resource, signal, sys
+    from reproduce import runner
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000))  # a checkpoint (~130 kB) cannot be written
+    sys.exit(runner.main("demo", sys.argv[1:]))
+""")
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_file(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", RUNNER_CHECKPOINT_FULL, "--scale", "smoke", "--engine", "virtual",
+                           "--only", "sgd", "--no-progress", "--out", str(out)],
+                          cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "cannot write" in lines[0] and "resumes from its last checkpoint" in lines[0]
+    run = out / "demo" / "default" / "sgd" / "seed0"
+    assert not list(run.glob("*.tmp")) and not (out / "records.jsonl").exists()
+    run_demo(out)  # room again: the same command ends the run
+    assert len(load_records(out / "records.jsonl")) == 1
+
+
+def test_a_failed_checkpoint_write_removes_its_partial_file(tmp_path):
+    from extrap import checkpoint
+
+    path = tmp_path / "ck.pt"
+    checkpoint._write(b"old", path)
+    script = textwrap.dedent(f"""
+        import resource, signal
+        from pathlib import Path
+        from extrap import checkpoint
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+        try:
+            checkpoint._write(b"x" * 5000, Path({str(path)!r}))
+        except OSError as e:
+            print("OSError", e.errno)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=launcher_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.startswith("OSError"), proc.stdout + proc.stderr
+    assert not list(tmp_path.glob("*.tmp")) and path.read_bytes().endswith(b"\nold")  # the previous file stands
