@@ -648,23 +648,14 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
         try:
             record = execute(run, run_engine, out, progress=not args.no_progress, ready=say_resolved)
         except (CheckpointError, DataError) as e:  # data or a checkpoint this run cannot use: one line
-            if engine.is_main:
-                print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: {e}", file=sys.stderr, flush=True)
-            if engine.launched:
-                os._exit(2)
-            return 2
+            return _end(item, engine, run, 2, str(e))
         except OSError as e:  # a full disk while saving: the checkpoints stand
             if e.errno not in FULL_DISK:
                 if not engine.launched:
                     raise
                 _abort_rank(item, engine, run, e)
-            if engine.is_main or not engine.launched:
-                print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: cannot write "
-                      f"{e.filename or 'a file'} ({e.strerror or e}); mend that and rerun the same command: "
-                      f"the run resumes from its last checkpoint", file=sys.stderr, flush=True)
-            if engine.launched:
-                os._exit(1)
-            return 1
+            return _end(item, engine, run, 1, f"cannot write {e.filename or 'a file'} ({e.strerror or e}); mend "
+                                              f"that and rerun the same command: the run resumes from its last checkpoint")
         except Exception as e:  # noqa: BLE001 - reported, then this rank ends
             if not engine.launched:
                 raise
@@ -673,18 +664,25 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
             try:
                 append_line(records, record)
             except OSError as e:
-                print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: cannot append its record to "
-                      f"{records} ({e.strerror or e}); nothing was appended. Rerun the same command when "
-                      f"that is mended: the run resumes from its last checkpoint", file=sys.stderr, flush=True)
-                if engine.launched:
-                    os._exit(1)
-                return 1
+                return _end(item, engine, run, 1, f"cannot append its record to {records} ({e.strerror or e}); "
+                                                  f"nothing was appended. Rerun the same command when that is "
+                                                  f"mended: the run resumes from its last checkpoint")
             final = record["final"]
             print(f"{run.variant}/{run.cell} seed {run.seed}: {record['status']}, "
                   + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)), flush=True)
     for e in engines.values():
         e.close()
     return 0
+
+
+def _end(item: str, engine, run: Run, code: int, text: str) -> int:
+    """Say ``text`` about ``run`` in one line (the main rank, under a launcher) and end with
+    status ``code``: returned, or at once under a launcher (the others may be mid-collective)."""
+    if engine.is_main or not engine.launched:
+        print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: {text}", file=sys.stderr, flush=True)
+    if engine.launched:
+        os._exit(code)
+    return code
 
 
 def _abort_rank(item: str, engine, run: Run, error: Exception) -> None:

@@ -18,12 +18,19 @@ from reproduce import runner
 from results import load_records
 
 
-def run_demo(out, *args, check=True, timeout=300):
-    """The demo's item through the runner (virtual workers, smoke scale, mini-batch SGD only)."""
-    proc = subprocess.run([sys.executable, "-c", "import sys; from reproduce import runner; "
-                           "sys.exit(runner.main('demo', sys.argv[1:]))", "--scale", "smoke", "--engine", "virtual",
-                           "--only", "sgd", "--no-progress", "--out", str(out), *args],
-                          cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
+RUNNER = "import sys; from reproduce import runner; sys.exit(runner.main('demo', sys.argv[1:]))"
+
+
+def demo_command(out, *args, script=RUNNER, engine="virtual") -> list[str]:
+    """The demo's item through the runner (``engine``'s workers, smoke scale, mini-batch SGD only),
+    run by ``script`` (which ends by calling the runner on its arguments)."""
+    return [sys.executable, "-c", script, "--scale", "smoke", *(["--engine", engine] if engine else []),
+            "--only", "sgd", "--no-progress", "--out", str(out), *args]
+
+
+def run_demo(out, *args, check=True, timeout=300, script=RUNNER):
+    proc = subprocess.run(demo_command(out, *args, script=script), cwd=ROOT, env=launcher_env(),
+                          capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
@@ -116,11 +123,9 @@ RUNNER_ON_A_FULL_DISK = textwrap.dedent("""
 
 def test_the_runner_on_a_full_disk_exits_1_with_one_line_and_no_partial_record(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", RUNNER_ON_A_FULL_DISK, "--scale", "smoke", "--engine", "virtual",
-                           "--only", "sgd", "--no-progress", "--out", str(out)],
-                          cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=120)
+    proc = run_demo(out, check=False, script=RUNNER_ON_A_FULL_DISK)
     assert proc.returncode == 1, proc.stdout[-1000:] + proc.stderr[-1000:]
-    assert "completed" not in proc.stdout.splitlines()[-1]
+    assert "seed 0: completed" not in proc.stdout  # the run is not announced as done
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot append its record" in lines[0] and "Traceback" not in proc.stderr
     records = out / "records.jsonl"
@@ -129,8 +134,7 @@ def test_the_runner_on_a_full_disk_exits_1_with_one_line_and_no_partial_record(t
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "import sys; from reproduce import runner; sys.exit(runner.main('demo', sys.argv[1:]))",
-           "--scale", "smoke", "--engine", "virtual", "--only", "sgd", "--no-progress", "--out", str(out), "epochs=60"]
+    cmd = demo_command(out, "epochs=60")
     first = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -149,8 +153,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
 
 def test_ctrl_c_then_the_same_command_resumes(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "import sys; from reproduce import runner; sys.exit(runner.main('demo', sys.argv[1:]))",
-           "--scale", "smoke", "--engine", "virtual", "--only", "sgd", "--no-progress", "--out", str(out), "epochs=60"]
+    cmd = demo_command(out, "epochs=60")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpt = out / "demo" / "default" / "sgd" / "seed0" / "checkpoint.rank0.pt"
     deadline = time.time() + 120
@@ -178,10 +181,7 @@ def test_ctrl_c_then_the_same_command_resumes(tmp_path):
 ])
 def test_an_engine_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, flags, env, message):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", "import sys; from reproduce import runner; "
-                           "sys.exit(runner.main('demo', sys.argv[1:]))", "--scale", "smoke", "--only", "sgd",
-                           "--no-progress", "--out", str(out), *flags], cwd=ROOT, env={**launcher_env(), **env},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(demo_command(out, *flags, engine=None), cwd=ROOT, env={**launcher_env(), **env}, capture_output=True, text=True, timeout=120)
     one_line_refusal(proc, message)
     assert not out.exists()
 
@@ -274,9 +274,7 @@ RUNNER_CHECKPOINT_FULL = textwrap.dedent("""
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_file(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", RUNNER_CHECKPOINT_FULL, "--scale", "smoke", "--engine", "virtual",
-                           "--only", "sgd", "--no-progress", "--out", str(out)],
-                          cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=300)
+    proc = run_demo(out, check=False, script=RUNNER_CHECKPOINT_FULL)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "cannot write" in lines[0] and "resumes from its last checkpoint" in lines[0]
