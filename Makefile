@@ -26,7 +26,8 @@ LAUNCH   ?= $(if $(filter processes,$(ENGINE)),$(VENV)/bin/mpirun $(MPI_FLAGS) -
             $(if $(filter horovod,$(ENGINE)),$(VENV)/bin/horovodrun --gloo -np $(NP) -H localhost:$(NP))
 # Every value given here, on the command line or in a file reaches the shell as literal
 # arguments, never as shell code: q quotes one value as one argument, qw each of its words
-# (PYTEST_ARGS and BENCH_ARGS, which may quote words, are split by scripts/exec_with_args.py).
+# (LAUNCH: its words as written, quotes included; PYTEST_ARGS and BENCH_ARGS, which may quote
+# words, are split by scripts/exec_with_args.py). A $(...) on make's own command line is make's.
 q  = '$(subst ','\'',$(1))'
 qw = $(foreach w,$(1),$(call q,$(w)))
 ITEM_ARGS = --scale $(call q,$(SCALE)) --out $(call q,$(OUT)) $(if $(WORKERS),--workers $(call q,$(WORKERS))) \
@@ -35,7 +36,7 @@ ITEM_ARGS = --scale $(call q,$(SCALE)) --out $(call q,$(OUT)) $(if $(WORKERS),--
 # Kubernetes (k8s/): manifests generated from reproduce/configs and k8s/settings.yaml; the image
 # named there, built from k8s/Dockerfile (needs a Docker engine).
 K8S_SETTINGS ?= k8s/settings.yaml
-IMAGE    = $(shell sed -n 's/^image: *//p' $(call q,$(K8S_SETTINGS)))
+IMAGE    = $(shell $(call q,$(PY)) -m k8s.generate --image --settings $(call q,$(K8S_SETTINGS)))
 
 .PHONY: install install-horovod demo test bench clean help tables reproduce-all k8s image $(addprefix reproduce-,$(ITEMS))
 
@@ -81,6 +82,7 @@ k8s: install
 	$(call q,$(PY)) -m k8s.generate
 
 image:
+	$(if $(IMAGE),,$(error no valid image in $(K8S_SETTINGS): see $(PY) -m k8s.generate --image --settings $(K8S_SETTINGS)))
 	docker build -f k8s/Dockerfile --build-arg GIT_COMMIT="$$(git rev-parse HEAD)" -t $(call q,$(IMAGE)) .
 
 test: install

@@ -44,7 +44,8 @@ __all__ = ["load_settings", "validate_settings", "quantity", "times", "jobs", "m
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes (DNS-1123) name
 _IMAGE = re.compile(r"([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
                     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
-_QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
+_QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
+                       r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[eE][-+]?[0-9]+|m|k|M|G|T|P|E)?")  # Kubernetes' grammar
 _KEYS = {"image", "scale", "volume", "gpus_per_worker", "per_gpu", "shm", "uid", "user", "ssh_port", "run_policy"}
 _CLEAN_POD_POLICIES = ("Running", "All", "None")
 
@@ -65,6 +66,8 @@ def quantity(value, key: str) -> tuple[Fraction, str]:
 def times(value, n: int, key: str) -> str:
     """``quantity × n`` in the same unit, exactly: ``24Gi × 2 = 48Gi``, ``1.5 × 2 = 3``, ``1.5 × 3 = 4.5``."""
     number, suffix = quantity(value, key)
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:  # a decimal exponent (1e3): the number it stands for
+        number, suffix = number * Fraction(10) ** int(suffix[1:]), ""
     product = number * n
     if product.denominator == 1:
         return f"{product.numerator}{suffix}"
@@ -373,7 +376,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m k8s.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="compare only; exit 1 if a file differs")
     ap.add_argument("--settings", type=Path, default=SETTINGS, help="the settings file (default: k8s/settings.yaml)")
+    ap.add_argument("--image", action="store_true", help="print the settings' image and exit (make image)")
     args = ap.parse_args(argv)
+    if args.image:
+        try:
+            print(load_settings(args.settings)["image"])
+        except ValueError as e:
+            print(f"k8s.generate: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         changed = write(settings=load_settings(args.settings), check=args.check)
     except (ValueError, OSError) as e:

@@ -115,4 +115,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # in the process waiting on mpirun (the runner says its own)
+        print(f"\nreproduce.{DEMO}: interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
+        sys.exit(130)

@@ -225,9 +225,10 @@ def _check_task_and_model(settings: dict, where: str) -> None:
             known = ", ".join(k for k in params if k not in TASK_SET_BY_RUNNER) or "none"
             raise ConfigError(f"task_kwargs: {cls.__name__} takes no {key!r} (it takes {known}) ({where})")
         annotation = str(params[key].annotation)
-        if not _type_ok(annotation, value) or (annotation.startswith("int") and value is not None and value < 1) \
+        least = 0 if key == "eval_train_samples" else 1  # 0 (or None): every training image
+        if not _type_ok(annotation, value) or (annotation.startswith("int") and value is not None and value < least) \
                 or (key == "label_smoothing" and not 0 <= value < 1):
-            raise ConfigError(f"task_kwargs: {key} expected {'an integer >= 1' if annotation.startswith('int') else annotation}"
+            raise ConfigError(f"task_kwargs: {key} expected {f'an integer >= {least}' if annotation.startswith('int') else annotation}"
                               f"{' or None' if 'None' in annotation else ''}, got {value!r} ({where})")
     if settings.get("probe_every") and task not in ("cifar", "digits"):
         raise ConfigError(f"probe_every: the smoothness probe needs a classification task (cifar, digits), "
@@ -237,7 +238,7 @@ def _check_task_and_model(settings: dict, where: str) -> None:
     try:
         with torch.device("meta"):
             build_model(settings.get("model"), **{**shapes, **settings.get("model_kwargs", {})})
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:  # e.g. a negative size
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         prefix = "" if message.startswith("model:") else "model_kwargs: "
         raise ConfigError(f"{prefix}{message} ({where})") from None
@@ -342,7 +343,11 @@ def finished_runs(records: Path) -> dict[tuple, dict]:
     each key); lines that do not parse are skipped."""
     done: dict[tuple, dict] = {}
     if records.exists():
-        for line in records.read_bytes().splitlines():
+        try:
+            lines = records.read_bytes().splitlines()
+        except OSError as e:
+            raise ConfigError(f"--out: cannot read {records} ({e.strerror or e})") from None
+        for line in lines:
             try:
                 r = json.loads(line)
                 if r.get("status") in ("completed", "diverged"):
@@ -353,7 +358,10 @@ def finished_runs(records: Path) -> dict[tuple, dict]:
 
 
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # a write that cannot happen: one line, exit 1
-IDENTITY_EXCLUDES = ("label", "color")  # how a run is shown, not what it computes
+# what does not change what a run computes: how it is shown, how many seeds its item runs, where
+# the data lie, which engine runs it (they agree: tests/test_engines.py), its checkpoint rhythm
+IDENTITY_EXCLUDES = ("label", "color", "seeds", "data_dir", "engine", "target_loss", "checkpoint_every",
+                     "checkpoint_minutes")
 
 
 def identity(settings) -> dict:
@@ -366,8 +374,9 @@ def identity(settings) -> dict:
 def differences(old: dict, new: dict, limit: int = 3) -> str:
     """``base_lr: 2.0 there, 0.01 here; epochs: ...`` for the first ``limit`` keys that differ."""
     old, new = identity(old), identity(new)
-    keys = [k for k in sorted(set(old) | set(new), key=str) if old.get(k, "unset") != new.get(k, "unset")]
-    text = "; ".join(f"{k}: {old.get(k, 'unset')!r} there, {new.get(k, 'unset')!r} here" for k in keys[:limit])
+    keys = [k for k in sorted(set(old) | set(new), key=str) if (k in old, old.get(k)) != (k in new, new.get(k))]
+    shown = lambda d, k: repr(d[k]) if k in d else "not set"  # noqa: E731
+    text = "; ".join(f"{k}: {shown(old, k)} there, {shown(new, k)} here" for k in keys[:limit])
     return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
@@ -381,7 +390,7 @@ def check_identities(runs: list["Run"], out: Path, done: dict[tuple, dict]) -> N
                               f"({differences(done[run.key], run.settings)}); use another --out, or remove "
                               f"that record and {run_dir(out, run)} to rerun it")
         directory = run_dir(out, run)
-        if run.key in done or not any(directory.glob("checkpoint.rank*.pt")):
+        if run.key in done or not any(directory.glob("checkpoint.rank*.pt*")):  # .prev too
             continue
         try:
             begun = json.loads((directory / "provenance.json").read_text(encoding="utf-8")).get("config")
@@ -411,9 +420,9 @@ def append_line(path: Path, obj: dict) -> None:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 written += n
             os.fsync(fd)
-        except OSError:
+        except OSError as e:
             os.ftruncate(fd, size)  # no partial record left behind
-            raise
+            raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         os.close(fd)
 
@@ -441,7 +450,8 @@ def run_dir(out: Path, run: "Run") -> Path:
 
 class OutLock:
     """An exclusive lock on ``<out>/.lock`` for the whole invocation: a second run into the same
-    folder is refused at once instead of duplicating records or racing on checkpoints."""
+    folder is refused at once instead of duplicating records or racing on checkpoints. Where the
+    filesystem has no locks (some NFS or Lustre mounts), a warning, and the run goes on unlocked."""
 
     def __init__(self, out: Path):
         self.path, self.fd = out / ".lock", None
@@ -449,20 +459,34 @@ class OutLock:
     def __enter__(self):
         import fcntl
 
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"--out: cannot make {self.path} ({e.strerror or e})") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                print(f"warning: {self.path}: no lock on this filesystem ({e.strerror or e}); make sure no "
+                      f"other run writes into {self.path.parent}", file=sys.stderr, flush=True)
+                return self
             holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "another process"
             os.close(self.fd)
+            self.fd = None
             raise ConfigError(f"--out: {self.path.parent} is in use by another run ({holder}); wait for it, "
                               f"or use another --out") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
         return self
 
+    def discard(self) -> None:
+        """Remove the lock file while still holding it (a refused run that made the folder)."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
     def __exit__(self, *exc):
-        os.close(self.fd)  # releases the lock
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -556,47 +580,64 @@ def main(item: str, argv=None) -> int:
     try:
         return _main(item, argv)
     except KeyboardInterrupt:
-        print(f"\nreproduce.{item}: interrupted; the same command resumes from the last checkpoint",
-              file=sys.stderr, flush=True)
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # off a progress bar's line
+        _say_once(item)("interrupted; the same command resumes from the last checkpoint")
         return 130
 
 
 def _main(item: str, argv=None) -> int:
     args = parse_args(item, argv)
     out = Path(args.out or f"runs/{args.scale}")
+    say = _say_once(item)
     try:
         runs = plan(item, args)
         if not runs:
             raise ConfigError(f"--only: no run selected for {item}")
         _check_paths(runs, out)
     except ConfigError as e:
-        print(f"reproduce.{item}: {e}", file=sys.stderr)
-        return 2
-    records = out / "records.jsonl"
+        return say(e)
     try:
-        done = finished_runs(records)
-        check_identities(runs, out, done)
         from extrap.engines.launch import world_info_from_env
 
         rank = world_info_from_env().rank
-    except (ConfigError, ValueError) as e:
-        print(f"reproduce.{item}: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        return say(e)
     created = not out.exists()
     with contextlib.ExitStack() as stack:
-        if rank == 0:  # one writer per folder: the main rank of this run holds its lock throughout
-            try:
+        lock = None
+        try:
+            if rank == 0:  # one writer per folder: the main rank holds the lock throughout, before reading
                 out.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(OutLock(out))
-            except ConfigError as e:
-                print(f"reproduce.{item}: {e}", file=sys.stderr)
-                return 2
-        code = _run_all(item, args, runs, out, done)
-    if code == 2 and created and rank == 0:  # refused before any work: leave nothing behind
+                lock = stack.enter_context(OutLock(out))
+            done = finished_runs(out / "records.jsonl")
+            check_identities(runs, out, done)
+            code = None
+        except ConfigError as e:
+            code = say(e)
+        if code is None:
+            code = _run_all(item, args, runs, out, done)
+        if code == 2 and created and lock is not None:  # refused before any work: leave nothing behind
+            lock.discard()
+    if code == 2 and created and rank == 0:
         with contextlib.suppress(OSError):
-            (out / ".lock").unlink()
             out.rmdir()
     return code
+
+
+def _say_once(item: str):
+    """A refusal printer: the main rank's line only (every rank of a launch refuses alike), exit 2."""
+    def say(error) -> int:
+        try:
+            from extrap.engines.launch import world_info_from_env
+
+            main = world_info_from_env().rank == 0
+        except ValueError:
+            main = True
+        if main:
+            print(f"reproduce.{item}: {error}", file=sys.stderr)
+        return 2
+    return say
 
 
 def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, done: dict) -> int:
@@ -648,7 +689,7 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
         try:
             record = execute(run, run_engine, out, progress=not args.no_progress, ready=say_resolved)
         except (CheckpointError, DataError) as e:  # data or a checkpoint this run cannot use: one line
-            return _end(item, engine, run, 2, str(e))
+            return _end(item, engine, run, 2, str(e), own=isinstance(e, CheckpointError))
         except OSError as e:  # a full disk while saving: the checkpoints stand
             if e.errno not in FULL_DISK:
                 if not engine.launched:
@@ -675,11 +716,13 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
     return 0
 
 
-def _end(item: str, engine, run: Run, code: int, text: str) -> int:
-    """Say ``text`` about ``run`` in one line (the main rank, under a launcher) and end with
-    status ``code``: returned, or at once under a launcher (the others may be mid-collective)."""
-    if engine.is_main or not engine.launched:
-        print(f"reproduce.{item}: {run.variant}/{run.cell} seed {run.seed}: {text}", file=sys.stderr, flush=True)
+def _end(item: str, engine, run: Run, code: int, text: str, own: bool = False) -> int:
+    """Say ``text`` about ``run`` in one line (the main rank, under a launcher, unless it is this
+    rank's ``own`` trouble, such as its checkpoint) and end with status ``code``: returned, or at
+    once under a launcher (the others may be mid-collective)."""
+    if engine.is_main or not engine.launched or own:
+        rank = f"rank {engine.rank}: " if engine.launched and not engine.is_main else ""
+        print(f"reproduce.{item}: {rank}{run.variant}/{run.cell} seed {run.seed}: {text}", file=sys.stderr, flush=True)
     if engine.launched:
         os._exit(code)
     return code

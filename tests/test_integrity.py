@@ -304,3 +304,32 @@ def test_a_failed_checkpoint_write_removes_its_partial_file(tmp_path):
                           text=True, timeout=60)
     assert proc.stdout.startswith("OSError"), proc.stdout + proc.stderr
     assert not list(tmp_path.glob("*.tmp")) and path.read_bytes().endswith(b"\nold")  # the previous file stands
+
+
+def test_more_seeds_or_another_engine_name_is_the_same_run(tmp_path):
+    """What does not change a run's computation is not its identity: --seeds 2 after seed 0 runs
+    seed 1 only; naming the engine the default picks, or another data folder, skips seed 0."""
+    out = tmp_path / "out"
+    run_demo(out)
+    more = run_demo(out, "--seeds", "2", "checkpoint_every=2")
+    assert "skip default/sgd seed 0" in more.stdout and "default/sgd seed 1: completed" in more.stdout
+    again = subprocess.run(demo_command(out, "--seeds", "2", "--data-dir", str(tmp_path), engine=None),
+                           cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("skip default/sgd") == 2, again.stderr
+
+
+def test_a_filesystem_without_locks_warns_and_runs(tmp_path, capsys):
+    import errno
+    from unittest import mock
+
+    with mock.patch("fcntl.flock", side_effect=OSError(errno.ENOLCK, "No locks available")):
+        with runner.OutLock(tmp_path):
+            pass
+    assert "no lock on this filesystem" in capsys.readouterr().err
+
+
+def test_a_model_size_torch_refuses_is_one_line(tmp_path):
+    (tmp_path / "multi30k").mkdir()  # a data folder that exists: the settings are checked first
+    proc = run_item("figure3", tmp_path / "out", "--data-dir", str(tmp_path), "model_kwargs={d_model: -4}")
+    one_line_refusal(proc, "model_kwargs: Trying to create tensor with negative dimension")
+    assert not (tmp_path / "out").exists()

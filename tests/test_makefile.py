@@ -42,21 +42,34 @@ def test_a_make_variable_is_never_run_as_shell_code(tmp_path, target, variable, 
     assert proc.returncode != 0  # the command failed on the odd value, and make says so
 
 
-def test_the_settings_image_reaches_docker_as_one_literal_argument(tmp_path):
-    marker = tmp_path / "FILE"
-    image = f"$(touch {marker})`touch {marker}`;x"
-    settings = tmp_path / "settings.yaml"
-    settings.write_text(f"image: {image}\n")
+def _fake_docker(tmp_path):
+    """A ``docker`` on PATH that writes its arguments, one per line, to ``tmp_path/argv``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     docker = bin_dir / "docker"
-    argv_file = tmp_path / "argv"
-    docker.write_text(f"#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {argv_file}\n")
+    docker.write_text(f"#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {tmp_path / 'argv'}\n")
     docker.chmod(docker.stat().st_mode | stat.S_IEXEC)
-    proc = make("image", f"K8S_SETTINGS={settings}", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_the_settings_image_reaches_docker_as_one_literal_argument(tmp_path):
+    settings = tmp_path / "settings.yaml"
+    text = (ROOT / "k8s" / "settings.yaml").read_text()
+    settings.write_text(text.replace("image: extrap:0.1.0", 'image: "registry.example.com/you/extrap:0.2.0"  # quoted'))
+    proc = make("image", f"K8S_SETTINGS={settings}", env=_fake_docker(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    argv = argv_file.read_text().splitlines()
-    assert argv[argv.index("-t") + 1] == image and not marker.exists()
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv[argv.index("-t") + 1] == "registry.example.com/you/extrap:0.2.0"
+
+
+def test_an_image_that_is_shell_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "FILE"
+    settings = tmp_path / "settings.yaml"
+    text = (ROOT / "k8s" / "settings.yaml").read_text()
+    settings.write_text(text.replace("image: extrap:0.1.0", f"image: $(touch {marker})`touch {marker}`;x"))
+    proc = make("image", f"K8S_SETTINGS={settings}", env=_fake_docker(tmp_path))
+    assert proc.returncode != 0 and "no valid image" in proc.stderr
+    assert not marker.exists() and not (tmp_path / "argv").exists()
 
 
 def test_exec_with_args_splits_like_a_shell_and_runs_nothing(tmp_path):
