@@ -75,7 +75,7 @@ BAD_VALUES = {
     "model": st.sampled_from(["resnet21", "vgg", "gpt2", "1"]),
     "dataset": st.sampled_from(["cifar1000", "imagenet", "1"]),
     "data_subdir": st.sampled_from(["1", "[a]", "{a: 1}"]),
-    "task_kwargs": st.sampled_from(["{bptt: 35}", "{eval_train_samples: 0}", "{eval_train_samples: -5}",
+    "task_kwargs": st.sampled_from(["{bptt: 35}", "{eval_train_samples: -1}", "{eval_train_samples: -5}",
                                     "{download: maybe}", "{root: /tmp}", "3"]),
     "seed": st.integers(min_value=0, max_value=100).map(str),
     "target_loss": st.one_of(NEGATIVE, st.sampled_from(["abc", "[1, 2]", "true", "''", "0", ".inf"])),  # null: none
