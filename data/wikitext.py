@@ -122,10 +122,7 @@ def load_wikitext(root, vocab_split: str = "train", splits=SPLITS, download: boo
             raise FileNotFoundError(f"WikiText-2 not found under {root} and {err}; extract {WIKITEXT2['url']} "
                                     f"into {parent} (wikitext-2/wiki.{{train,valid,test}}.tokens)") from err
     wanted = list(dict.fromkeys([vocab_split, *splits]))
-    for s in wanted:
-        if _split_path(folder, s).is_dir():
-            raise ValueError(f"{_split_path(folder, s)}: a folder, not a file of tokens")
-    missing = [s for s in wanted if not _split_path(folder, s).is_file()]
+    missing = [s for s in wanted if not _split_path(folder, s).exists()]  # a folder in its place: read_tokens says so
     if missing:
         present = sorted(p.name for p in folder.glob("wiki.*.tokens") if p.is_file()) if folder.is_dir() else []
         hint = ""

@@ -69,6 +69,12 @@ class ConfigError(ValueError):
     """A bad configuration or argument: reported as one line, exit status 2."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none), for a one-line report."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _train_fields() -> dict[str, dataclasses.Field]:
     from extrap.train import TrainConfig
 
@@ -239,7 +245,7 @@ def _check_task_and_model(settings: dict, where: str) -> None:
         with torch.device("meta"):
             build_model(settings.get("model"), **{**shapes, **settings.get("model_kwargs", {})})
     except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:  # e.g. a negative size
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = first_line(e)
         prefix = "" if message.startswith("model:") else "model_kwargs: "
         raise ConfigError(f"{prefix}{message} ({where})") from None
 
@@ -518,17 +524,14 @@ class DataError(ConfigError):
 
 def load_task(settings: dict, device):
     """``build_task``, with its data errors (a missing, corrupt, empty or too small file, each
-    named) as one ``DataError``, and the workers' batches checked against the training data."""
+    named) as one ``DataError``, and the workers' batches checked against the training data
+    (each task's ``steps_per_epoch`` refuses a batch the data cannot fill)."""
     try:
         task, model_kwargs = build_task(settings, device)
         workers, local_batch = settings.get("workers", 1), settings.get("local_batch", 32)
-        steps = task.steps_per_epoch(workers, local_batch)
+        task.steps_per_epoch(workers, local_batch)  # raises when the data hold no full step
     except (ValueError, OSError, EOFError) as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(text) from None
-    if steps < 1:
-        raise DataError(f"local_batch: K = {workers} workers × b = {local_batch} is more than the training data "
-                        f"holds (no full step an epoch); lower local_batch or --workers")
+        raise DataError(first_line(e)) from None
     return task, model_kwargs
 
 
@@ -582,14 +585,14 @@ def main(item: str, argv=None) -> int:
     except KeyboardInterrupt:
         if sys.stderr.isatty():
             print(file=sys.stderr)  # off a progress bar's line
-        _say_once(item)("interrupted; the same command resumes from the last checkpoint")
+        _refusal(item)("interrupted; the same command resumes from the last checkpoint")
         return 130
 
 
 def _main(item: str, argv=None) -> int:
     args = parse_args(item, argv)
     out = Path(args.out or f"runs/{args.scale}")
-    say = _say_once(item)
+    say = _refusal(item)
     try:
         runs = plan(item, args)
         if not runs:
@@ -625,8 +628,8 @@ def _main(item: str, argv=None) -> int:
     return code
 
 
-def _say_once(item: str):
-    """A refusal printer: the main rank's line only (every rank of a launch refuses alike), exit 2."""
+def _refusal(item: str):
+    """A refusal printer: the main rank's line only (every rank of a launch refuses alike); returns 2."""
     def say(error) -> int:
         try:
             from extrap.engines.launch import world_info_from_env
@@ -655,9 +658,7 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
     try:
         engine = engine_for(runs[0].settings)
     except (ValueError, RuntimeError, ImportError) as e:  # an engine that cannot start: said in one line
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"reproduce.{item}: {message}", file=sys.stderr)
-        return 2
+        return _refusal(item)(first_line(e))
     if engine.launched:
         mismatched = {r.settings.get("workers") for r in runs} - {engine.world_size, None}
         if mismatched and engine.is_main:

@@ -340,7 +340,7 @@ def write_study_figure(records: list[dict], item: str, path) -> Path:
         axes[2].set_xscale("log")
         _finish(axes[2], "base learning rate (at the base batch, scaled linearly)", "share of seeds reaching the target",
                 "(c) the rate grid")
-    fig.suptitle(f"{study.title} — {study._caption().split('. Steps')[0]}")
+    fig.suptitle(f"{study.title} — {study.setting_line()}")
     path = Path(path)
     _save(fig, path)
     return path

@@ -134,9 +134,12 @@ class Study:
             return [(m, v) for m in self.methods if (v := self.tuned(m)) is not None]
         return [(m, v) for v in self.variants for m in self.methods if (m, v) in self.arms]
 
+    def setting_line(self) -> str:
+        """``<setting>, global batch B = <B>``: what the runs were."""
+        return f"{self.setting}, global batch B = {', '.join(map(str, self.global_batch)) or 'not recorded'}"
+
     def _caption(self) -> str:
-        batch = ", ".join(map(str, self.global_batch)) or "not recorded"
-        return (f"{self.setting}, global batch B = {batch}. Steps until the training loss at x_t on a fixed "
+        return (f"{self.setting_line()}. Steps until the training loss at x_t on a fixed "
                 f"training subset is at most {self.target:g} (mean [95 % interval] over the seeds that got "
                 f"there; reached = seeds that got there / seeds run).")
 
