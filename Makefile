@@ -11,12 +11,14 @@ PYTEST_ARGS ?=
 
 # The paper's tables and figures: make reproduce-table1 [SCALE=paper|smoke] [WORKERS=K]
 # [ENGINE=auto|processes|horovod|virtual|single] [DATA_DIR=DIR] [OUT=DIR] [LAUNCH="mpirun -np 16 ..."]
+# [ARGS="epochs=1 seeds=3"] (the item's own settings and flags, as after `python -m reproduce.table1`)
 ITEMS    := $(sort $(basename $(notdir $(wildcard reproduce/configs/*.yaml))))  # one per config
 SCALE    ?= paper
 OUT      ?= runs/$(SCALE)
 WORKERS  ?=
 ENGINE   ?=
 DATA_DIR ?=
+ARGS     ?=
 # ENGINE=processes starts one rank per worker with the .venv's mpirun unless LAUNCH says how
 # (a hostfile on a cluster: LAUNCH="mpirun -np 16 --hostfile hosts"); root needs Open MPI's flag.
 # ENGINE=horovod starts them with horovodrun --gloo (after `make install-horovod`).
@@ -26,8 +28,8 @@ LAUNCH   ?= $(if $(filter processes,$(ENGINE)),$(VENV)/bin/mpirun $(MPI_FLAGS) -
             $(if $(filter horovod,$(ENGINE)),$(VENV)/bin/horovodrun --gloo -np $(NP) -H localhost:$(NP))
 # Every value given here, on the command line or in a file reaches the shell as literal
 # arguments, never as shell code: q quotes one value as one argument, qw each of its words
-# (LAUNCH: its words as written, quotes included; PYTEST_ARGS and BENCH_ARGS, which may quote
-# words, are split by scripts/exec_with_args.py). A $(...) on make's own command line is make's.
+# (LAUNCH: its words as written, quotes included; ARGS, PYTEST_ARGS and BENCH_ARGS, which may
+# quote words, are split by scripts/exec_with_args.py). A $(...) on make's own command line is make's.
 q  = '$(subst ','\'',$(1))'
 qw = $(foreach w,$(1),$(call q,$(w)))
 ITEM_ARGS = --scale $(call q,$(SCALE)) --out $(call q,$(OUT)) $(if $(WORKERS),--workers $(call q,$(WORKERS))) \
@@ -70,7 +72,7 @@ demo: install
 	$(call q,$(PY)) -m reproduce.demo --out $(call q,$(DEMO_OUT))
 
 $(addprefix reproduce-,$(ITEMS)): reproduce-%: install
-	$(call qw,$(LAUNCH)) $(call q,$(PY)) -m reproduce.$* $(ITEM_ARGS)
+	$(call qw,$(LAUNCH)) $(call q,$(PY)) scripts/exec_with_args.py $(call q,$(PY)) -m reproduce.$* $(ITEM_ARGS) -- $(call q,$(ARGS))
 	$(call q,$(PY)) -m results $(call q,$(OUT))
 
 reproduce-all: $(addprefix reproduce-,$(ITEMS))
@@ -86,7 +88,7 @@ image:
 	docker build -f k8s/Dockerfile --build-arg GIT_COMMIT="$$(git rev-parse HEAD)" -t $(call q,$(IMAGE)) .
 
 test: install
-	$(call q,$(PY)) scripts/exec_with_args.py $(call q,$(PY)) -m pytest -q --durations=30 -- $(call q,$(PYTEST_ARGS))
+	$(call q,$(PY)) scripts/exec_with_args.py $(call q,$(PY)) -m pytest -q -n auto --dist worksteal --durations=30 -- $(call q,$(PYTEST_ARGS))
 
 BENCH_ARGS ?=
 bench: install

@@ -137,12 +137,17 @@ class CifarTask(ClassificationTask):
     (seed, worker, epoch, step) so processes, virtual workers and resumed runs see the same crops."""
 
     def __init__(self, root, name: str = "cifar10", device="cpu", seed: int = 0, download: bool = False,
-                 eval_train_samples: int | None = 10_000, tensors: tuple[Tensor, ...] | None = None):
+                 eval_train_samples: int | None = 10_000, tensors: tuple[Tensor, ...] | None = None,
+                 max_train_images: int | None = None):
         """``tensors``: ``(x_train, y_train, x_test, y_test)`` in CIFAR's formats instead of
-        ``root``'s files (benchmarks on stand-in images)."""
+        ``root``'s files (benchmarks on stand-in images). ``max_train_images``: train on the first
+        that many training images only (short runs, like ``max_train_tokens`` and
+        ``max_train_pairs`` of the language tasks)."""
         device = torch.device(device)
         if tensors is None:
             tensors = (*load_cifar(root, name, "train", download=download), *load_cifar(root, name, "test", download=download))
+        if max_train_images is not None:
+            tensors = (tensors[0][:max_train_images], tensors[1][:max_train_images], *tensors[2:])
         super().__init__(*(t.to(device) for t in tensors), seed=seed, eval_train_samples=eval_train_samples)
         mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
         self.augment = Augment(mean, std)

@@ -9,6 +9,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test`: pytest-xdist workers share the cores
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def find_mpirun():
     """mpirun from this interpreter's environment (make install puts it in .venv), or PATH."""

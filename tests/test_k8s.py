@@ -386,7 +386,7 @@ BAD_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("path, value, message", BAD_SETTINGS, ids=[f"{p}={v!r}"[:40] for p, v, _ in BAD_SETTINGS])
+@pytest.mark.parametrize("path, value, message", BAD_SETTINGS, ids=[f"{p}={'<deleted>' if v is _DELETE else repr(v)}"[:40] for p, v, _ in BAD_SETTINGS])
 def test_bad_settings_are_refused_in_one_line_naming_the_key(path, value, message):
     settings = copy.deepcopy(SETTINGS)
     _set(path, value)(settings)

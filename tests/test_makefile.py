@@ -27,6 +27,7 @@ def make(*args, env=None, timeout=120):
     ("reproduce-table1", "OUT"),
     ("reproduce-table1", "DATA_DIR"),
     ("reproduce-table1", "LAUNCH"),
+    ("reproduce-table1", "ARGS"),
     ("test", "PYTEST_ARGS"),
 ])
 @pytest.mark.parametrize("inject", ["x; {touch}", "x && {touch}", "$$({touch})", "`{touch}`", "x' ; {touch} ; '"])

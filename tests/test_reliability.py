@@ -23,7 +23,9 @@ from test_reproduce import _strip_times, records
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "cifar10-subset").is_dir(),
                                 reason=f"needs the CIFAR-10 slice in {SHARED_DATA} (beside the checkout in CI)")
-SMALL = ["epochs=2", "task_kwargs={eval_train_samples: 300}", "probe_every=0", "local_batch=32"]
+# 2 epochs of 24 steps (1,536 images at B = 64): a cell lasts several seconds, long enough to be
+# killed in, on any machine these tests run on
+SMALL = ["epochs=2", "task_kwargs={max_train_images: 1536, eval_train_samples: 256}", "probe_every=0", "local_batch=32"]
 
 
 def figure1(out: Path, *extra) -> list[str]:
@@ -158,7 +160,7 @@ def test_a_diverging_cell_is_recorded_and_the_item_goes_on(tmp_path):
     # steps, is recorded as such, and the item goes on to the next cell
     out = tmp_path / "div"
     done = finish(figure1(out, "--only", "extrap-sgd,sgd", "epochs=1", "probe_every=0",
-                          "task_kwargs={eval_train_samples: 100}", "loss_bound=2.0"))
+                          "task_kwargs={max_train_images: 512, eval_train_samples: 100}", "loss_bound=2.0"))
     recs = {r["cell"]: r for r in records(out)}
     assert sorted(recs) == ["extrap-sgd", "sgd"]  # the first diverged, the second still ran
     for r in recs.values():

@@ -15,6 +15,11 @@ from conftest import ROOT, SHARED_DATA, launcher_env
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not present: the "
                                 "real dataset slices ship beside the project in CI only")
 
+# Shortened smoke runs that test the same path: 512 training images (4 steps at B = 128),
+# the training loss on 256. The smoke scale as configured is what users run; these tests check
+# the pipeline on it, whose cost is the number of steps.
+SHORT = "task_kwargs={max_train_images: 512, eval_train_samples: 256}"
+
 TABLE1_CELLS = ["sgd-nolars", "extrap-sgd-nolars", "sgd", "smoothout", "uniform-noise",
                 "stochastic-noise", "extrap-sgd"]
 
@@ -40,7 +45,7 @@ def test_make_reproduce_table1_at_smoke_scale(tmp_path):
     out = tmp_path / "smoke"
     start = time.perf_counter()
     run(["make", "-o", "install", "-o", ".venv/.installed", "reproduce-table1", "SCALE=smoke", "WORKERS=2",
-         f"DATA_DIR={SHARED_DATA}", f"OUT={out}", f"PY={sys.executable}"])
+         f"DATA_DIR={SHARED_DATA}", f"OUT={out}", f"PY={sys.executable}", f"ARGS=epochs=1 '{SHORT}'"])
     elapsed = time.perf_counter() - start
     recs = records(out)
     assert sorted((r["variant"], r["cell"]) for r in recs) == sorted(
@@ -56,8 +61,8 @@ def test_make_reproduce_table1_at_smoke_scale(tmp_path):
     table = (out / "table1.md").read_text()
     assert "ResNet-20" in table and "extrap-SGD" in table and "(n=1)" in table
     assert (out / "table1.tex").exists() and (out / "table1.csv").exists()
-    print(f"make reproduce-table1 SCALE=smoke WORKERS=2: {elapsed:.0f} s")
-    assert elapsed < 15 * 60
+    print(f"make reproduce-table1 SCALE=smoke WORKERS=2 ARGS=...: {elapsed:.0f} s")
+    assert elapsed < 5 * 60
 
 
 @needs_data
@@ -65,10 +70,12 @@ def test_make_reproduce_table1_at_smoke_scale(tmp_path):
 def test_figure1_at_smoke_scale_with_the_smoothness_probe(tmp_path):
     out = tmp_path / "fig"
     start = time.perf_counter()
-    run(item("figure1", "--out", str(out)))
+    run(item("figure1", "--out", str(out), "task_kwargs={max_train_images: 1280, eval_train_samples: 256}",
+             "log_every=2", "probe_every=4"))  # 10 steps: 5 trace points, probes at steps 4 and 8
     recs = records(out)
     assert len(recs) == 9 and all(r["status"] == "completed" for r in recs)
     assert all(len(r["smoothness"]) >= 2 and all(p["smoothness"] > 0 for p in r["smoothness"]) for r in recs)
+    assert all(len(r["trace"]) == 5 and r["steps"] == 10 for r in recs)
     run([sys.executable, "-m", "results", str(out)])
     assert (out / "figure1.png").read_bytes()[:4] == b"\x89PNG"
     print(f"figure1 smoke: {time.perf_counter() - start:.0f} s")
@@ -82,8 +89,8 @@ def test_mpirun_and_virtual_workers_end_the_same_cell_alike(tmp_path, mpirun):
     ResNet-20 steps: rounding in a different reduction order is amplified by the ill-conditioned
     gradients of BatchNorm shifts; at the config's η = 0.1 with LARS even float64 runs drift
     (1 vs 2 threads: 2 %), the early trajectory being chaotic there."""
-    args = ["--only", "extrap-sgd", "epochs=1", "task_kwargs={eval_train_samples: 500}", "dtype=float64",
-            "base_lr=0.02"]
+    args = ["--only", "extrap-sgd", "epochs=1", "task_kwargs={max_train_images: 768, eval_train_samples: 256}",
+            "dtype=float64", "base_lr=0.02"]  # 6 steps
     run([mpirun, "-np", "2", *item("figure1", "--out", str(tmp_path / "mpi"), *args)])
     run(item("figure1", "--engine", "virtual", "--workers", "2", "--out", str(tmp_path / "virtual"), *args))
     (a,), (b,) = records(tmp_path / "mpi"), records(tmp_path / "virtual")
@@ -100,7 +107,8 @@ def _strip_times(record):
 @needs_data
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_record(tmp_path):
-    args = ["--only", "extrap-sgd", "epochs=3", "task_kwargs={eval_train_samples: 500}", "probe_every=0"]
+    args = ["--only", "extrap-sgd", "epochs=3", "task_kwargs={max_train_images: 1536, eval_train_samples: 256}",
+            "probe_every=0"]  # 12 steps an epoch
     whole = tmp_path / "whole"
     run(item("figure1", "--out", str(whole), *args))
     killed = tmp_path / "killed"
@@ -137,6 +145,21 @@ def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+@needs_data
+def test_a_smoke_run_draws_curves_of_at_least_10_points():
+    """Every item's smoke runs, as configured, log at least 10 trace points (the figures' curves)."""
+    from reproduce.runner import ITEMS, load_task, parse_args, plan
+
+    for name in ITEMS:
+        for r in plan(name, parse_args(name, ["--scale", "smoke", "--data-dir", str(SHARED_DATA)])):
+            if "log_every" not in r.settings:
+                assert not name.startswith("figure"), name  # a table's item need not trace
+                continue
+            task, _ = load_task(r.settings, "cpu")
+            steps = r.settings["epochs"] * task.steps_per_epoch(r.settings["workers"], r.settings["local_batch"])
+            assert steps // r.settings["log_every"] >= 10, (name, r.variant, r.cell, steps)
 
 
 def test_every_item_resolves_at_both_scales():
