@@ -189,26 +189,30 @@ def test_language_items_at_smoke_scale(tmp_path, name, metric, vocab):
     assert (tmp_path / f"{name}.png").exists()
 
 
-LAPTOP_ITEMS = ["figure1", "figure7"]
+# each laptop config as it is, but on few enough data for a few steps (CIFAR-10: 4 steps at B = 1,024)
+LAPTOP_ITEMS = {"figure1": [], "figure7": [],
+                "figure3": ["task_kwargs={max_train_pairs: 2048, eval_samples: 50, decode_max_len: 10}"]}
 
 
 @needs_data
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LAPTOP_ITEMS)
+@pytest.mark.parametrize("name", sorted(LAPTOP_ITEMS))
 def test_laptop_configs_run_a_few_steps_and_collate_as_a_study(tmp_path, name):
-    """The laptop study's configs as they are (K = 16, B = 1,024, the rate grid), one seed of one
-    cell for one epoch (4 steps): they run, and results/ writes the study's table and figure."""
+    """The laptop study's configs as they are (K = 16, the batch sizes, the rate grid), one seed of
+    one cell for one epoch: they run, and results/ writes the study's table and figure."""
     from reproduce.runner import load_config
 
     scale = load_config(name)["scales"]["laptop"]
     cell = scale.get("run_cells", list(load_config(name)["cells"]))[0]
     run([sys.executable, "-m", f"reproduce.{name}", "--scale", "laptop", "--no-progress", "--seeds", "1",
-         "--only", cell, "--out", str(tmp_path), "epochs=1", "log_every=1", "eval_every=1"])
+         "--only", cell, "--out", str(tmp_path), "epochs=1", "log_every=1", "eval_every=1", *LAPTOP_ITEMS[name]])
     recs = records(tmp_path)
     assert len(recs) == len(scale.get("run_variants", ["default"]))
     for r in recs:
-        assert r["status"] == "completed" and r["global_batch"] == 1024 and r["workers"] == 16
-        assert r["config"]["target_loss"] == scale["target_loss"] and len(r["trace"]) == r["steps"] == 4
+        assert r["status"] == "completed" and r["workers"] == 16 and r["global_batch"] in (512, 1024)
+        assert r["config"]["target_loss"] == scale["target_loss"] and len(r["trace"]) == r["steps"] >= 2
+        if r["config"]["task"] == "cifar":
+            assert r["global_batch"] == 1024 and r["steps"] == 4
     run([sys.executable, "-m", "results", str(tmp_path)])
     table = (tmp_path / f"{name}.study.md").read_text()
     assert f"at most {scale['target_loss']:g}" in table and (tmp_path / f"{name}.study.png").exists()
