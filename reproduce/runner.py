@@ -115,7 +115,7 @@ def parse_args(item: str, argv=None) -> argparse.Namespace:
     ap.add_argument("--out", default=None, help="results folder (default: runs/<scale>)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
-    return ap.parse_args(argv)
+    return ap.parse_intermixed_args(argv)  # overrides before, between or after the flags
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -162,6 +162,16 @@ def test_a_smoke_run_draws_curves_of_at_least_10_points():
             assert steps // r.settings["log_every"] >= 10, (name, r.variant, r.cell, steps)
 
 
+def test_overrides_may_come_before_between_and_after_the_flags():
+    """As `make reproduce-<item> ARGS=...` appends them to the Makefile's own flags."""
+    from reproduce.runner import parse_args
+
+    args = parse_args("figure1", ["epochs=1", "--scale", "smoke", "momentum=0.5", "--only", "sgd",
+                                  "task_kwargs={max_train_images: 512}"])
+    assert args.scale == "smoke" and args.only == "sgd"
+    assert args.overrides == ["epochs=1", "momentum=0.5", "task_kwargs={max_train_images: 512}"]
+
+
 def test_every_item_resolves_at_both_scales():
     from reproduce.runner import ITEMS, load_config, parse_args, plan
 
