@@ -59,7 +59,10 @@ def test_an_execution_option_trains_close_to_float32_eager(float32_eager, option
     float32_eager = float32_eager(batched)
     assert losses[0] == pytest.approx(float32_eager[0], rel=first_rtol)
     assert losses == pytest.approx(float32_eager, rel=0.03)
-    assert losses[-1] < losses[0]  # it learns, as float32 eager does
+    # on random labels the loss climbs (to about 4.3 at step 5) and settles back near ln 10; it
+    # does so with the option as in float32 eager (whose last loss is not always below its first:
+    # with 1 thread it ends at 2.3344 from 2.3327)
+    assert losses[-1] < 0.7 * max(losses) and float32_eager[-1] < 0.7 * max(float32_eager)
     # parameters, gradients and BatchNorm statistics stay float32
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in run.workers.parameters())
     assert all(b.dtype == torch.float32 for n, b in run.workers.buffers.items() if b.is_floating_point())
