@@ -48,7 +48,7 @@ help:
 	  "make bench    measure extrap's costs side by side -> docs/bench.{md,json} (BENCH_ARGS=--tiny)" \
 	  "make install  create "$(call q,$(VENV))" with torch ("$(call q,$(TORCH))"), Open MPI + mpi4py, and this project" \
 	  "make install-horovod   build Horovod 0.28.1 into "$(call q,$(VENV))" (~3 min) for ENGINE=horovod" \
-	  "make reproduce-table1 ... reproduce-figure7, reproduce-all   an item (SCALE=paper|laptop|smoke, -> "$(call q,$(OUT))")" \
+	  "make reproduce-table1 ... reproduce-figure7, reproduce-all   an item (SCALE=paper|laptop|smoke, ARGS='epochs=1 ...', -> "$(call q,$(OUT))")" \
 	  "make tables   rebuild tables and figures from "$(call q,$(OUT))"/records.jsonl" \
 	  "make k8s      regenerate k8s/ manifests from the configs and k8s/settings.yaml" \
 	  "make image    docker build -f k8s/Dockerfile -t "$(call q,$(IMAGE))" ." \
