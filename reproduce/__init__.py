@@ -11,3 +11,17 @@ DEMO = "demo"
 def config_path(item: str) -> Path:
     """The config of ``item``: one of ``ITEMS``, or the demo."""
     return CONFIGS.parent / "demo.yaml" if item == DEMO else CONFIGS / f"{item}.yaml"
+
+
+# what does not change what a run computes: how it is shown, how many seeds its item runs, where
+# the data lie, which engine runs it (they agree: tests/test_engines.py), its checkpoint rhythm
+IDENTITY_EXCLUDES = ("label", "color", "seeds", "data_dir", "engine", "target_loss", "checkpoint_every",
+                     "checkpoint_minutes")
+
+
+def identity(settings) -> dict:
+    """What makes two runs the same run: their resolved settings, less how they are shown. The
+    runner refuses to resume or skip a run whose identity changed; the study compares arms by it."""
+    if not isinstance(settings, dict):
+        return {}
+    return {k: v for k, v in settings.items() if k not in IDENTITY_EXCLUDES}

@@ -41,7 +41,7 @@ import yaml
 
 from extrap.checkpoint import CheckpointError
 from extrap.engines import ENGINES
-from reproduce import CONFIGS, ITEMS, config_path  # noqa: F401 (CONFIGS, ITEMS: the runner's item list)
+from reproduce import CONFIGS, ITEMS, config_path, identity  # noqa: F401 (CONFIGS, ITEMS: the runner's item list)
 from results.records import presentation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,17 +364,6 @@ def finished_runs(records: Path) -> dict[tuple, dict]:
 
 
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # a write that cannot happen: one line, exit 1
-# what does not change what a run computes: how it is shown, how many seeds its item runs, where
-# the data lie, which engine runs it (they agree: tests/test_engines.py), its checkpoint rhythm
-IDENTITY_EXCLUDES = ("label", "color", "seeds", "data_dir", "engine", "target_loss", "checkpoint_every",
-                     "checkpoint_minutes")
-
-
-def identity(settings) -> dict:
-    """What makes two runs the same run: their resolved settings, less how they are shown."""
-    if not isinstance(settings, dict):
-        return {}
-    return {k: v for k, v in settings.items() if k not in IDENTITY_EXCLUDES}
 
 
 def differences(old: dict, new: dict, limit: int = 3) -> str:

@@ -309,37 +309,45 @@ def write_figure(records: list[dict], item: str, path, colors: dict | None = Non
 
 
 def write_study_figure(records: list[dict], item: str, path) -> Path:
-    """(a) the training loss at x_t against steps of each arm the study shows (each method at its
-    tuned rate, or every method and variant; mean ± 1 std over seeds) with the target; (b) the
-    item's metric against steps for the same arms; (c) over a rate grid, the share of seeds
-    reaching the target at each rate."""
+    """Panels for the arms the study shows (each method at its tuned rate, or every method and
+    variant; mean ± 1 std over seeds): the training loss at x_t against steps, with the target;
+    the smoothness probe along the path, where the runs probed it (as Figure 1(b)); the item's
+    metric, where its config names one; and over a rate grid, the share of seeds reaching the
+    target at each rate."""
     study = build_study(records, item)
     records = study_records(records, item)
     colors = method_colors(records)
     grid = study.rate_grid and len(study.variants) > 1
-    fig = Figure(figsize=(6 * (2 + grid), 4.6), layout="constrained")
-    axes = fig.subplots(1, 2 + grid)
+    probed = any(isinstance(r.get("smoothness"), list) and r["smoothness"] for r in records)
+    metric = study.metric.get("key")
+    panels = [(LOSS, "trace", "training loss at $x_t$ (fixed training subset)")]
+    panels += [("smoothness", "smoothness", "smoothness along the path")] if probed else []
+    panels += [(metric, "curve", study.metric.get("label", metric))] if metric else []
+    fig = Figure(figsize=(6 * (len(panels) + grid), 4.6), layout="constrained")
+    axes = list(fig.subplots(1, len(panels) + grid, squeeze=False)[0])
     styles = {v: _LINESTYLES[i % len(_LINESTYLES)] for i, v in enumerate(study.variants)}
     for m, v in study.shown():
         rs = [r for r in records if r["cell"] == m and variant_of(r) == v]
         label = study.method_labels[m] + (f", {study.variant_labels[v]}" if len(study.variants) > 1 else "")
-        for ax, key, source in ((axes[0], LOSS, "trace"), (axes[1], study.metric.get("key"), "curve")):
-            series = _series(rs, key, source=source) if key else None
+        for ax, (key, source, _) in zip(axes, panels):
+            series = _series(rs, key, source=source)
             if series is not None:
                 _draw(ax, series, colors[m], label, "-" if study.rate_grid else styles[v])
-    for m in study.methods if grid else []:
-        points = sorted((arm.base_lr, arm.reached / arm.n) for (mm, _), arm in study.arms.items()
-                        if mm == m and arm.base_lr is not None)
-        axes[2].plot([x for x, _ in points], [y for _, y in points], "o-", color=colors[m], label=study.method_labels[m])
     axes[0].axhline(study.target, color="0.3", linestyle="--", linewidth=1, label=f"target {study.target:g}")
     axes[0].set_yscale("log")
     which = "each method at its tuned rate" if grid else "mean over seeds"
-    _finish(axes[0], "step", "training loss at $x_t$ (fixed training subset)", f"(a) training loss, {which}, band ± 1 std")
-    _finish(axes[1], "step", study.metric.get("label", "metric"), f"(b) {study.metric.get('label', 'metric')}")
+    for i, (ax, (_, _, ylabel)) in enumerate(zip(axes, panels)):
+        title = f"training loss, {which}, band ± 1 std" if i == 0 else ylabel
+        _finish(ax, "step", ylabel, f"({'abcd'[i]}) {title}")
     if grid:
-        axes[2].set_xscale("log")
-        _finish(axes[2], "base learning rate (at the base batch, scaled linearly)", "share of seeds reaching the target",
-                "(c) the rate grid")
+        ax = axes[-1]
+        for m in study.methods:
+            points = sorted((arm.base_lr, arm.reached / arm.n) for (mm, _), arm in study.arms.items()
+                            if mm == m and arm.base_lr is not None)
+            ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=colors[m], label=study.method_labels[m])
+        ax.set_xscale("log")
+        _finish(ax, "base learning rate (at the base batch, scaled linearly)", "share of seeds reaching the target",
+                f"({'abcd'[len(panels)]}) the rate grid")
     fig.suptitle(f"{study.title} — {study.setting_line()}")
     path = Path(path)
     _save(fig, path)

@@ -31,6 +31,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reproduce import identity
+
 from .records import about_of, methods_of, variant_of, variants_of
 from .tables import fixed
 
@@ -234,11 +236,10 @@ def build_study(records: list[dict], item: str) -> Study:
         probes = [p["smoothness"] for p in r.get("smoothness") or [] if isinstance(p, dict) and _finite(p.get("smoothness"))]
         if probes:
             arm.smoothness.append(statistics.fmean(probes))
-    settings = {}  # per (method, variant): the settings besides the seed and the rate
+    settings = {}  # per (method, variant): what the runs computed, besides the seed and the rate
     for r in records:
-        config = r.get("config") if isinstance(r.get("config"), dict) else {}
-        settings.setdefault(r["cell"], {})[variant_of(r)] = json.dumps(
-            {k: v for k, v in config.items() if k not in ("seed", "base_lr")}, sort_keys=True, default=str)
+        config = {k: v for k, v in identity(r.get("config")).items() if k not in ("seed", "base_lr")}
+        settings.setdefault(r["cell"], {})[variant_of(r)] = json.dumps(config, sort_keys=True, default=str)
     rate_grid = all(len(set(by_variant.values())) == 1 for by_variant in settings.values())
     batches = sorted({r["global_batch"] for r in records if isinstance(r.get("global_batch"), int)})
     return Study(item, about.get("title", item), target, methods, method_labels, variants, variant_labels, arms,

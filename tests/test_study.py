@@ -114,3 +114,27 @@ def test_variants_other_than_rates_are_each_shown_not_tuned():
     md = study.to_markdown()
     assert "tuned rate" not in md and "| method | variant |" in md and md.count("| mini-batch SGD |") == 2
     assert build_study(grid_records(), "figure1").rate_grid
+
+
+def test_settings_that_change_no_computation_keep_a_rate_grid():
+    """Runs of one grid resumed with another --data-dir spelling (or engine, or labels) are still
+    tuned over their rates: the study compares what the runs computed, as the runner does."""
+    records = [{**r, "config": {**r["config"], "data_dir": f"/data/{r['seed']}", "engine": "virtual",
+                                "label": str(r["seed"])}} for r in grid_records()]
+    assert build_study(records, "figure1").rate_grid
+    assert build_study(records, "figure1").shown() == [("sgd", "lr0.1"), ("extrap-sgd", "lr0.2")]
+
+
+def test_the_figure_has_the_smoothness_panel_when_the_runs_probed_it(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: drawn.append(
+        [ax.get_title() for ax in self.axes]))
+    write_study_figure(grid_records(), "figure1", tmp_path / "a.png")
+    unprobed = [{k: v for k, v in r.items() if k != "smoothness"} for r in grid_records()]
+    write_study_figure(unprobed, "figure1", tmp_path / "b.png")
+    assert [t.split(" ", 1)[1] for t in drawn[0]] == [
+        "training loss, each method at its tuned rate, band ± 1 std", "smoothness along the path", "the rate grid"]
+    assert [t.split(" ", 1)[1] for t in drawn[1]] == [
+        "training loss, each method at its tuned rate, band ± 1 std", "the rate grid"]
