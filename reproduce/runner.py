@@ -26,6 +26,7 @@ import contextlib
 import copy
 import dataclasses
 import errno
+import functools
 import importlib
 import json
 import os
@@ -318,8 +319,15 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
 # -- provenance and records --------------------------------------------------------------------------
 
 def git_info() -> dict:
-    """The checkout's commit and dirty flag; in an image without git or .git (k8s/Dockerfile),
-    the commit it was built from (``EXTRAP_GIT_COMMIT``) and ``dirty`` None."""
+    """The checkout's commit and dirty flag when this process first asked, which is when it had
+    imported the code it runs (a long item's later runs keep it though HEAD moves on); in an
+    image without git or .git (k8s/Dockerfile), the commit it was built from
+    (``EXTRAP_GIT_COMMIT``) and ``dirty`` None."""
+    return dict(_git_info_at_start())
+
+
+@functools.cache
+def _git_info_at_start() -> dict:
     def git(*a):
         try:
             r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30)
@@ -579,6 +587,7 @@ def main(item: str, argv=None) -> int:
 
 
 def _main(item: str, argv=None) -> int:
+    git_info()  # the commit of the code this process imported, for every record it writes
     args = parse_args(item, argv)
     out = Path(args.out or f"runs/{args.scale}")
     say = _refusal(item)

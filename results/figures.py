@@ -346,6 +346,9 @@ def write_study_figure(records: list[dict], item: str, path) -> Path:
                             if mm == m and arm.base_lr is not None)
             ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=colors[m], label=study.method_labels[m])
         ax.set_xscale("log")
+        rates = sorted({arm.base_lr for arm in study.arms.values() if arm.base_lr is not None})
+        ax.set_xticks(rates, labels=[f"{r:g}" for r in rates])
+        ax.minorticks_off()
         _finish(ax, "base learning rate (at the base batch, scaled linearly)", "share of seeds reaching the target",
                 f"({'abcd'[len(panels)]}) the rate grid")
     fig.suptitle(f"{study.title} — {study.setting_line()}")

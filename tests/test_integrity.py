@@ -333,3 +333,26 @@ def test_a_model_size_torch_refuses_is_one_line(tmp_path):
     proc = run_item("figure3", tmp_path / "out", "--data-dir", str(tmp_path), "model_kwargs={d_model: -4}")
     one_line_refusal(proc, "model_kwargs: Trying to create tensor with negative dimension")
     assert not (tmp_path / "out").exists()
+
+
+def test_records_name_the_commit_the_process_started_with(monkeypatch):
+    """A long item's later runs keep the commit of the code the process imported, though HEAD
+    moves on while it runs."""
+    from reproduce import runner
+
+    heads = iter(["a" * 40, "b" * 40])
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        out = next(heads) if cmd[1] == "rev-parse" else ""
+        return subprocess.CompletedProcess(cmd, 0, stdout=out + "\n", stderr="")
+
+    runner._git_info_at_start.cache_clear()
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    try:
+        first = runner.git_info()
+        first["commit"] = "changed by a caller"
+        assert runner.git_info() == {"commit": "a" * 40, "dirty": False} and len(calls) == 2
+    finally:
+        runner._git_info_at_start.cache_clear()
