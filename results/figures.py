@@ -318,10 +318,9 @@ def write_study_figure(records: list[dict], item: str, path) -> Path:
     records = study_records(records, item)
     colors = method_colors(records)
     grid = study.rate_grid and len(study.variants) > 1
-    probed = any(isinstance(r.get("smoothness"), list) and r["smoothness"] for r in records)
     metric = study.metric.get("key")
     panels = [(LOSS, "trace", "training loss at $x_t$ (fixed training subset)")]
-    panels += [("smoothness", "smoothness", "smoothness along the path")] if probed else []
+    panels += [("smoothness", "smoothness", "smoothness along the path")] if study.probed else []
     panels += [(metric, "curve", study.metric.get("label", metric))] if metric else []
     fig = Figure(figsize=(6 * (len(panels) + grid), 4.6), layout="constrained")
     axes = list(fig.subplots(1, len(panels) + grid, squeeze=False)[0])

@@ -136,6 +136,11 @@ class Study:
             return [(m, v) for m in self.methods if (v := self.tuned(m)) is not None]
         return [(m, v) for v in self.variants for m in self.methods if (m, v) in self.arms]
 
+    @property
+    def probed(self) -> bool:
+        """Whether any run measured the smoothness along its path."""
+        return any(arm.smoothness for arm in self.arms.values())
+
     def setting_line(self) -> str:
         """``<setting>, global batch B = <B>``: what the runs were."""
         return f"{self.setting}, global batch B = {', '.join(map(str, self.global_batch)) or 'not recorded'}"
@@ -152,7 +157,7 @@ class Study:
             lines += self._grid_lines(line) + ["", "Each method at its tuned rate (most seeds reaching the "
                                                "target, then fewest steps).", ""]
         metric = [f"final {self.metric.get('label', self.metric['key'])}"] if "key" in self.metric else []
-        probed = any(arm.smoothness for arm in self.arms.values())
+        probed = self.probed
         lines += [line(["method", "rate" if self.rate_grid else "variant", "reached", "steps to target",
                         "final training loss", *metric, *(["smoothness (mean along the path)"] if probed else [])]),
                   "|---|---|" + "---:|" * (3 + len(metric) + probed)]
