@@ -212,11 +212,13 @@ def study_records(records: list[dict], item: str) -> list[dict]:
 
 
 def build_study(records: list[dict], item: str) -> Study:
-    """The arms of ``item``'s study from its records that name a target (the first one's)."""
+    """The arms of ``item``'s study from its records that name a target. The target is the last
+    record's: ``target_loss`` is not part of a run's identity, so it may be set after some runs
+    have finished (from a first seed's curve), and the newest record carries the config's value."""
     records = study_records(records, item)
     if not records:
         raise ValueError(f"item: no records of {item!r} that name a target_loss")
-    target = _target(records[0])
+    target = _target(records[-1])
     about = about_of(records)
     metric = about["metric"] if isinstance(about.get("metric"), dict) and "key" in about["metric"] else {}
     methods, method_labels = methods_of(records)

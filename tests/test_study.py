@@ -76,6 +76,14 @@ def test_arms_count_reached_and_diverged_seeds_and_each_method_gets_its_tuned_ra
     assert study.arms["extrap-sgd", "lr0.2"].steps == [4, 6, 6]
 
 
+def test_the_target_is_the_newest_records_so_it_can_be_set_after_a_first_run():
+    first = record("sgd", "lr0.1", 0, [2.0, 1.5, 1.2], 0.1, target=1.0)
+    later = [record("sgd", "lr0.1", s, [2.0, 1.5, 1.2], 0.1, target=1.5) for s in (1, 2)]
+    study = build_study([first, *later], "figure1")
+    assert study.target == 1.5 and study.arms["sgd", "lr0.1"].steps == [4, 4, 4]  # the first run too, at 1.5
+    assert build_study([*later, first], "figure1").target == 1.0
+
+
 def test_markdown_and_csv_show_the_grid_and_the_tuned_rates():
     study = build_study(grid_records(), "figure1")
     md = study.to_markdown()
