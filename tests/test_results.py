@@ -217,6 +217,22 @@ def test_figure4_reads_the_budget_from_the_runs_config_not_the_variant_name():
     assert _budget(record("figure4", "epochs=150", "sgd", 0, 80.0)) is None  # no config epochs: not drawn
 
 
+def test_an_epochs_override_for_figure4_is_the_budget_the_figure_draws(tmp_path, monkeypatch):
+    """``epochs=5`` on figure4's command line: the runner's settings carry it, and the figure puts
+    the runs at 5 epochs whatever their variant is called."""
+    from results import figures
+
+    runs = runner.plan("figure4", runner.parse_args("figure4", ["--scale", "smoke", "--only", "sgd", "epochs=5"]))
+    assert runs and all(r.settings["epochs"] == 5 for r in runs) and any(r.variant != "epochs=5" for r in runs)
+    write_records(tmp_path, [{**record("figure4", r.variant, r.cell, r.seed, 80.0), **r.shown, "config": r.settings}
+                             for r in runs])
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault(path.name, [
+        list(line.get_xdata()) for ax in fig.axes for line in ax.lines if len(line.get_xdata())]))
+    results.write_all(tmp_path)
+    assert drawn["figure4.png"] and all(xs == [5] for xs in drawn["figure4.png"])
+
+
 def test_all_four_figures_are_pngs(tmp_path):
     write_records(tmp_path, figure_records())
     written = results.write_all(tmp_path)
@@ -297,3 +313,43 @@ def test_an_unwritable_output_is_one_line_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "table1.md" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_label_and_a_cell_order_changed_in_the_config_reach_the_table_and_the_figure(tmp_path, monkeypatch):
+    """The config owns how results/ shows a run: figure1's config with extrap-SGD relabelled and
+    moved before mini-batch SGD, its laptop runs planned by the runner (records carry what the
+    runner copies from the config), then collated: the study's table and both figures follow."""
+    import yaml
+
+    import reproduce
+    from results import figures
+
+    cfg = yaml.safe_load(reproduce.config_path("figure1").read_text(encoding="utf-8"))
+    cells = cfg["cells"]
+    cfg["cells"] = {"extrap-sgd": {**cells.pop("extrap-sgd"), "label": "look-ahead SGD"}, **cells}
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "figure1.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    monkeypatch.setattr(reproduce, "CONFIGS", configs)  # where the runner reads the item's config
+    runs = runner.plan("figure1", runner.parse_args("figure1", ["--scale", "laptop", "--only", "sgd,extrap-sgd"]))
+    assert {r.cell for r in runs} == {"sgd", "extrap-sgd"} and all(r.settings["target_loss"] for r in runs)
+    losses = [2.2, 1.9, 1.6, 1.4]
+    write_records(tmp_path, [
+        {"item": r.item, "variant": r.variant, "cell": r.cell, **r.shown, "seed": r.seed, "status": "completed",
+         "workers": 16, "local_batch": 64, "global_batch": 1024, "engine": "virtual", "steps": 8,
+         "config": r.settings, "git": {"commit": "abc", "dirty": False},
+         "trace": [{"step": 2 * (i + 1), "batch_loss": x, "train_loss_subset": x} for i, x in enumerate(losses)],
+         "curve": [{"step": 8, "train_loss": 1.4, "test_top1": 30.0}], "final": {"train_loss": 1.4, "test_top1": 30.0}}
+        for r in sorted(runs, key=lambda r: r.cell != "sgd")])  # written sgd first: the order must be the config's
+    legends = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: legends.setdefault(path.name, [
+        [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes if ax.get_legend()]))
+    results.write_all(tmp_path)
+    rows = [line.split(" | ")[0].strip("| ") for line in (tmp_path / "figure1.study.md").read_text().splitlines()
+            if line.startswith("| ") and ("SGD" in line)]
+    assert rows[:2] == ["look-ahead SGD", "mini-batch SGD"]  # the grid's rows, in the config's new order
+    assert rows[-2:] == ["look-ahead SGD", "mini-batch SGD"]  # the tuned table's
+    for name in ("figure1.png", "figure1.study.png"):  # legend entries: "<label> [variant] (n=…)" or "<label>, …"
+        methods = [t for t in legends[name][0] if "SGD" in t]
+        assert methods[0].startswith("look-ahead SGD") and methods[-1].startswith("mini-batch SGD"), (name, methods)
+    assert not any("extrap-SGD" in t for panel in sum(legends.values(), []) for t in panel)
