@@ -39,6 +39,15 @@ def record(item, variant, cell, seed, top1=None, status="completed", workers=16,
             "curve": curve or [], "config": {"seed": seed}, "git": {"commit": "abc", "dirty": False}, **extra}
 
 
+def capture_figures(monkeypatch, read) -> dict:
+    """{file name: read(figure)} for every figure ``results`` saves, instead of the PNG."""
+    from results import figures
+
+    captured = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: captured.setdefault(path.name, read(fig)))
+    return captured
+
+
 def write_records(directory, records, tail=""):
     path = directory / "records.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
@@ -220,15 +229,12 @@ def test_figure4_reads_the_budget_from_the_runs_config_not_the_variant_name():
 def test_an_epochs_override_for_figure4_is_the_budget_the_figure_draws(tmp_path, monkeypatch):
     """``epochs=5`` on figure4's command line: the runner's settings carry it, and the figure puts
     the runs at 5 epochs whatever their variant is called."""
-    from results import figures
-
     runs = runner.plan("figure4", runner.parse_args("figure4", ["--scale", "smoke", "--only", "sgd", "epochs=5"]))
     assert runs and all(r.settings["epochs"] == 5 for r in runs) and any(r.variant != "epochs=5" for r in runs)
     write_records(tmp_path, [{**record("figure4", r.variant, r.cell, r.seed, 80.0), **r.shown, "config": r.settings}
                              for r in runs])
-    drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault(path.name, [
-        list(line.get_xdata()) for ax in fig.axes for line in ax.lines if len(line.get_xdata())]))
+    drawn = capture_figures(monkeypatch, lambda fig: [list(line.get_xdata()) for ax in fig.axes
+                                                      for line in ax.lines if len(line.get_xdata())])
     results.write_all(tmp_path)
     assert drawn["figure4.png"] and all(xs == [5] for xs in drawn["figure4.png"])
 
@@ -322,7 +328,6 @@ def test_a_label_and_a_cell_order_changed_in_the_config_reach_the_table_and_the_
     import yaml
 
     import reproduce
-    from results import figures
 
     cfg = yaml.safe_load(reproduce.config_path("figure1").read_text(encoding="utf-8"))
     cells = cfg["cells"]
@@ -334,16 +339,13 @@ def test_a_label_and_a_cell_order_changed_in_the_config_reach_the_table_and_the_
     runs = runner.plan("figure1", runner.parse_args("figure1", ["--scale", "laptop", "--only", "sgd,extrap-sgd"]))
     assert {r.cell for r in runs} == {"sgd", "extrap-sgd"} and all(r.settings["target_loss"] for r in runs)
     losses = [2.2, 1.9, 1.6, 1.4]
+    trace = [{"step": 2 * (i + 1), "batch_loss": x, "train_loss_subset": x} for i, x in enumerate(losses)]
     write_records(tmp_path, [
-        {"item": r.item, "variant": r.variant, "cell": r.cell, **r.shown, "seed": r.seed, "status": "completed",
-         "workers": 16, "local_batch": 64, "global_batch": 1024, "engine": "virtual", "steps": 8,
-         "config": r.settings, "git": {"commit": "abc", "dirty": False},
-         "trace": [{"step": 2 * (i + 1), "batch_loss": x, "train_loss_subset": x} for i, x in enumerate(losses)],
-         "curve": [{"step": 8, "train_loss": 1.4, "test_top1": 30.0}], "final": {"train_loss": 1.4, "test_top1": 30.0}}
+        {**record("figure1", r.variant, r.cell, r.seed, 30.0, local_batch=64, trace=trace,
+                  curve=[{"step": 8, "train_loss": 1.4, "test_top1": 30.0}]), **r.shown, "config": r.settings}
         for r in sorted(runs, key=lambda r: r.cell != "sgd")])  # written sgd first: the order must be the config's
-    legends = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, path: legends.setdefault(path.name, [
-        [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes if ax.get_legend()]))
+    legends = capture_figures(monkeypatch, lambda fig: [[t.get_text() for t in ax.get_legend().get_texts()]
+                                                        for ax in fig.axes if ax.get_legend()])
     results.write_all(tmp_path)
     rows = [line.split(" | ")[0].strip("| ") for line in (tmp_path / "figure1.study.md").read_text().splitlines()
             if line.startswith("| ") and ("SGD" in line)]
