@@ -21,6 +21,7 @@ of the parameters, and x_t is never moved. The choices the paper leaves open are
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -150,13 +151,37 @@ class _Extrapolation:
         self._group_keys = group_keys
         self._x_t: list[Tensor] = []  # scratch, not state: x_t while the parameters are at x̃
         self._perturbed: list[Tensor] | None = None  # the parameters perturb() moved
+        self._captured: dict[Tensor, Tensor] = {}  # one process: each parameter's raw gradient, as backward left it
+        self._fresh: set[Tensor] = set()  # the parameters whose raw gradient backward captured since the last step
+        self.grad_scaler = None  # the loop's torch.amp.GradScaler, where step() must ask it the loss scale
+        self.auto_perturb = False  # extrap.attach: perturb() runs on the first training forward after a step
         super().__init__(params, **torch_args)
+        # GradScaler then calls step() even for a step it skips, and says so (found_inf), with the
+        # loss scale (grad_scale) while .grad is still scaled: step() keeps x_t and the local
+        # gradient on a skip, and frees the kept local gradient of the scale (see _loss_scales)
+        self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict) -> None:
         param_group.update({**self._group_keys, "peak_lr": 0.0, **param_group})  # keys torch does not know
         # γ's default, the small-batch rate: η/lr_scale at the rate given here (see gamma())
         param_group.setdefault("small_batch_lr", param_group.get("lr", self.defaults["lr"]) / param_group["lr_scale"])
         super().add_param_group(param_group)
+        if self.kind.keeps_local_grad:
+            ref = weakref.ref(self)
+            for p in param_group["params"]:
+                if p.requires_grad:
+                    p.register_post_accumulate_grad_hook(lambda p: (opt := ref()) is not None and opt._capture(p))
+
+    def _capture(self, p: Tensor) -> None:
+        """Keep ``p``'s raw gradient as backward leaves it, before the loop clips or unscales
+        ``.grad`` (one process; under DDP the hook keeps it, ``extrap.register_ddp``)."""
+        if self.comm is not None:
+            return
+        kept = self._captured.get(p)
+        if kept is None or kept.shape != p.grad.shape or kept.dtype != p.grad.dtype or kept.device != p.grad.device:
+            kept = self._captured[p] = torch.empty_like(p.grad)
+        kept.copy_(p.grad)
+        self._fresh.add(p)
 
     layout = property(lambda self: self.comm or LocalComm(), doc="The communicator, or this process alone.")
 
@@ -199,7 +224,8 @@ class _Extrapolation:
         if self.kind.direction is None:
             return None
         if self._perturbed is not None:
-            raise RuntimeError("perturb() called twice without step(): x_t would be lost")
+            raise RuntimeError("perturb() called twice without step(): x_t would be lost; a loop that skips "
+                               "step() (a NaN check, `continue`) calls optimizer.restore() instead")
         loss = None
         if self.kind.closure:
             if closure is None:
@@ -223,6 +249,47 @@ class _Extrapolation:
         return loss
 
     @torch.no_grad()
+    def restore(self) -> None:
+        """Put x_t back where ``perturb()`` moved the parameters to x̃, without an update: for a loop
+        that skips ``step()`` on its own. x_t and the kept local gradient stay as they were, so the
+        next ``perturb()`` goes to the same x̃ (for ``extrap``). A no-op when not perturbed."""
+        if self._perturbed:
+            torch._foreach_copy_(self._perturbed, self._x_t)
+        self._perturbed = None
+
+    def _loss_scale(self) -> tuple[float | None, bool]:
+        """What ``torch.amp.GradScaler.step`` said of this step: (the loss scale ``.grad`` still
+        carries: 1 without a GradScaler, ``None`` where ``GradScaler.unscale_`` already freed it;
+        whether to skip the step). One host sync under a GradScaler."""
+        found_inf = self.__dict__.get("found_inf")
+        if found_inf is None:
+            return 1.0, False
+        grad_scale = self.__dict__.get("grad_scale")
+        self.grad_scale = self.found_inf = None  # torch's step must not unscale again; GradScaler deletes both
+        return (None if grad_scale is None else float(grad_scale)), bool(found_inf.item())
+
+    def _scaler_scale(self) -> float:
+        """The loss scale of the last backward, from ``grad_scaler``: what the kept local gradients
+        still carry after the loop's ``GradScaler.unscale_``."""
+        if self.grad_scaler is None:
+            raise RuntimeError("GradScaler.unscale_(optimizer) ran before step(): .grad is unscaled but the kept "
+                               "local gradient is not, and extrap does not know the loss scale; set "
+                               "optimizer.grad_scaler = scaler (or extrap.attach(model, optimizer, grad_scaler=scaler))")
+        return float(self.grad_scaler.get_scale())
+
+    def _raw_local(self, params: list[Tensor]) -> tuple[list[Tensor], bool]:
+        """Each parameter's local gradient, and whether it was kept as backward left it (before
+        the loop clipped or unscaled ``.grad``): the DDP hook's copy, one process's captured
+        gradient; or, under the suite's communicators (which average in step()), ``.grad``."""
+        kept = getattr(self.comm, "local_gradients", None)
+        if kept is not None:
+            return kept(params), True
+        if self.comm is None:
+            fresh, self._fresh = self._fresh, set()
+            return [self._captured[p] if p in fresh else p.grad for p in params], True
+        return [p.grad for p in params], False
+
+    @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, *, average: bool = True):
         """Restore x_t, keep the local gradient (g^k for ``extrap``, g^k − ḡ for ``stochastic``),
         average through ``comm``, then torch's update. ``average=False`` steps on the local
@@ -233,15 +300,19 @@ class _Extrapolation:
         x_t, and the points are set to x_{t+1}."""
         with torch.enable_grad():
             loss = closure() if closure is not None else None
-        if self._perturbed:
-            torch._foreach_copy_(self._perturbed, self._x_t)
-        self._perturbed = None
+        grad_scale, skip = self._loss_scale()
+        if self.auto_perturb and self._perturbed is None and self.kind.direction is not None:
+            raise RuntimeError("extrap.attach: no training-mode forward of the attached model ran since the last "
+                               "step(), so the gradient was not taken at x̃; attach the module the forward runs through")
+        self.restore()
+        if skip:  # GradScaler found inf/NaN: x_t and the kept local gradient stay as they were
+            return loss
         shared = self._shared()
         at = dict((id(p), q) for p, q in shared)
         params = [p for g in self.param_groups for p in g["params"] if at.get(id(p), p).grad is not None]
         if self.comm is None and (self.kind.keeps_local_grad or self.kind.closure):
             refuse_without_comm(self.perturbation)
-        keep, layout = self.kind.keeps_local_grad and params, self.layout
+        keep, layout, at_backward = self.kind.keeps_local_grad and params, self.layout, False
         if points := [at[id(p)] for p in params] if shared else None:
             if not average:
                 raise RuntimeError("step(average=False): the workers share one x_t; a local step needs "
@@ -253,12 +324,24 @@ class _Extrapolation:
         elif keep:  # put in the state after torch's step, which fills only empty state
             local = [self.state[p].get("local_grad") for p in params]
             local = [torch.empty_like(p.grad) if t is None else t for t, p in zip(local, params)]
-            torch._foreach_copy_(local, [p.grad for p in params])
+            raw, at_backward = self._raw_local(params)
+            torch._foreach_copy_(local, raw)
         grads = [p.grad for p in params]
+        if grad_scale is None:  # the loop ran GradScaler.unscale_ on .grad
+            grad_scale, local_scale = 1.0, (self._scaler_scale() if keep and at_backward else 1.0)
+        else:
+            local_scale = grad_scale
+        if grad_scale != 1.0 and grads:  # GradScaler left the unscaling to step()
+            torch._foreach_mul_(grads, 1.0 / grad_scale)
+        if keep and local_scale != 1.0:
+            torch._foreach_mul_(local, 1.0 / local_scale)
         if average and self.comm is not None and grads and not points:
             self.comm.all_reduce_mean_(grads)
         if self.perturbation == "stochastic" and keep:  # the deviation from the average; 0 locally
-            torch._foreach_sub_(local, grads) if average else torch._foreach_zero_(local)
+            if not average or self.comm is None:
+                torch._foreach_zero_(local)
+            elif not hasattr(self.comm, "local_gradients"):  # the DDP hook kept the deviation itself
+                torch._foreach_sub_(local, grads)
         lars = [(g, g["weight_decay"]) for g in self.param_groups if g.get("lars")]
         for group, _ in lars:
             _larc_(group, layout)  # folds weight decay into .grad, so torch's step must not add it

@@ -1,13 +1,13 @@
 """extrap inside a user's ``DistributedDataParallel``: a communication hook that keeps each rank's
-local gradient.
+local gradient aside while DDP averages ``.grad`` as usual.
 
-Plain DDP averages ``.grad`` during backward, so an extrap optimizer stepping after it would keep
-the *average* as every rank's "local" gradient: all ranks would extrapolate to the same point,
-and ``stochastic`` would be mini-batch SGD. ``register_ddp`` replaces DDP's all-reduce with a hook
-that, for each of DDP's buckets as backward fills it, starts an asynchronous all-reduce of a copy
-and hands DDP the bucket unchanged. So after backward ``.grad`` is this rank's local gradient, the
-averages are in flight (overlapping the rest of backward, as in DDP), and the optimizer's
-``step()`` keeps the local gradient and then takes the average from ``DDPComm.all_reduce_mean_``.
+For each of DDP's buckets, as backward fills it, the hook copies the bucket (this rank's local
+gradient, accumulated over ``no_sync()`` micro-batches where there were any) and then all-reduces
+the bucket itself, as DDP's own hook does. So after backward ``.grad`` holds the average, exactly
+as in plain DDP: whatever the loop does to it before ``step()`` (clipping, GradScaler's
+``unscale_``) keeps its plain-DDP meaning, and the update uses it. The copy is what this rank
+extrapolates with next step; ``step()`` takes it from ``DDPComm.local_gradients`` and frees it of
+the loss scale.
 """
 
 import inspect
@@ -20,64 +20,84 @@ from .comm import TorchDistComm
 
 __all__ = ["DDPComm", "register_ddp", "refuse_without_comm", "ddp_keeping_buffers"]
 
+KEEPS = (None, "gradient", "deviation")  # what the hook keeps of each rank's bucket
+
 
 class DDPComm(TorchDistComm):
     """The communicator of an optimizer registered on a DDP model (see ``register_ddp``).
 
-    Gradients: the hook started one all-reduce per DDP bucket during backward;
-    ``all_reduce_mean_`` waits for them and writes the means into ``.grad``. Parameters
-    (post-local SGD's model averaging): a flattened all-reduce, as ``TorchDistComm``.
+    Gradients: DDP averages ``.grad`` through ``hook``, which keeps this rank's local gradient
+    (``keep="gradient"``), its deviation from the average (``"deviation"``, the ``stochastic``
+    perturbation), or nothing (``None``). Parameters (post-local SGD's model averaging): a
+    flattened all-reduce, as ``TorchDistComm``.
     """
 
-    def __init__(self, ddp_model: nn.Module):
+    def __init__(self, ddp_model: nn.Module, keep: str | None = "gradient"):
+        if keep not in KEEPS:
+            raise ValueError(f"keep: expected one of {KEEPS}, got {keep!r}")
         super().__init__(group=ddp_model.process_group)
         self.model = ddp_model
+        self.keep = keep
         self.local_phase = lambda: False  # True: no averaging this step (PostLocalSGD sets it)
         self.hook_calls = self.hook_bytes = 0  # buckets (and their bytes) all-reduced so far
-        self._copies: dict[int, Tensor] = {}  # per bucket index, reused from step to step
-        self._pending: dict[int, tuple[list[Tensor], Tensor, object]] = {}
+        self._copies: dict[int, Tensor] = {}  # bucket index -> this rank's copy, reused every step
+        self._local: dict[int, Tensor] = {}  # id of a parameter -> its view in its bucket's copy
+        self._averaged = False  # a backward through the DDP model since the last step
 
     def hook(self, state, bucket) -> torch.futures.Future[torch.Tensor]:  # DDP checks this annotation
-        """DDP's communication hook: start averaging a copy of the bucket; return it unchanged."""
+        """DDP's communication hook: keep a copy of the bucket, then average the bucket in place
+        (divided by K first, then all-reduced, as DDP's default hook does)."""
         buffer = bucket.buffer()
-        if self.world_size > 1 and not self.local_phase():
+        self._averaged = True
+        copy = None
+        if self.keep is not None:
             index = bucket.index()
-            if index in self._pending:  # a second backward before step(): its copy is in flight
-                self._pending.pop(index)[2].wait()
             copy = self._copies.get(index)
             if copy is None or copy.shape != buffer.shape or copy.dtype != buffer.dtype or copy.device != buffer.device:
                 copy = self._copies[index] = torch.empty_like(buffer)
             copy.copy_(buffer)
-            work = self._dist.all_reduce(copy, group=self.group, async_op=True)  # SUM: Gloo has no AVG
-            self._pending[index] = (list(bucket.parameters()), copy, work)
-            self.hook_calls += 1
-            self.hook_bytes += copy.numel() * copy.element_size()
-        future = torch.futures.Future()
-        future.set_result(buffer)
-        return future
+            params = list(bucket.parameters())
+            for p, view in zip(params, copy.split([p.numel() for p in params])):
+                self._local[id(p)] = view.view_as(p)
+        if self.world_size == 1 or self.local_phase():
+            future = torch.futures.Future()
+            future.set_result(buffer)
+            return future
+        buffer.div_(self.world_size)
+        self.hook_calls += 1
+        self.hook_bytes += buffer.numel() * buffer.element_size()
+        work = self._dist.all_reduce(buffer, group=self.group, async_op=True)  # SUM of the K/K-ths
+        deviation = self.keep == "deviation"
+
+        def averaged(fut):
+            mean = fut.value()[0]
+            if deviation:  # g^k − ḡ, against the raw average, before the loop touches it
+                copy.sub_(mean)
+            return mean
+
+        return work.get_future().then(averaged)
+
+    def local_gradients(self, params: list[Tensor]) -> list[Tensor]:
+        """This rank's kept gradient (or deviation) of each parameter, as the last backward left
+        it: still multiplied by the loss scale, where the loss was scaled. Views into the hook's
+        copies, valid until the next backward."""
+        missing = [p for p in params if id(p) not in self._local]
+        if missing:
+            raise RuntimeError(f"extrap.register_ddp: {len(missing)} of the optimizer's gradients did not pass "
+                               "through the DDP model's buckets; run backward through the DDP model and give "
+                               "the optimizer its parameters only")
+        return [self._local[id(p)] for p in params]
 
     def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
+        """Gradients: nothing to do, DDP averaged them during backward; checks that it did."""
         if kind != "gradients":
             return super().all_reduce_mean_(tensors, kind)
-        if self.world_size == 1 or not tensors:
+        if not tensors:
             return
-        if not self._pending:
+        if not self._averaged and self.world_size > 1:
             raise RuntimeError("extrap.register_ddp: no gradients were averaged since the last step; "
                                "run backward through the DDP model (not its .module) before step()")
-        covered = set()
-        for params, copy, work in self._pending.values():
-            work.wait()
-            copy.div_(self.world_size)
-            means = copy.split([p.numel() for p in params])
-            pairs = [(p.grad, m.view_as(p)) for p, m in zip(params, means) if p.grad is not None]  # unused: None
-            if pairs:
-                torch._foreach_copy_([g for g, _ in pairs], [m for _, m in pairs])
-            covered.update(id(g) for g, _ in pairs)
-        self._pending.clear()
-        missing = sum(id(t) not in covered for t in tensors)
-        if missing:
-            raise RuntimeError(f"extrap.register_ddp: {missing} of the optimizer's gradients are not in the "
-                               "DDP model's buckets; give the optimizer the DDP model's parameters only")
+        self._averaged = False
 
     def skip_averaging_when(self, predicate) -> None:
         """No all-reduce in a backward where ``predicate()`` holds (post-local SGD's local phase)."""
@@ -111,6 +131,10 @@ def register_ddp(ddp_model: nn.Module, optimizer) -> DDPComm:
     first backward (and before wrapping the optimizer in ``PostLocalSGD``); returns the
     communicator it gave the optimizer.
 
+    After backward ``.grad`` holds DDP's average, as in plain DDP, and the loop may clip it or
+    unscale it (GradScaler) before ``step()``; each rank extrapolates with its own raw local
+    gradient, which the hook keeps aside.
+
     Each rank's BatchNorm statistics are its own worker's, so DDP must not copy rank 0's buffers
     to every rank at each forward: where it would, this turns that off and says so (DDP's
     ``forward_sync_buffers=False``, ``broadcast_buffers=False`` before torch 2.13, does it
@@ -133,7 +157,13 @@ def register_ddp(ddp_model: nn.Module, optimizer) -> DDPComm:
         warnings.warn(f"extrap.register_ddp: set the DDP model's {flag}=False, so that each rank keeps its "
                       f"own BatchNorm statistics, as each worker does; build it with {flag}=False to "
                       "silence this", stacklevel=2)
-    comm = DDPComm(ddp_model)
+    ours = {id(p) for p in ddp_model.parameters()}
+    outside = sum(id(p) not in ours for g in optimizer.param_groups for p in g["params"] if p.requires_grad)
+    if outside:
+        raise ValueError(f"optimizer: {outside} of its parameters are not the DDP model's, so DDP would not "
+                         "average their gradients; give it the DDP model's parameters only")
+    keep = ("deviation" if optimizer.perturbation == "stochastic" else "gradient") if optimizer.kind.keeps_local_grad else None
+    comm = DDPComm(ddp_model, keep=keep)
     ddp_model.register_comm_hook(None, comm.hook)
     optimizer.comm = comm
     return comm
