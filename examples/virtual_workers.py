@@ -16,15 +16,8 @@ import torch
 from torch import nn
 
 import extrap
+from ddp_train import epoch_batches, shard, small_cnn  # the same data and model
 from extrap.engines import VirtualEngine
-
-
-def synthetic_images(n: int, seed: int = 0):
-    """n noisy 3×16×16 images of 10 class templates (as in examples/ddp_train.py)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    images = torch.randn(10, 3, 16, 16, generator=g)[labels]
-    return images + 3 * torch.randn(n, 3, 16, 16, generator=g), labels
 
 
 def main():
@@ -37,29 +30,24 @@ def main():
     k, b = args.workers, args.batch_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
+    model = small_cnn()
     engine = VirtualEngine(k, device=device)
     workers = engine.prepare(model)  # x_t once; the K workers' points and buffers as [K, ...] tensors
     opt = extrap.ExtrapolatedSGD(workers.parameters(), lr=0.01 * k, lr_scale=k,
                                  perturbation=args.perturbation, weight_decay=1e-4, comm=engine.comm)
 
-    x, y = synthetic_images(4096)
-    shards = [(x[w::k].to(device), y[w::k].to(device)) for w in range(k)]  # worker w's shard
-    steps = len(shards[0][0]) // b
+    shards = [tuple(t.to(device) for t in shard(w, k)) for w in range(k)]  # worker w's shard
     for epoch in range(args.epochs):
-        order = torch.randperm(len(shards[0][0]), generator=torch.Generator().manual_seed(epoch)).to(device)
+        batches = epoch_batches(len(shards[0][0]), b, epoch)
         total = torch.zeros((), device=device)
-        for i in range(steps):
-            idx = order[i * b:(i + 1) * b]
+        for idx in batches:
             inputs = torch.stack([sx[idx] for sx, _ in shards])  # [K, b, ...]
             targets = torch.stack([sy[idx] for _, sy in shards])
             opt.zero_grad()
             opt.perturb()  # each worker to its own x̃
             total += workers.forward_backward(nn.functional.cross_entropy, inputs, targets).sum()
             opt.step()  # average over the K workers, then the update
-        print(f"epoch {epoch + 1}: mean training loss {total.item() / (steps * k):.4f}", flush=True)
+        print(f"epoch {epoch + 1}: mean training loss {total.item() / (len(batches) * k):.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 
 from .engines.ddp import register_ddp
 from .local_sgd import PostLocalSGD
+from .loop import Attached, attach
 from .optim import DIRECTIONS, PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD, Perturbation
 from .param_groups import no_decay_names, weight_decay_groups
 from .schedules import Schedule, scaled_lr
@@ -20,6 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExtrapolatedSGD", "ExtrapolatedAdam", "PERTURBATIONS", "REGISTRY", "Perturbation", "DIRECTIONS",
-    "PostLocalSGD", "register_ddp", "Schedule", "scaled_lr", "SmoothnessProbe",
+    "PostLocalSGD", "register_ddp", "attach", "Attached", "Schedule", "scaled_lr", "SmoothnessProbe",
     "weight_decay_groups", "no_decay_names", "__version__",
 ]

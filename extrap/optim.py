@@ -184,6 +184,8 @@ class _Extrapolation:
         self._fresh.add(p)
 
     layout = property(lambda self: self.comm or LocalComm(), doc="The communicator, or this process alone.")
+    perturbed = property(lambda self: self._perturbed is not None,
+                         doc="True from perturb() to step() or restore(): the parameters are at x̃.")
 
     def point(self, p: Tensor) -> Tensor:
         """Where this process's workers compute at for parameter ``p``: ``p`` itself (moved to x̃

@@ -66,6 +66,15 @@ def under_launcher(environ=None) -> bool:
     return world_info_from_env(environ).world_size > 1
 
 
+# what to set where MASTER_ADDR is missing, by launcher (mpirun's ranks share rank 0's instead)
+_RENDEZVOUS_HINTS = {
+    "slurm": "in the batch script, before srun: export MASTER_ADDR=$(scontrol show hostnames "
+             "\"$SLURM_JOB_NODELIST\" | head -n 1) MASTER_PORT=29500 (examples/slurm.sbatch)",
+    "horovod": "under horovodrun use --engine horovod, or set MASTER_ADDR and MASTER_PORT",
+    "torchrun": "set MASTER_ADDR and MASTER_PORT (the address and a free port of rank 0's host)",
+}
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
@@ -85,6 +94,9 @@ def _share_rendezvous(info: DistInfo) -> None:
         # One node: loopback. Several: this host's address, which the others must reach.
         addr = "127.0.0.1" if info.local_size == info.world_size else socket.gethostbyname(socket.getfqdn())
         port = _free_port()
+    if MPI.COMM_WORLD.Get_size() != info.world_size:  # mpi4py sees no MPI launch: each rank alone
+        raise RuntimeError(f"{info.launcher}: MASTER_ADDR is not set and MPI sees {MPI.COMM_WORLD.Get_size()} of "
+                           f"the {info.world_size} ranks; set MASTER_ADDR and MASTER_PORT to rank 0's host and a free port")
     addr, port = MPI.COMM_WORLD.bcast((addr, port), root=0)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
 
@@ -122,11 +134,10 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
     if dist.is_initialized():
         return info
     if "MASTER_ADDR" not in os.environ:
-        if info.launcher in ("openmpi", "mpich", "slurm"):
+        if info.launcher in ("openmpi", "mpich"):
             _share_rendezvous(info)
         else:
-            hint = " (under horovodrun use --engine horovod)" if info.launcher == "horovod" else ""
-            raise RuntimeError(f"{info.launcher}: MASTER_ADDR is not set{hint}")
+            raise RuntimeError(f"{info.launcher}: MASTER_ADDR is not set; {_RENDEZVOUS_HINTS[info.launcher]}")
     os.environ.setdefault("MASTER_PORT", "29500")
     backend = backend or os.environ.get("EXTRAP_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend not in BACKENDS:
