@@ -12,6 +12,7 @@ From then on ``perturb()`` runs by itself on the first training-mode forward aft
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -84,7 +85,14 @@ def attach(model: nn.Module, optimizer, *, grad_scaler=None) -> Attached:
         raise ValueError(f"model: none of its modules holds the optimizer's parameters ({type(model).__name__})")
     comm = None
     if isinstance(model, nn.parallel.DistributedDataParallel):
-        comm = opt.comm if isinstance(opt.comm, DDPComm) and opt.comm.model is model else register_ddp(model, opt)
+        if isinstance(opt.comm, DDPComm) and opt.comm.model is model:
+            comm = opt.comm
+        else:
+            with warnings.catch_warnings(record=True) as said:  # said again at the caller's line
+                warnings.simplefilter("always")
+                comm = register_ddp(model, opt)
+            for warning in said:
+                warnings.warn(warning.message, stacklevel=2)
 
     def before_forward(module, args):
         if module.training and torch.is_grad_enabled() and not opt.perturbed:

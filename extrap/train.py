@@ -199,6 +199,9 @@ class Run:
 def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[[str], None]) -> Run:
     """The model on the engine's workers, the scaled and warmed-up schedule, the optimizer."""
     k = engine.world_size
+    if cfg.clip_norm is not None and getattr(engine, "use_ddp", False):
+        raise ValueError("clip_norm: each worker's gradient is clipped before averaging, but under DDP the "
+                         "average is formed during backward; use the processes engine without ddp=True")
     if cfg.dtype != "float32":
         _use_dtype(model, getattr(torch, cfg.dtype))
     workers = engine.prepare(model, Execution(cfg.precision, cfg.channels_last, cfg.compile))

@@ -190,3 +190,16 @@ def test_horovods_own_distributed_optimizer_is_refused():
     with pytest.raises(TypeError, match="HorovodComm"):
         hvd.DistributedOptimizer(ExtrapolatedSGD(model.parameters(), lr=0.1),
                                  named_parameters=model.named_parameters())
+
+
+def test_the_suites_per_worker_clipping_is_refused_on_ddp():
+    """clip_norm clips each worker's gradient before averaging; DDP averages during backward, so
+    the processes engine with ddp=True refuses it rather than clip the average."""
+    from extrap.train import TrainConfig, setup
+
+    class DDPEngine:  # what setup() reads first of ProcessEngine(ddp=True)
+        use_ddp, world_size = True, 2
+
+    with pytest.raises(ValueError, match="^clip_norm:"):
+        setup(TrainConfig(perturbation="extrap", local_batch=8, epochs=1, clip_norm=0.25), DDPEngine(),
+              nn.Linear(2, 2), None, say=lambda _: None)
