@@ -6,7 +6,8 @@ The paper's Algorithm 1, for worker k at step t, and where each line lives below
     x̃_t^k   = x_t − γ_t g_{t-1}^k          perturb(): save x_t, move by u = γ·(registry's direction)
     g_t^k   = ∇f(x̃_t^k; ξ_t^k)             the caller's forward and backward, at x̃
     x_t restored bit for bit; g_t^k kept    step(): the copy back, then ``local_grad`` in the state
-    g_t     = mean_k g_t^k                  step(): ``comm.all_reduce_mean_``, once per step
+    g_t     = mean_k g_t^k                  step(): ``comm.all_reduce_mean_``, once per step (under
+                                            DDP, DDP's own average in ``.grad``)
     x_{t+1} = SGD-Nesterov(x_t, g_t)        step(): LARS (apex's LARC) on ``.grad``, then torch's step
 
 Every member of the paper's framework differs only in u (``REGISTRY``); with u ≡ 0 each is
@@ -16,6 +17,11 @@ averaged is the communicator's business (``extrap.engines.comm.Communicator``). 
 share one x_t (virtual workers), x̃ is written to the communicator's ``[K, ...]`` points instead
 of the parameters, and x_t is never moved. The choices the paper leaves open are in
 ``docs/method.md``.
+
+Inside a user's loop (``docs/method.md``, "Inside a user's training loop"): the update uses the
+gradient the loop hands to ``step()`` (clipped, unscaled by GradScaler), while g_t^k is kept as
+backward left it (the DDP hook's copy, or in one process a post-accumulate-grad hook's) and freed
+of the loss scale; a step GradScaler skips keeps x_t and g_{t-1}^k.
 """
 
 from __future__ import annotations

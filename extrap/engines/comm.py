@@ -36,7 +36,9 @@ class Communicator(Protocol):
     ``average(tensors, kind) -> list``: the mean of ``[K, ...]`` tensors over the workers, which
     the optimizer makes x_t's gradient. ``per_worker`` is then given only ``[K, ...]`` tensors.
     A communicator that averages during backward (DDP's hook, ``DDPComm``) also has
-    ``no_sync()``: a context in which backward keeps gradients local (see ``local_backward``).
+    ``no_sync()``: a context in which backward keeps gradients local (see ``local_backward``),
+    and ``local_gradients(params)``: each worker's local gradient, which it kept aside before
+    averaging ``.grad``.
     """
 
     world_size: int
