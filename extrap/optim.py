@@ -164,7 +164,7 @@ class _Extrapolation:
         super().__init__(params, **torch_args)
         # GradScaler then calls step() even for a step it skips, and says so (found_inf), with the
         # loss scale (grad_scale) while .grad is still scaled: step() keeps x_t and the local
-        # gradient on a skip, and frees the kept local gradient of the scale (see _loss_scales)
+        # gradient on a skip, and frees the kept local gradient of the scale (see _loss_scale)
         self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict) -> None:
@@ -348,7 +348,7 @@ class _Extrapolation:
         if self.perturbation == "stochastic" and keep:  # the deviation from the average; 0 locally
             if not average or self.comm is None:
                 torch._foreach_zero_(local)
-            elif not hasattr(self.comm, "local_gradients"):  # the DDP hook kept the deviation itself
+            elif not hasattr(self.comm, "local_gradients"):  # (the DDP hook keeps the deviation itself)
                 torch._foreach_sub_(local, grads)
         lars = [(g, g["weight_decay"]) for g in self.param_groups if g.get("lars")]
         for group, _ in lars:
