@@ -2,8 +2,8 @@
 local gradient aside while DDP averages ``.grad`` as usual.
 
 For each of DDP's buckets, as backward fills it, the hook copies the bucket (this rank's local
-gradient, accumulated over ``no_sync()`` micro-batches where there were any) and then all-reduces
-the bucket itself, as DDP's own hook does. So after backward ``.grad`` holds the average, exactly
+gradient, accumulated over ``no_sync()`` micro-batches where there were any) and then starts
+averaging the bucket itself, as DDP's own hook does; the end of backward waits for the averages. So after backward ``.grad`` holds the average, exactly
 as in plain DDP: whatever the loop does to it before ``step()`` (clipping, GradScaler's
 ``unscale_``) keeps its plain-DDP meaning, and the update uses it. The copy is what this rank
 extrapolates with next step; ``step()`` takes it from ``DDPComm.local_gradients`` and frees it of
@@ -15,6 +15,7 @@ import warnings
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import Variable
 
 from .comm import TorchDistComm
 
@@ -43,10 +44,13 @@ class DDPComm(TorchDistComm):
         self._copies: dict[int, Tensor] = {}  # bucket index -> this rank's copy, reused every step
         self._local: dict[int, Tensor] = {}  # id of a parameter -> its view in its bucket's copy
         self._averaged = False  # a backward through the DDP model since the last step
+        self._in_flight: list[tuple[list[Tensor], Tensor, Tensor | None, object]] = []  # this backward's buckets
 
     def hook(self, state, bucket) -> torch.futures.Future[torch.Tensor]:  # DDP checks this annotation
-        """DDP's communication hook: keep a copy of the bucket, then average the bucket in place
-        (divided by K first, then all-reduced, as DDP's default hook does)."""
+        """DDP's communication hook: keep a copy of the bucket, then start averaging the bucket in
+        place (divided by K first, then all-reduced, as DDP's default hook does). The all-reduces
+        overlap the rest of backward; ``_finish`` waits for them at its end, on the thread that
+        runs backward, so no Python runs on the communication threads."""
         buffer = bucket.buffer()
         self._averaged = True
         copy = None
@@ -59,23 +63,31 @@ class DDPComm(TorchDistComm):
             params = list(bucket.parameters())
             for p, view in zip(params, copy.split([p.numel() for p in params])):
                 self._local[id(p)] = view.view_as(p)
-        if self.world_size == 1 or self.local_phase():
-            future = torch.futures.Future()
-            future.set_result(buffer)
-            return future
-        buffer.div_(self.world_size)
-        self.hook_calls += 1
-        self.hook_bytes += buffer.numel() * buffer.element_size()
-        work = self._dist.all_reduce(buffer, group=self.group, async_op=True)  # SUM of the K/K-ths
-        deviation = self.keep == "deviation"
+        if self.world_size > 1 and not self.local_phase():
+            if not self._in_flight:  # the first bucket of this backward
+                Variable._execution_engine.queue_callback(self._finish)
+            buffer.div_(self.world_size)
+            work = self._dist.all_reduce(buffer, group=self.group, async_op=True)  # SUM of the K-ths
+            self._in_flight.append((list(bucket.parameters()), buffer, copy, work))
+            self.hook_calls += 1
+            self.hook_bytes += buffer.numel() * buffer.element_size()
+        future = torch.futures.Future()
+        future.set_result(buffer)
+        return future
 
-        def averaged(fut):
-            mean = fut.value()[0]
-            if deviation:  # g^k − ḡ, against the raw average, before the loop touches it
-                copy.sub_(mean)
-            return mean
-
-        return work.get_future().then(averaged)
+    def _finish(self) -> None:
+        """At the end of backward: wait for the buckets' all-reduces and put the averages in
+        ``.grad`` (DDP copies the same buckets there too, whichever of the two runs first); for
+        ``stochastic``, keep g^k − ḡ against the raw average."""
+        in_flight, self._in_flight = self._in_flight, []
+        for params, buffer, copy, work in in_flight:
+            work.wait()
+            if self.keep == "deviation":
+                copy.sub_(buffer)
+            pairs = [(p.grad, m.view_as(p)) for p, m in zip(params, buffer.split([p.numel() for p in params]))
+                     if p.grad is not None]
+            if pairs:
+                torch._foreach_copy_([g for g, _ in pairs], [m for _, m in pairs])
 
     def local_gradients(self, params: list[Tensor]) -> list[Tensor]:
         """This rank's kept gradient (or deviation) of each parameter, as the last backward left
