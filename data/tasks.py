@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from extrap.batchnorm import reestimated_batch_norm
+
 from .augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Augment, step_seed
 from .cifar import load_cifar
 from .multi30k import BOS, EOS, PAD, bleu, bucket_batches, pad_batch, prepare_multi30k
@@ -105,11 +107,19 @@ class ClassificationTask:
     def probe_batch(self, size: int = 256):
         return self.prepare(self.x_train[:size]), self.y_train[:size]
 
-    def subset_loss(self, module: nn.Module, size: int = 512) -> Tensor:
+    def subset_loss(self, module: nn.Module, size: int = 512, reestimate_bn: bool = False,
+                    bn_batch: int = 128) -> Tensor:
         """The loss at x_t on the first ``size`` training images (eval mode, no augmentation), a
-        device scalar: the trace's training loss (``TrainConfig.log_every``)."""
-        with evaluating(module):
-            return self._loss_and_top1(module, self.x_train[:size], self.y_train[:size])[0]
+        device scalar: the trace's training loss (``TrainConfig.log_every``). ``reestimate_bn``:
+        with BatchNorm statistics re-estimated at x_t on those images, in batches of ``bn_batch``
+        (``extrap.batchnorm``), instead of the running statistics of training's forwards at x̃."""
+        x, y = self.x_train[:size], self.y_train[:size]
+        if not reestimate_bn:
+            with evaluating(module):
+                return self._loss_and_top1(module, x, y)[0]
+        with reestimated_batch_norm(module, [self.prepare(x[i:i + bn_batch]) for i in range(0, size, bn_batch)]):
+            with evaluating(module):
+                return self._loss_and_top1(module, x, y)[0]
 
     def _loss_and_top1(self, module: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """[mean loss, top-1 %] on the device (no synchronisation)."""

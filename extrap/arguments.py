@@ -19,7 +19,7 @@ def _real(v) -> bool:
 
 
 _OPTIMIZER_RULES = {  # argument: (test, what it must be)
-    **{k: (lambda v: _real(v) and v >= 0, "a float >= 0") for k in ("lr", "weight_decay", "eps")},
+    **{k: (lambda v: _real(v) and v >= 0, "a float >= 0") for k in ("lr", "weight_decay", "eps", "gamma_factor")},
     **{k: (lambda v: _real(v) and v > 0, "a float > 0") for k in ("lr_scale", "trust")},
     "momentum": (lambda v: _real(v) and 0 <= v < 1, "a float in [0, 1)"),
     "betas": (lambda v: len(v) == 2 and all(_real(b) and 0 <= b < 1 for b in v), "two floats in [0, 1)"),

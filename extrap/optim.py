@@ -128,14 +128,25 @@ REGISTRY: dict[str, Perturbation] = {
 PERTURBATIONS = tuple(REGISTRY)
 
 
+def _trust_factors(group: dict, layout, xs: list[Tensor], ds: list[Tensor], rate: float) -> Tensor:
+    """apex LARC's per-tensor factor min(τ‖x‖/(‖d‖ + λ‖x‖ + ε)/rate, 1) for each worker held,
+    [len(xs), W]; 1 where ‖x‖ or ‖d‖ is 0. The step rate·factor·d is then at most τ‖x‖ long."""
+    pn, dn, wd = worker_norms(layout, xs), worker_norms(layout, ds), group["weight_decay"]
+    ratio = group["trust"] * pn / (dn + wd * pn + 1e-8) / rate  # apex's ε
+    return torch.where((pn > 0) & (dn > 0), ratio.clamp(max=1.0), torch.ones_like(ratio))
+
+
+def _adapted(layout, params: list[Tensor]) -> list[int]:
+    """The positions of the tensors LARS adapts: ≥ 2 dimensions per worker (weights, not biases)."""
+    return [i for i, p in enumerate(params) if layout.per_worker(p).dim() >= 3]
+
+
 def _larc_(group: dict, layout) -> None:
     """LARS as apex's LARC, on ``.grad`` before the base step: (g + λx)·min(τ‖x‖/(‖g‖ + λ‖x‖ + ε)/η, 1)
     per worker for tensors of ≥ 2 dimensions (factor 1 where ‖x‖ or ‖g‖ is 0), g + λx for the rest."""
     ps, wd = [p for p in group["params"] if p.grad is not None], group["weight_decay"]
-    adapt = [p for p in ps if layout.per_worker(p).dim() >= 3]
-    pn, gn = worker_norms(layout, adapt), worker_norms(layout, [p.grad for p in adapt])
-    ratio = group["trust"] * pn / (gn + wd * pn + 1e-8) / group["lr"]  # apex's ε
-    factor = torch.where((pn > 0) & (gn > 0), ratio.clamp(max=1.0), torch.ones_like(ratio))
+    adapt = [ps[i] for i in _adapted(layout, ps)]
+    factor = _trust_factors(group, layout, adapt, [p.grad for p in adapt], group["lr"])
     if wd != 0 and ps:
         torch._foreach_add_([p.grad for p in ps], ps, alpha=wd)
     scale_per_worker_(layout, [p.grad for p in adapt], factor)
@@ -151,7 +162,8 @@ class _Extrapolation:
     def __init__(self, params, perturbation, direction, comm, seed, group_keys, **torch_args):
         require({"perturbation": (perturbation, perturbation in PERTURBATIONS, "one of " + ", ".join(PERTURBATIONS)),
                  "direction": (direction, direction in DIRECTIONS, "one of " + ", ".join(DIRECTIONS))})
-        check_optimizer_arguments(comm=comm, seed=seed, gamma=group_keys["gamma"], lr_scale=group_keys["lr_scale"])
+        check_optimizer_arguments(comm=comm, seed=seed, gamma=group_keys["gamma"], lr_scale=group_keys["lr_scale"],
+                                  gamma_factor=group_keys["gamma_factor"])
         self.perturbation, self.kind = perturbation, REGISTRY[perturbation]
         self.direction, self.comm, self.seed = direction, comm, seed
         self._group_keys = group_keys
@@ -169,8 +181,7 @@ class _Extrapolation:
 
     def add_param_group(self, param_group: dict) -> None:
         param_group.update({**self._group_keys, "peak_lr": 0.0, **param_group})  # keys torch does not know
-        # γ's default, the small-batch rate: η/lr_scale at the rate given here (see gamma())
-        param_group.setdefault("small_batch_lr", param_group.get("lr", self.defaults["lr"]) / param_group["lr_scale"])
+        param_group.setdefault("initial_rate", param_group.get("lr", self.defaults["lr"]))  # the rate given here
         super().add_param_group(param_group)
         if self.kind.keeps_local_grad:
             ref = weakref.ref(self)
@@ -210,15 +221,25 @@ class _Extrapolation:
                 q.grad = None if set_to_none else q.grad.zero_()
 
     def gamma(self, group: dict) -> float:
-        """γ_t: the group's ``gamma``; by default the learning rate of small-batch training,
-        η_base = lr/lr_scale, times the decays since: η_t over the highest η seen so far. A warmup
-        raises η to its peak and leaves γ at η_base; a decay lowers γ with η."""
+        """γ_t: the group's fixed ``gamma``, or by default gamma_factor · η_t · b/B, the rate that
+        linear scaling gives the local batch b (η_t / ``lr_scale``), so it follows the warmup and
+        every decay of η_t. With ``gamma_warmup=False`` (the earlier rule) γ ignores the warmup: η_t
+        is replaced by the rate given at construction times the decays since, η_t over the highest
+        η seen. The noises' and SAM's magnitude (not a step: σ, a, α, ρ) defaults to the rate
+        given at construction, fixed."""
         if group["gamma"] is not None:
             return group["gamma"]
-        if not self.kind.scheduled:  # a magnitude (σ, a, α, ρ): fixed at the small-batch rate
-            return group["small_batch_lr"]
-        group["peak_lr"] = max(group["peak_lr"], group["lr"])
-        return group["small_batch_lr"] * group["lr"] / group["peak_lr"] if group["peak_lr"] > 0 else 0.0
+        rate = group["lr"]
+        if not self.kind.scheduled:
+            rate = group["initial_rate"]
+        elif not group["gamma_warmup"]:
+            group["peak_lr"] = max(group["peak_lr"], group["lr"])
+            rate = group["initial_rate"] * group["lr"] / group["peak_lr"] if group["peak_lr"] > 0 else 0.0
+        return group["gamma_factor"] * rate / group["lr_scale"]
+
+    def gammas(self) -> list[float]:
+        """γ_t of every parameter group, for the step about to be taken at the groups' ``lr``."""
+        return [self.gamma(g) for g in self.param_groups]
 
     def precondition(self, group: dict, params: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
         return directions  # ExtrapolatedAdam's passes d through Adam's preconditioner
@@ -251,10 +272,24 @@ class _Extrapolation:
             torch._foreach_copy_(self._x_t, self._perturbed)
         for (group, ps), ds in zip(groups, self.kind.direction(self, groups)):
             if gamma := self.gamma(group):
-                torch._foreach_add_([shared.get(id(p), p) for p in ps], ds, alpha=-gamma)
+                points = [shared.get(id(p), p) for p in ps]
+                if group.get("lars") and group.get("lars_lookahead") and self.kind.scheduled:
+                    ds = self._trust_lookahead(group, points, ds, gamma)
+                torch._foreach_add_(points, ds, alpha=-gamma)
         if self.kind.closure:
             self.zero_grad(set_to_none=True)  # the caller's backward at x̃ starts clean
         return loss
+
+    def _trust_lookahead(self, group: dict, points: list[Tensor], ds: list[Tensor], gamma: float) -> list[Tensor]:
+        """``lars_lookahead``: each adapted tensor's look-ahead direction times LARC's trust ratio
+        at x_t with rate γ, so that ‖γ·d‖ ≤ τ‖x_t‖ per tensor and worker, as the update is bounded."""
+        layout, ds = self.layout, list(ds)
+        adapt = _adapted(layout, points)
+        scaled = [ds[i].expand_as(points[i]).clone() for i in adapt]  # d may be the kept local gradient itself
+        scale_per_worker_(layout, scaled, _trust_factors(group, layout, [points[i] for i in adapt], scaled, gamma))
+        for i, d in zip(adapt, scaled):
+            ds[i] = d
+        return ds
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -370,9 +405,12 @@ class _Extrapolation:
 class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
     r"""``torch.optim.SGD`` (Nesterov momentum) with its gradient taken at an extrapolated point.
 
-    ``lr`` is the scaled large-batch rate η and ``lr_scale`` the scaling factor B/b_base.
-    ``gamma``: the perturbation's one magnitude (γ, or σ, a, α, ρ for the noises and SAM; ``None``:
-    ``gamma()``'s default). ``lars``/``trust``: apex's LARC. ``comm``: a communicator from
+    ``lr`` is the large-batch rate η_t and ``lr_scale`` B/b, the global over the local batch.
+    ``gamma``: the perturbation's one magnitude (γ, or σ, a, α, ρ for the noises and SAM); ``None``:
+    γ_t = ``gamma_factor`` · η_t · b/B, following η_t's warmup and decays (``gamma()``;
+    ``gamma_warmup=False``: held at the given rate through a warmup, the earlier rule).
+    ``lars``/``trust``: apex's LARC; ``lars_lookahead``: the look-ahead takes LARC's trust ratio
+    too (each tensor's ‖γ·d‖ ≤ τ‖x‖). ``comm``: a communicator from
     ``extrap.engines`` (``None``: ``.grad`` as it is). ``direction``: d = g_{t-1}^k or
     g_{t-1}^k + β m_{t-1}. ``seed``: the noise streams'. ``foreach``/``fused`` go to torch.
     """
@@ -381,7 +419,8 @@ class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, nesterov: bool = True,
                  weight_decay: float = 0.0, perturbation: str = "extrap", gamma: float | None = None,
-                 lr_scale: float = 1.0, lars: bool = False, trust: float = 0.02, comm=None, *,
+                 gamma_factor: float = 1.0, lr_scale: float = 1.0, lars: bool = False, trust: float = 0.02,
+                 comm=None, *, lars_lookahead: bool = False, gamma_warmup: bool = True,
                  direction: str = "gradient", seed: int = 0, foreach: bool | None = None,
                  fused: bool | None = None):
         check_optimizer_arguments(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust, comm=comm)
@@ -396,7 +435,8 @@ class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
                 t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
             foreach = None if fused else True
         super().__init__(params, perturbation, direction, comm, seed,
-                         dict(gamma=gamma, lr_scale=lr_scale, lars=bool(lars), trust=float(trust)),
+                         dict(gamma=gamma, gamma_factor=gamma_factor, lr_scale=lr_scale, gamma_warmup=bool(gamma_warmup),
+                              lars=bool(lars), trust=float(trust), lars_lookahead=bool(lars_lookahead)),
                          lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                          foreach=foreach, fused=fused or None)
 
@@ -411,12 +451,13 @@ class ExtrapolatedAdam(_Extrapolation, torch.optim.Adam):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, perturbation: str = "extrap",
-                 gamma: float | None = None, comm=None, *, lr_scale: float = 1.0,
-                 precondition: bool = True, direction: str = "gradient", seed: int = 0,
+                 gamma: float | None = None, comm=None, *, gamma_factor: float = 1.0, lr_scale: float = 1.0,
+                 gamma_warmup: bool = True, precondition: bool = True, direction: str = "gradient", seed: int = 0,
                  foreach: bool | None = None, fused: bool | None = None):
         check_optimizer_arguments(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, perturbation, direction, comm, seed,
-                         dict(gamma=gamma, lr_scale=lr_scale, precondition=bool(precondition)),
+                         dict(gamma=gamma, gamma_factor=gamma_factor, lr_scale=lr_scale,
+                              gamma_warmup=bool(gamma_warmup), precondition=bool(precondition)),
                          lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused)
 
     def precondition(self, group, params, directions):

@@ -1,11 +1,9 @@
-"""Learning-rate scaling, warmup and decay (Goyal et al. 2017), and γ's schedule.
+"""Learning-rate scaling, warmup and decay (Goyal et al. 2017).
 
 A ``Schedule`` is a pure function of the iteration: ``lr(t)`` is the scaled large-batch rate.
-``gamma(t)`` is the closed form of the optimizers' default γ (``ExtrapolatedSGD.gamma``): the
-learning rate of small-batch training — η_base with the same decays, without the large-batch
-warmup (the paper: γ "directly takes on the learning rate used for small mini-batch training") —
-times a multiplier. ``apply(optimizer, t)`` writes lr (and, if asked, an explicit γ) into the
-optimizer's groups; being a function of ``t`` alone it needs no state to resume.
+``apply(optimizer, t)`` writes it into the optimizer's groups; being a function of ``t`` alone it
+needs no state to resume. γ has one definition, the optimizers' (``ExtrapolatedSGD.gamma``):
+gamma_factor · η_t · b/B, from the rate written here.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ def scaled_lr(base_lr: float, global_batch: int, base_batch: int, rule: str = "l
 
 @dataclass
 class Schedule:
-    """η_t and γ_t for iteration t (0-based).
+    """η_t for iteration t (0-based).
 
     Attributes:
         base_lr: η_base, the small-batch rate (for ``inverse-sqrt``: the peak rate at scale 1).
@@ -42,7 +40,6 @@ class Schedule:
             fractions of ``total_steps``: image classification), ``inverse-sqrt`` (Transformer).
         warmup_steps: linear per-iteration warmup from η_base to η_base·s (``step``/``constant``),
             or the inverse-sqrt warmup length.
-        gamma_multiplier: γ_t = multiplier × the unscaled schedule.
     """
 
     base_lr: float
@@ -52,12 +49,11 @@ class Schedule:
     warmup_steps: int = 0
     milestones: tuple[float, ...] = field(default=(0.5, 0.75))
     decay: float = 0.1
-    gamma_multiplier: float = 1.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
-        for name in ("base_lr", "scale", "decay", "gamma_multiplier"):
+        for name in ("base_lr", "scale", "decay"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
         if self.total_steps < 1:
@@ -83,16 +79,9 @@ class Schedule:
             return self.base_lr + (peak - self.base_lr) * t / self.warmup_steps
         return peak * self.decay_factor(t)
 
-    def gamma(self, t: int) -> float:
-        if self.kind == "inverse-sqrt":  # η_t / s after the warmup, η_base·1 during it
-            return self.gamma_multiplier * self.base_lr * min(1.0, math.sqrt(self.warmup_steps / (t + 1)))
-        return self.gamma_multiplier * self.base_lr * self.decay_factor(t)
-
-    def apply(self, optimizer, t: int, gamma: bool = True) -> float:
-        """Set every group's ``lr`` (and ``gamma`` unless ``gamma=False``) for iteration t."""
+    def apply(self, optimizer, t: int) -> float:
+        """Set every group's ``lr`` for iteration t; returns it."""
         lr = self.lr(t)
         for group in optimizer.param_groups:
             group["lr"] = lr
-            if gamma and "gamma" in group:
-                group["gamma"] = self.gamma(t)
         return lr

@@ -35,7 +35,10 @@ from .local_sgd import PostLocalSGD
 from .optim import PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD
 from .param_groups import weight_decay_groups
 from .schedules import KINDS, SCALINGS, Schedule, scaled_lr
+from .batchnorm import has_batch_norm
 from .smoothness import SmoothnessProbe
+
+GAMMA_RULES = ("local-batch", "base-batch")
 
 __all__ = ["Task", "TrainConfig", "train", "setup", "train_one_epoch", "validate", "save_checkpoint",
            "restart_from_checkpoint", "build_optimizer"]
@@ -73,11 +76,16 @@ class TrainConfig:
 
     ``base_lr`` is the small-batch rate for ``base_batch``; the run's rate is scaled to the global
     batch K·``local_batch`` by ``lr_scaling`` and warmed up over ``warmup_epochs``. ``gamma=None``
-    is the optimizer's default: the small-batch rate, with the decays and without the warmup.
+    is the optimizer's default γ_t = ``gamma_factor`` · η_t · b/B, following η_t's warmup and decays;
+    ``gamma_rule="base-batch"`` is the earlier rule (η_base = η/s through the warmup, then the
+    decays; s the rate's scaling factor), kept to rerun old records. ``lars_lookahead``: under
+    LARS the look-ahead takes the same trust ratio as the update (``ExtrapolatedSGD``).
     """
 
     perturbation: str = "none"
     gamma: float | None = None
+    gamma_factor: float = 1.0  # γ_t = gamma_factor · η_t · b/B (the paper tunes this factor)
+    gamma_rule: str = "local-batch"  # or "base-batch": the earlier rule, η_base held through the warmup
     local_batch: int = 32
     base_batch: int = 32
     base_lr: float = 0.1
@@ -92,6 +100,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lars: bool = False
     trust: float = 0.02
+    lars_lookahead: bool = False
     post_local: bool = False
     switch_epoch: float | None = None  # None: the first learning-rate decay
     local_steps: int = 16
@@ -117,6 +126,8 @@ class TrainConfig:
             "lr_scaling": (self.lr_scaling in SCALINGS, "one of " + ", ".join(SCALINGS)),
             "schedule": (self.schedule in KINDS, "one of " + ", ".join(KINDS)),
             "base_lr": (0 < self.base_lr < math.inf, "a finite number > 0"),
+            "gamma_factor": (0 <= self.gamma_factor < math.inf, "a finite number >= 0"),
+            "gamma_rule": (self.gamma_rule in GAMMA_RULES, "one of " + ", ".join(GAMMA_RULES)),
             "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
             "local_batch": (self.local_batch >= 1, "an integer >= 1"),
             "base_batch": (self.base_batch >= 1, "an integer >= 1"),
@@ -163,15 +174,18 @@ def _use_dtype(model: nn.Module, dtype: torch.dtype) -> None:
     model.register_forward_pre_hook(lambda module, args: tree_map(cast, args))
 
 
-def build_optimizer(cfg: TrainConfig, groups, lr: float, lr_scale: float, comm):
-    """ExtrapolatedSGD or ExtrapolatedAdam from the run's config."""
+def build_optimizer(cfg: TrainConfig, groups, lr: float, workers: int, rate_scale: float, comm):
+    """ExtrapolatedSGD or ExtrapolatedAdam from the run's config: ``lr`` the peak rate, ``workers``
+    K = B/b, ``rate_scale`` the rate's scaling factor s (the earlier γ rule divides by it)."""
+    gamma = dict(gamma=cfg.gamma, gamma_factor=cfg.gamma_factor, lr_scale=float(workers), gamma_warmup=True)
+    if cfg.gamma_rule == "base-batch":
+        gamma.update(lr_scale=rate_scale, gamma_warmup=False)
     if cfg.optimizer == "adam":
         return ExtrapolatedAdam(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                perturbation=cfg.perturbation, gamma=cfg.gamma, comm=comm,
-                                lr_scale=lr_scale, seed=cfg.seed)
+                                perturbation=cfg.perturbation, comm=comm, seed=cfg.seed, **gamma)
     return ExtrapolatedSGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           perturbation=cfg.perturbation, gamma=cfg.gamma, lr_scale=lr_scale,
-                           lars=cfg.lars, trust=cfg.trust, comm=comm, seed=cfg.seed)
+                           perturbation=cfg.perturbation, lars=cfg.lars, trust=cfg.trust,
+                           lars_lookahead=cfg.lars_lookahead, comm=comm, seed=cfg.seed, **gamma)
 
 
 @dataclass
@@ -215,7 +229,7 @@ def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[
                         warmup_steps=max(warmup, int(cfg.schedule == "inverse-sqrt")),
                         milestones=tuple(cfg.milestones))
     groups = weight_decay_groups(model, cfg.weight_decay, workers.named_parameters(), log=say)
-    optimizer = build_optimizer(cfg, groups, peak_lr, lr_scale, engine.comm)
+    optimizer = build_optimizer(cfg, groups, peak_lr, k, lr_scale, engine.comm)
     engine.attach(optimizer)
     if cfg.post_local:
         switch = (round(cfg.switch_epoch * steps_per_epoch) if cfg.switch_epoch is not None
@@ -225,14 +239,25 @@ def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[
     return Run(cfg, engine, task, workers, optimizer, schedule, steps_per_epoch, peak_lr, lr_scale, probe)
 
 
-def _trace_point(run: Run, step: int, batch_loss: Tensor) -> dict:
-    """A trace point after ``step``: ``batch_loss``, this process's workers' mean mini-batch loss
-    at x̃ since the last point, and, where the task has ``subset_loss``, the loss at x_t (worker
-    0's model) on its fixed subset; device tensors until the epoch ends."""
-    point = {"step": step, "batch_loss": batch_loss}
+def _gamma_used(run: Run) -> float:
+    """γ of the step just taken (of the first parameter group); 0 where nothing perturbs."""
+    opt = getattr(run.optimizer, "optimizer", run.optimizer)  # inside PostLocalSGD
+    return opt.gamma(opt.param_groups[0]) if opt.kind.direction is not None else 0.0
+
+
+def _trace_point(run: Run, step: int, batch_loss: Tensor, lr: float) -> dict:
+    """A trace point after ``step``: its ``lr`` and ``gamma``; ``batch_loss``, this process's
+    workers' mean mini-batch loss at x̃ since the last point; where the task has ``subset_loss``,
+    the loss at x_t (worker 0's model) on its fixed subset, with the running BatchNorm statistics
+    the forwards at x̃ gathered (``train_loss_subset``) and, where the model has BatchNorm, with
+    statistics re-estimated at x_t (``train_loss_bn``); device tensors until the epoch ends."""
+    point = {"step": step, "lr": lr, "gamma": _gamma_used(run), "batch_loss": batch_loss}
     subset_loss = getattr(run.task, "subset_loss", None)
     if subset_loss is not None:
-        point["train_loss_subset"] = subset_loss(run.workers.eval_module(0))
+        module = run.workers.eval_module(0)
+        point["train_loss_subset"] = subset_loss(module)
+        if has_batch_norm(module):
+            point["train_loss_bn"] = subset_loss(module, reestimate_bn=True)
     return point
 
 
@@ -240,9 +265,11 @@ def _read_trace(run: Run, points: list[dict]) -> list[dict]:
     """The epoch's trace points as numbers: mini-batch losses averaged over all workers."""
     out = []
     for p in points:
-        point = {"step": p["step"], "batch_loss": float(run.engine.mean_over_workers(p["batch_loss"]))}
-        if "train_loss_subset" in p:
-            point["train_loss_subset"] = float(p["train_loss_subset"])
+        point = {"step": p["step"], "lr": p["lr"], "gamma": p["gamma"],
+                 "batch_loss": float(run.engine.mean_over_workers(p["batch_loss"]))}
+        for key in ("train_loss_subset", "train_loss_bn"):
+            if key in p:
+                point[key] = float(p[key])
         out.append(point)
     return out
 
@@ -258,7 +285,7 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
     points, last = [], (epoch * run.steps_per_epoch, loss_sum.clone())  # the last trace point: step, loss_sum
     for i in range(run.steps_per_epoch):
         step = epoch * run.steps_per_epoch + i
-        lr = run.schedule.apply(optimizer, step, gamma=False)  # γ: the optimizer's own default
+        lr = run.schedule.apply(optimizer, step)  # γ_t follows: the optimizer's gamma()
         inputs, targets = engine.worker_batch(task.train_batches(engine.worker_ids, epoch, i, cfg.local_batch, k))
 
         def closure():  # a gradient at x_t for extragradient and SAM
@@ -281,7 +308,7 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
             since, before = last
             mean = (loss_sum - before) / ((step + 1 - since) * len(engine.worker_ids))
-            points.append(_trace_point(run, step + 1, mean))
+            points.append(_trace_point(run, step + 1, mean, lr))
             last = (step + 1, loss_sum.clone())
         if bar is not None:
             bar.update(1)

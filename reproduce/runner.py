@@ -62,7 +62,7 @@ RUN_KEYS = {
     "seeds": "the number of seeds",
     "label": "a human label for the cell",
     "color": "the colour of the cell's curves (a matplotlib colour)",
-    "target_loss": "a training-loss target: results/ reports each method's steps to reach it (results.study)",
+    "target_loss": "training-loss targets (a number or a list): results/ reports each method's steps to reach them (results.study)",
 }
 
 
@@ -143,6 +143,7 @@ class Run:
     seed: int
     settings: dict
     shown: dict = dataclasses.field(default_factory=dict)  # how results/ shows it (``presentation``)
+    protocol: dict = dataclasses.field(default_factory=dict)  # a tuned study's stage, point, panel (reproduce.tuning)
 
     @property
     def key(self) -> tuple:
@@ -184,7 +185,7 @@ def check_settings(settings: dict, where: str) -> None:
     try:
         cfg = train_config(settings)
         # the optimizer checks its own ranges (momentum, betas, gamma, ...): try it on one tensor
-        build_optimizer(cfg, [torch.zeros(1, requires_grad=True)], cfg.base_lr, 1.0, None)
+        build_optimizer(cfg, [torch.zeros(1, requires_grad=True)], cfg.base_lr, 1, 1.0, None)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{e} ({where})") from None
     for key in ("workers", "seeds"):
@@ -195,8 +196,9 @@ def check_settings(settings: dict, where: str) -> None:
         if not isinstance(settings.get(key, {}), dict):
             raise ConfigError(f"{key}: expected a mapping, got {settings[key]!r} ({where})")
     target = settings.get("target_loss")
-    if target is not None and not (_type_ok("float", target) and 0 < target < float("inf")):
-        raise ConfigError(f"target_loss: expected a positive number, got {target!r} ({where})")
+    targets = target if isinstance(target, list) else [target]
+    if target is not None and not (targets and all(_type_ok("float", t) and 0 < t < float("inf") for t in targets)):
+        raise ConfigError(f"target_loss: expected a positive number or a list of them, got {target!r} ({where})")
     if settings.get("task") not in TASKS:
         raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {settings.get('task')!r} ({where})")
     _check_task_and_model(settings, where)
@@ -283,6 +285,7 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
     cell_overrides = scale.pop("cells", {}) or {}
     run_variants = scale.pop("run_variants", None)  # a scale may run only some variants
     run_cells = scale.pop("run_cells", None)  # ... and only some cells
+    scale.pop("tuning", None)  # the tuning protocol's grids (reproduce.tuning), not a run's setting
     cli = parse_overrides(args.overrides)
     for flag, key in (("workers", "workers"), ("seeds", "seeds"), ("engine", "engine"), ("data_dir", "data_dir")):
         if getattr(args, flag) is not None:
@@ -569,7 +572,7 @@ def execute(run: Run, engine, out: Path, progress: bool, ready=lambda: None) -> 
                    progress=progress, desc=f"{run.variant}/{run.cell} seed {run.seed}")
     if engine.is_main:  # exactly one line per evaluation, also after a resume
         metrics.write_text("".join(json.dumps(p) + "\n" for p in record["curve"]))
-    record.update(item=run.item, variant=run.variant, cell=run.cell, **run.shown,
+    record.update(item=run.item, variant=run.variant, cell=run.cell, **run.shown, **run.protocol,
                   eval_split=getattr(task, "eval_split", None), seed=run.seed, config=s, git=provenance["git"])
     return record
 
@@ -616,7 +619,9 @@ def _main(item: str, argv=None) -> int:
             code = None
         except ConfigError as e:
             code = say(e)
-        if code is None:
+        if code is None and "tuning" in load_config(item)["scales"][args.scale]:
+            code = _tune_and_confirm(item, args, runs, out, say)
+        elif code is None:
             code = _run_all(item, args, runs, out, done)
         if code == 2 and created and lock is not None:  # refused before any work: leave nothing behind
             lock.discard()
@@ -624,6 +629,22 @@ def _main(item: str, argv=None) -> int:
         with contextlib.suppress(OSError):
             out.rmdir()
     return code
+
+
+def _tune_and_confirm(item: str, args: argparse.Namespace, runs: list[Run], out: Path, say) -> int:
+    """A scale with a ``tuning`` section: the paper's tuning protocol, then confirmation
+    (``reproduce.tuning``); every stage through ``_run_all``, skipping what is finished."""
+    from reproduce.tuning import run_protocol
+
+    def execute_runs(selected: list[Run]) -> int:
+        done = finished_runs(out / "records.jsonl")
+        check_identities(selected, out, done)
+        return _run_all(item, args, selected, out, done)
+
+    try:
+        return run_protocol(item, args, runs, out, execute_runs, say=lambda m: print(m, flush=True))
+    except ConfigError as e:
+        return say(e)
 
 
 def _refusal(item: str):

@@ -38,7 +38,8 @@ from .tables import fixed
 
 __all__ = ["Arm", "Study", "build_study", "study_items", "study_records", "steps_to_target", "interval", "LOSS"]
 
-LOSS = "train_loss_subset"  # the trace's training loss at x_t on a fixed subset
+LOSS = "train_loss_subset"  # the trace's training loss at x_t on a fixed subset, running BatchNorm statistics
+BN_LOSS = "train_loss_bn"  # the same with BatchNorm statistics re-estimated at x_t
 
 
 def _finite(value) -> bool:
@@ -52,10 +53,43 @@ def _target(record: dict) -> float | None:
 
 
 def _trace(record: dict) -> list[tuple[int, float]]:
-    """(step, training loss at x_t) of the record's trace, in order."""
+    """(step, training loss at x_t) of the record's trace, in order (``loss_key``)."""
     trace = record.get("trace") if isinstance(record.get("trace"), list) else []
-    return [(p["step"], float(p[LOSS])) for p in trace
-            if isinstance(p, dict) and _finite(p.get("step")) and _finite(p.get(LOSS))]
+    key = loss_key(record)
+    return [(p["step"], float(p[key])) for p in trace
+            if isinstance(p, dict) and _finite(p.get("step")) and _finite(p.get(key))]
+
+
+def loss_key(record: dict) -> str:
+    """The trace's training loss at x_t the study reads: with BatchNorm statistics re-estimated at
+    x_t (``train_loss_bn``) where the run measured it, else with training's running statistics."""
+    trace = record.get("trace") if isinstance(record.get("trace"), list) else []
+    return BN_LOSS if any(isinstance(p, dict) and BN_LOSS in p for p in trace) else LOSS
+
+
+def loss_area(record: dict) -> float | None:
+    """The area under the training loss at x_t over the run, per step: the trapezoid rule over the
+    trace's points divided by the steps they span (the mean loss along the run). Infinite for a
+    diverged run, None without two points."""
+    if record.get("status") == "diverged":
+        return math.inf
+    trace = _trace(record)
+    if len(trace) < 2:
+        return None
+    area = sum((s1 - s0) * (l0 + l1) / 2 for (s0, l0), (s1, l1) in zip(trace, trace[1:]))
+    return area / (trace[-1][0] - trace[0][0])
+
+
+def choose(by_point: dict) -> str | None:
+    """The key of ``{key: [records]}`` whose records have the lowest mean ``loss_area`` (a
+    diverged seed makes it infinite); None when no key has a measured record."""
+    scores = {}
+    for key, records in by_point.items():
+        areas = [loss_area(r) for r in records]
+        areas = [a for a in areas if a is not None]
+        if areas:
+            scores[key] = statistics.fmean(areas) if all(math.isfinite(a) for a in areas) else math.inf
+    return min(scores, key=lambda k: scores[k]) if scores else None
 
 
 def steps_to_target(record: dict, target: float) -> int | None:

@@ -542,20 +542,84 @@ def test_checkpoint_holds_no_copy_of_x_t():
 
 # -- γ: one definition ----------------------------------------------------------------------------
 
-def test_gamma_is_the_small_batch_rate_under_a_torch_scheduler():
+@pytest.mark.parametrize("gamma_warmup", [True, False])
+def test_gamma_follows_the_rate_under_a_torch_scheduler(gamma_warmup):
     """lr = 0.8 = η_base·8, warmed up from η_base over 5 steps and decayed ×0.1 at step 10 by a
-    torch scheduler: γ stays η_base = 0.1 through the warmup and drops with the decay, as
-    extrap.Schedule's closed form says."""
+    torch scheduler, lr_scale = B/b = 8: γ_t = gamma_factor · η_t / 8 at every step. The earlier
+    rule (``gamma_warmup=False``) stays at 0.8/8 = 0.1 through the warmup and drops with the decay."""
     from extrap import Schedule
 
     model = small_model()
-    opt = ExtrapolatedSGD(model.parameters(), lr=0.8, lr_scale=8.0, perturbation="extrap")
+    opt = ExtrapolatedSGD(model.parameters(), lr=0.8, lr_scale=8.0, perturbation="extrap", gamma_factor=0.5,
+                          gamma_warmup=gamma_warmup)
     warmup_then_decay = lambda t: (1 + 7 * min(t, 5) / 5) / 8 * (0.1 if t >= 10 else 1.0)  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_then_decay)
     closed = Schedule(base_lr=0.1, scale=8.0, total_steps=20, kind="step", warmup_steps=5, milestones=(0.5,))
     for t, (x, y) in enumerate(batches(20)):
         assert opt.param_groups[0]["lr"] == pytest.approx(closed.lr(t))
         run(model, opt, [(x, y)])
-        assert opt.gamma(opt.param_groups[0]) == pytest.approx(closed.gamma(t))
+        expected = 0.5 * closed.lr(t) / 8 if gamma_warmup else 0.5 * 0.1 * (0.1 if t >= 10 else 1.0)
+        assert opt.gamma(opt.param_groups[0]) == pytest.approx(expected)
         sched.step()
-    assert closed.gamma(0) == pytest.approx(0.1) and closed.gamma(19) == pytest.approx(0.01)
+
+
+# -- the look-ahead under LARS --------------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ["one process", "virtual workers"])
+def test_lars_lookahead_bounds_each_tensors_lookahead_by_the_trust_ratio(engine):
+    """With ``lars_lookahead``, each adapted tensor's look-ahead is LARC's step at rate γ along d:
+    γ·min(τ‖x‖/(‖d‖ + λ‖x‖ + ε)/γ, 1)·d, so ‖x̃ − x_t‖ ≤ τ‖x_t‖ for every tensor and worker; the
+    BatchNorm and bias tensors look ahead by γ·d as before. Without it, at this rate, the look-ahead
+    of some tensor is longer than τ‖x_t‖ (what the option exists for)."""
+    from extrap.engines import make_engine
+    from extrap.param_groups import weight_decay_groups
+
+    trust, wd, lr = 0.02, 1e-4, 4.0
+
+    def lookaheads(lars_lookahead):
+        """Per step: {name: (x_t [W, ...], x̃ − x_t [W, ...], d [W, ...], γ)} of every tensor."""
+        model = small_model()
+        k = 1 if engine == "one process" else 3
+        eng = make_engine("virtual", k) if k > 1 else None
+        workers = eng.prepare(model) if eng else None
+        named = list(workers.named_parameters()) if workers else list(model.named_parameters())
+        groups = weight_decay_groups(model, wd, named, log=None)
+        opt = ExtrapolatedSGD(groups, lr=lr, lr_scale=float(k), weight_decay=wd, lars=True, trust=trust,
+                              lars_lookahead=lars_lookahead, comm=eng.comm if eng else None)
+        if eng:
+            eng.attach(opt)
+        seen = []
+        for i, (x, y) in enumerate(batches(6, size=12)):
+            xs = x.view(k, -1, *x.shape[1:]) if eng else x
+            ys = y.view(k, -1) if eng else y
+            at = {n: (opt.point(p).detach().clone() if eng else p.detach().clone().unsqueeze(0)) for n, p in named}
+            d = {n: opt.state[p]["local_grad"].clone() for n, p in named if "local_grad" in opt.state[p]}
+            opt.zero_grad()
+            opt.perturb()
+            moved = {n: (opt.point(p).detach() if eng else p.detach().unsqueeze(0)) - at[n] for n, p in named}
+            if d:
+                gamma = opt.gamma(opt.param_groups[0])
+                seen.append({n: (at[n], moved[n], d[n] if eng else d[n].unsqueeze(0), gamma) for n in d})
+            if eng:
+                workers.forward_backward(F.cross_entropy, xs, ys)
+            else:
+                F.cross_entropy(model(xs), ys).backward()
+            opt.step()
+        return seen
+
+    seen = lookaheads(True)
+    assert len(seen) == 5
+    adapted = {"0.weight", "4.weight"}
+    for step in seen:
+        for name, (x, u, d, gamma) in step.items():
+            for w in range(x.shape[0]):
+                xn, un, dn = x[w].norm(), u[w].norm(), d[w].norm()
+                if name in adapted:  # up to apex's ε and float rounding
+                    assert un <= trust * xn * (1 + 1e-5), (name, w, un / xn)
+                    factor = min(float(trust * xn / (dn + wd * xn + 1e-8) / gamma), 1.0)
+                    torch.testing.assert_close(u[w], -gamma * factor * d[w], rtol=1e-4, atol=1e-7)
+                else:
+                    torch.testing.assert_close(u[w], -gamma * d[w], rtol=1e-4, atol=1e-7)
+    unbounded = lookaheads(False)
+    assert any(u[w].norm() > 2 * trust * x[w].norm() for step in unbounded for name, (x, u, _, _) in step.items()
+               if name in adapted for w in range(x.shape[0]))

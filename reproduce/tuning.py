@@ -1,0 +1,210 @@
+"""The paper's tuning protocol, for a scale whose config has a ``tuning`` section (docs/laptop/).
+
+The paper tunes each method's hyper-parameters on its own grid and extends a grid until its best
+point lies inside (its appendix, "hyper-parameter tuning"). Here:
+
+1. **Tuning.** Each method runs every point of its grid on the tuning seeds (``tuning.seeds``).
+   A method may be tuned ``around`` another: it takes that method's chosen setting, and the rates
+   neighbouring its chosen rate, and adds its own axes (extrap-SGD's ``gamma_factor`` at SGD's
+   best rate and its neighbours). The best point is the one with the lowest mean area under the
+   training-loss curve over the tuning seeds (``results.study.loss_area``). Where it lies at the
+   edge of a numeric axis, the axis is extended one step beyond it (geometrically, at most
+   ``tuning.extend`` times), along the line through the best point, and tuning goes on.
+2. **Confirmation.** Each method's chosen point runs on the scale's own seeds (0 .. seeds − 1),
+   which tuning never used.
+
+Every run is an ordinary record (``records.jsonl``) with ``stage`` (``tune`` or ``confirm``),
+``point`` (its grid values) and ``panel`` (the config variant it belongs to, e.g. a batch size).
+The same command resumes the whole protocol: finished runs are skipped, and the choices are
+made again from the records, so they come out the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import math
+
+__all__ = ["TuningError", "read_tuning", "point_name", "point_label", "run_protocol"]
+
+SHORT = {"base_lr": "lr", "trust": "trust", "gamma_factor": "gf", "lars_lookahead": "la", "momentum": "m"}
+LABELS = {"base_lr": "η_base", "trust": "τ", "gamma_factor": "γ factor", "lars_lookahead": "look-ahead trust",
+          "momentum": "β"}
+
+
+class TuningError(ValueError):
+    """A bad ``tuning`` section: one line, exit status 2 (a ``ConfigError`` in the runner)."""
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_tuning(section, cells: list[str]) -> dict:
+    """The ``tuning`` section checked: ``seeds`` (a list of distinct integers), ``extend`` (>= 0),
+    ``grids`` {cell: {key: [values]}, or {around: cell, grid: {key: [values]}}}."""
+    if not isinstance(section, dict):
+        raise TuningError(f"tuning: expected a mapping, got {section!r}")
+    seeds = section.get("seeds")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise TuningError(f"tuning.seeds: expected a list of distinct integers, got {seeds!r}")
+    extend = section.get("extend", 2)
+    if not (isinstance(extend, int) and not isinstance(extend, bool) and extend >= 0):
+        raise TuningError(f"tuning.extend: expected an integer >= 0, got {extend!r}")
+    grids = section.get("grids")
+    if not isinstance(grids, dict) or not grids:
+        raise TuningError(f"tuning.grids: expected a mapping of cells to grids, got {grids!r}")
+    out = {}
+    for cell, grid in grids.items():
+        if cell not in cells:
+            raise TuningError(f"tuning.grids: unknown cell {cell!r}; the scale runs {', '.join(cells)}")
+        around = grid.get("around") if isinstance(grid, dict) else None
+        axes = grid.get("grid", {}) if around is not None else grid
+        if around is not None and (around not in grids or around == cell or "around" in (grids[around] or {})):
+            raise TuningError(f"tuning.grids.{cell}.around: expected another cell tuned on its own grid, got {around!r}")
+        if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
+            raise TuningError(f"tuning.grids.{cell}: expected {{key: [values]}}, got {axes!r}")
+        for key, values in axes.items():
+            if not (all(_number(v) for v in values) or all(isinstance(v, bool) for v in values)):
+                raise TuningError(f"tuning.grids.{cell}.{key}: expected numbers or booleans, got {values!r}")
+        out[cell] = {"around": around, "axes": {k: list(v) for k, v in axes.items()}}
+    if not any(g["around"] is None for g in out.values()):
+        raise TuningError("tuning.grids: expected at least one cell tuned on its own grid")
+    return {"seeds": list(seeds), "extend": extend, "grids": out}
+
+
+def _text(v) -> str:
+    return ("on" if v else "off") if isinstance(v, bool) else f"{v:g}"
+
+
+def point_name(point: dict) -> str:
+    """A grid point as a variant name (a folder name): ``lr0.05-trust0.02-gf0.5-la1``."""
+    return "-".join(f"{SHORT.get(k, k)}{int(v) if isinstance(v, bool) else f'{v:g}'}" for k, v in point.items())
+
+
+def point_label(point: dict) -> str:
+    """A grid point for people: ``η_base 0.05, τ 0.02, γ factor 0.5, look-ahead trust on``."""
+    return ", ".join(f"{LABELS.get(k, k)} {_text(v)}" for k, v in point.items())
+
+
+def _key(point: dict) -> str:
+    return json.dumps(point, sort_keys=True)
+
+
+def _extended(values: list, at) -> object | None:
+    """The value one geometric step beyond ``at`` when it is an edge of the numeric ``values``."""
+    ordered = sorted(set(values))
+    if len(ordered) < 2 or not all(_number(v) and v > 0 for v in ordered):
+        return None
+    if at == ordered[0]:
+        return ordered[0] * ordered[0] / ordered[1]
+    if at == ordered[-1]:
+        return ordered[-1] * ordered[-1] / ordered[-2]
+    return None
+
+
+def _neighbours(values: list, at, n: int = 1) -> list:
+    ordered = sorted(set(values))
+    i = ordered.index(at)
+    return ordered[max(0, i - n):i + n + 1]
+
+
+def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> int:
+    """Tune, then confirm, every (panel, method) of ``runs`` (the plan's runs on the confirmation
+    seeds). ``execute_runs(runs)`` runs what is not finished and returns an exit status."""
+    from reproduce.runner import Run, check_settings, load_config
+    from results.records import load_records
+    from results.study import choose
+
+    cfg = load_config(item)
+    scale = cfg["scales"][args.scale]
+    templates = {(r.variant, r.cell): r for r in runs if r.seed == min(x.seed for x in runs)}
+    cells = list(dict.fromkeys(r.cell for r in runs))
+    try:
+        tuning = read_tuning(scale.get("tuning"), cells)
+    except TuningError as e:
+        from reproduce.runner import ConfigError
+
+        raise ConfigError(str(e)) from None
+    overlap = set(tuning["seeds"]) & {r.seed for r in runs}
+    if overlap:
+        from reproduce.runner import ConfigError
+
+        raise ConfigError(f"tuning.seeds: {sorted(overlap)} are also confirmation seeds (0 .. seeds − 1)")
+    panels = list(dict.fromkeys(r.variant for r in runs))
+    records_path = out / "records.jsonl"
+
+    def make(template, point: dict, seed: int, stage: str, order: int) -> Run:
+        variant = point_name(point) if template.variant == "default" else f"{template.variant}.{point_name(point)}"
+        settings = {**copy.deepcopy(template.settings), **point, "seed": seed}
+        shown = dict(template.shown, variant_label=(f"{template.shown.get('variant_label', '')}, " if
+                                                    template.variant != "default" else "") + point_label(point),
+                     variant_order=order)
+        return dataclasses.replace(template, variant=variant, seed=seed, settings=settings, shown=shown,
+                                   protocol={"stage": stage, "point": point, "panel": template.variant})
+
+    def records_of(template, points: list[dict]) -> dict[str, list[dict]]:
+        records = load_records(records_path) if records_path.exists() else []
+        names = {point_name(p): _key(p) for p in points}
+        by_point: dict[str, list[dict]] = {k: [] for k in names.values()}
+        for r in records:
+            if r.get("item") == item and r.get("cell") == template.cell and r.get("stage") == "tune" \
+                    and r.get("panel") == template.variant and point_name(r.get("point") or {}) in names:
+                by_point[names[point_name(r["point"])]].append(r)
+        return by_point
+
+    chosen: dict[tuple[str, str], dict] = {}
+    rates: dict[tuple[str, str], list] = {}
+    order = itertools.count()
+    for cell in sorted(tuning["grids"], key=lambda c: tuning["grids"][c]["around"] is not None):
+        grid = tuning["grids"][cell]
+        for panel in panels:
+            template = templates[(panel, cell)]
+            axes = copy.deepcopy(grid["axes"])
+            if grid["around"] is not None:
+                base = chosen[(panel, grid["around"])]
+                axes = {**{k: [v] for k, v in base.items()}, **axes}
+                if "base_lr" in base:
+                    axes["base_lr"] = _neighbours(rates[(panel, grid["around"])], base["base_lr"])
+            points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+            for point in points:
+                check_settings({k: v for k, v in {**template.settings, **point}.items() if k != "seed"},
+                               f"{item} tuning {cell} {point_label(point)}")
+            extensions = dict.fromkeys(axes, 0)
+            while True:
+                todo = [make(template, p, s, "tune", next(order)) for p in points for s in tuning["seeds"]]
+                say(f"tuning {cell}{'' if panel == 'default' else ' (' + panel + ')'}: {len(points)} points × "
+                    f"{len(tuning['seeds'])} seeds")
+                code = execute_runs(todo)
+                if code:
+                    return code
+                by_point = records_of(template, points)
+                best = choose({k: v for k, v in by_point.items()})
+                if best is None:
+                    best = _key(points[0])
+                best_point = json.loads(best)
+                grown = []
+                for key, values in axes.items():
+                    beyond = _extended(values, best_point[key]) if extensions[key] < tuning["extend"] else None
+                    if beyond is not None:
+                        extensions[key] += 1
+                        values.append(beyond)
+                        grown.append({**best_point, key: beyond})
+                if not grown:
+                    break
+                say(f"tuning {cell}: the best point ({point_label(best_point)}) lies at an edge; extending to "
+                    + "; ".join(point_label(p) for p in grown))
+                points += grown
+            chosen[(panel, cell)] = {k: best_point[k] for k in axes}
+            rates[(panel, cell)] = sorted(set(p["base_lr"] for p in points)) if "base_lr" in axes else []
+            say(f"chosen for {cell}{'' if panel == 'default' else ' (' + panel + ')'}: {point_label(chosen[(panel, cell)])}")
+    confirm = [make(r, chosen[(r.variant, r.cell)], r.seed, "confirm", next(order)) for r in runs
+               if (r.variant, r.cell) in chosen]
+    untuned = [r for r in runs if (r.variant, r.cell) not in chosen]
+    for r in untuned:  # a cell without a grid runs as configured, on the confirmation seeds
+        r.protocol = {"stage": "confirm", "point": {}, "panel": r.variant}
+    say(f"confirming: {len(confirm) + len(untuned)} runs on seeds {sorted({r.seed for r in runs})}")
+    return execute_runs(confirm + untuned)

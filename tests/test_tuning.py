@@ -1,0 +1,89 @@
+"""The tuning protocol (reproduce.tuning): grids, their extension past an edge, the choice from
+the tuning seeds' records, confirmation on other seeds, and resuming with the same command."""
+
+import json
+
+import pytest
+import yaml
+
+from results.records import load_records
+from results.study import choose, loss_area
+
+CONFIG = {
+    "about": {"title": "Tuning test"},
+    "common": {"task": "digits", "model": "digits_cnn", "workers": 2, "local_batch": 32, "base_batch": 32,
+               "epochs": 1, "schedule": "constant", "momentum": 0.9, "nesterov": True, "log_every": 2,
+               "weight_decay": 0.0, "engine": "virtual", "target_loss": [2.0, 1.5]},
+    "scales": {"laptop": {"seeds": 2, "tuning": {"seeds": [100], "extend": 1, "grids": {
+        "sgd": {"base_lr": [0.02, 0.04]},
+        "extrap-sgd": {"around": "sgd", "grid": {"gamma_factor": [0.5, 2.0]}}}}}},
+    "cells": {"sgd": {"perturbation": "none"}, "extrap-sgd": {"perturbation": "extrap"}},
+}
+
+
+@pytest.fixture
+def item(tmp_path, monkeypatch):
+    import reproduce.runner as runner
+
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    monkeypatch.setattr(runner, "config_path", lambda name: path)
+    return "figure1"  # its script and --help; the config is the one above
+
+
+def _run(item, out):
+    from reproduce.runner import main
+
+    return main(item, ["--scale", "laptop", "--out", str(out), "--no-progress"])
+
+
+def test_tuning_extends_an_edge_then_confirms_the_choice_on_other_seeds(item, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(item, out) == 0
+    records = load_records(out / "records.jsonl")
+    tune = [r for r in records if r["stage"] == "tune"]
+    confirm = [r for r in records if r["stage"] == "confirm"]
+    assert {r["seed"] for r in tune} == {100} and {r["seed"] for r in confirm} == {0, 1}
+
+    def by_point(cell):
+        points = {}
+        for r in tune:
+            if r["cell"] == cell:
+                points.setdefault(json.dumps(r["point"], sort_keys=True), []).append(r)
+        return points
+
+    sgd = by_point("sgd")
+    rates = sorted(json.loads(k)["base_lr"] for k in sgd)
+    assert len(rates) == 3 and rates[1:] == [0.02, 0.04] or rates[:2] == [0.02, 0.04]  # one step past an edge
+    assert 0.01 in rates or 0.08 in rates
+    chosen = {r["cell"]: r["point"] for r in confirm}
+    assert chosen["sgd"] == json.loads(choose(sgd))  # the lowest mean area under the loss curve
+    extrap = by_point("extrap-sgd")
+    extrap_rates = {json.loads(k)["base_lr"] for k in extrap}
+    i = rates.index(chosen["sgd"]["base_lr"])
+    assert set(rates[max(0, i - 1):i + 2]) <= extrap_rates  # SGD's rate and its neighbours,
+    assert len(extrap_rates - set(rates)) <= 1  # and one step past an edge where extrap's best lies there
+    assert chosen["extrap-sgd"] == json.loads(choose(extrap))
+    assert {"gamma_factor", "base_lr"} <= set(chosen["extrap-sgd"])
+    for r in confirm:  # each confirmation run ran the chosen point
+        assert all(r["config"][k] == v for k, v in r["point"].items())
+        assert loss_area(r) is not None and all("gamma" in p and "lr" in p for p in r["trace"])
+    said = capsys.readouterr().out
+    assert "lies at an edge; extending" in said and "chosen for sgd" in said
+    before = (out / "records.jsonl").read_text()
+    assert _run(item, out) == 0  # the same command: nothing new to run, the same choices
+    assert (out / "records.jsonl").read_text() == before
+    assert "chosen for sgd: " in capsys.readouterr().out
+
+
+def test_a_bad_tuning_section_is_one_line(item, tmp_path, capsys, monkeypatch):
+    import reproduce.runner as runner
+
+    bad = json.loads(json.dumps(CONFIG))
+    bad["scales"]["laptop"]["tuning"]["grids"]["extrap-sgd"]["around"] = "nothing"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    monkeypatch.setattr(runner, "config_path", lambda name: path)
+    assert _run(item, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "tuning.grids.extrap-sgd.around" in err and len(err.strip().splitlines()) == 1
