@@ -21,6 +21,7 @@ made again from the records, so they come out the same.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import itertools
@@ -44,7 +45,9 @@ def _number(v) -> bool:
 
 def read_tuning(section, cells: list[str]) -> dict:
     """The ``tuning`` section checked: ``seeds`` (a list of distinct integers), ``extend`` (>= 0),
-    ``grids`` {cell: {key: [values]}, or {around: cell, grid: {key: [values]}}}."""
+    ``grids`` {cell: {key: [values]}, or {around: cell, neighbours: n, grid: {key: [values]}}}: a
+    cell tuned around another takes its chosen setting, the n rates either side of its chosen
+    rate (default 1), and its own axes."""
     if not isinstance(section, dict):
         raise TuningError(f"tuning: expected a mapping, got {section!r}")
     seeds = section.get("seeds")
@@ -70,7 +73,10 @@ def read_tuning(section, cells: list[str]) -> dict:
         for key, values in axes.items():
             if not (all(_number(v) for v in values) or all(isinstance(v, bool) for v in values)):
                 raise TuningError(f"tuning.grids.{cell}.{key}: expected numbers or booleans, got {values!r}")
-        out[cell] = {"around": around, "axes": {k: list(v) for k, v in axes.items()}}
+        neighbours = grid.get("neighbours", 1) if around is not None else 0
+        if not (isinstance(neighbours, int) and not isinstance(neighbours, bool) and neighbours >= 0):
+            raise TuningError(f"tuning.grids.{cell}.neighbours: expected an integer >= 0, got {neighbours!r}")
+        out[cell] = {"around": around, "neighbours": neighbours, "axes": {k: list(v) for k, v in axes.items()}}
     if not any(g["around"] is None for g in out.values()):
         raise TuningError("tuning.grids: expected at least one cell tuned on its own grid")
     return {"seeds": list(seeds), "extend": extend, "grids": out}
@@ -115,16 +121,16 @@ def _neighbours(values: list, at, n: int = 1) -> list:
 def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> int:
     """Tune, then confirm, every (panel, method) of ``runs`` (the plan's runs on the confirmation
     seeds). ``execute_runs(runs)`` runs what is not finished and returns an exit status."""
-    from reproduce.runner import Run, check_settings, load_config
+    from reproduce.runner import check_settings, load_config, plan
     from results.records import load_records
     from results.study import choose
 
     cfg = load_config(item)
     scale = cfg["scales"][args.scale]
     templates = {(r.variant, r.cell): r for r in runs if r.seed == min(x.seed for x in runs)}
-    cells = list(dict.fromkeys(r.cell for r in runs))
+    cells = list(dict.fromkeys(r.cell for r in runs))  # the cells asked for (--only)
     try:
-        tuning = read_tuning(scale.get("tuning"), cells)
+        tuning = read_tuning(scale.get("tuning"), list(cfg.get("cells") or {}))
     except TuningError as e:
         from reproduce.runner import ConfigError
 
@@ -134,10 +140,16 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
         from reproduce.runner import ConfigError
 
         raise ConfigError(f"tuning.seeds: {sorted(overlap)} are also confirmation seeds (0 .. seeds − 1)")
+    needed = set(cells) | {tuning["grids"][c]["around"] for c in cells if c in tuning["grids"]}
+    tuning["grids"] = {c: g for c, g in tuning["grids"].items() if c in needed}  # and what they are tuned around
+    missing = needed - {r.cell for r in runs}
+    if missing:  # a cell tuned around another that --only left out: tuned here, not confirmed
+        everything = plan(item, argparse.Namespace(**{**vars(args), "only": None}))
+        templates.update({(r.variant, r.cell): r for r in everything if r.cell in missing and r.seed == 0})
     panels = list(dict.fromkeys(r.variant for r in runs))
     records_path = out / "records.jsonl"
 
-    def make(template, point: dict, seed: int, stage: str, order: int) -> Run:
+    def make(template, point: dict, seed: int, stage: str, order: int):
         variant = point_name(point) if template.variant == "default" else f"{template.variant}.{point_name(point)}"
         settings = {**copy.deepcopy(template.settings), **point, "seed": seed}
         shown = dict(template.shown, variant_label=(f"{template.shown.get('variant_label', '')}, " if
@@ -168,7 +180,7 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
                 base = chosen[(panel, grid["around"])]
                 axes = {**{k: [v] for k, v in base.items()}, **axes}
                 if "base_lr" in base:
-                    axes["base_lr"] = _neighbours(rates[(panel, grid["around"])], base["base_lr"])
+                    axes["base_lr"] = _neighbours(rates[(panel, grid["around"])], base["base_lr"], grid["neighbours"])
             points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
             for point in points:
                 check_settings({k: v for k, v in {**template.settings, **point}.items() if k != "seed"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .protocol import build_tuned_study, is_tuned
 from .records import load_records
 from .study import build_study, study_items
 from .tables import build_table, table_items
@@ -49,15 +50,19 @@ def write_all(directory) -> list[Path]:
                 path = directory / f"{item}.{suffix}"
                 path.write_text(text, encoding="utf-8")
                 written.append(path)
-    for item in study_items(records):  # a learning-rate grid over seeds with a loss target (laptop scale)
-        study = build_study(records, item)
+    for item in study_items(records):  # seeds with loss targets: a tuned study, or a rate grid (the demo)
+        tuned = is_tuned([r for r in records if r.get("item") == item])
+        study = build_tuned_study(records, item) if tuned else build_study(records, item)
         for suffix, text in (("md", study.to_markdown()), ("csv", study.to_csv())):
             path = directory / f"{item}.study.{suffix}"
             path.write_text(text, encoding="utf-8")
             written.append(path)
-        from .figures import write_study_figure  # noqa: PLC0415 (matplotlib only when there is a figure to draw)
+        from . import figures  # noqa: PLC0415 (matplotlib only when there is a figure to draw)
 
-        written.append(write_study_figure(records, item, directory / f"{item}.study.png"))
+        if tuned:
+            written += figures.write_tuned_figures(study, records, directory)
+        else:
+            written.append(figures.write_study_figure(records, item, directory / f"{item}.study.png"))
     figures = [item for item in FIGURE_ITEMS if FIGURE_SOURCE.get(item, item) in present]
     if figures:
         from .figures import method_colors, write_figure  # matplotlib only when there is a figure to draw

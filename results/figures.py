@@ -18,6 +18,7 @@ backend (a notebook's, say) is not switched.
 
 from __future__ import annotations
 
+import math
 import statistics
 import textwrap
 from collections import Counter
@@ -28,12 +29,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .records import about_of, int_field, methods_of, unique_ints, variant_of, variants_of
-from .study import LOSS, build_study, study_records
+from .study import LOSS, build_study, loss_key, study_records
 from .collate import FIGURE_ITEMS
 from .tables import collect_cells
 
 __all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4", "figure5", "figure7",
-           "write_study_figure"]
+           "write_study_figure", "write_tuned_figures"]
 
 
 _SPARE = matplotlib.colormaps["tab10"].colors
@@ -354,3 +355,105 @@ def write_study_figure(records: list[dict], item: str, path) -> Path:
     path = Path(path)
     _save(fig, path)
     return path
+
+
+def write_tuned_figures(study, records: list[dict], directory) -> list[Path]:
+    """A tuned study's figures (``results.protocol``): ``<item>.study.png``, the confirmation
+    runs of each method's chosen setting (mean ± 1 std over the seeds): the training loss at x_t
+    with the targets, the mini-batch loss at the workers' x̃, the smoothness along the path and
+    the item's metric where measured; and ``<item>.gamma.png`` where tuning varied
+    ``gamma_factor``: steps to the middle target and the loss area against it, one line per
+    rate (and look-ahead setting), the untuned method at the same rate as a dashed line."""
+    directory = Path(directory)
+    colors = method_colors([r for r in records if r.get("item") == study.item])
+    confirmed = [(panel, cell, runs) for panel in study.panels for cell in study.methods
+                 if (panel, cell) in study.confirm for runs in [study.confirm[(panel, cell)][1]]]
+    loss = next((loss_key(r) for _, _, runs in confirmed for r in runs.records), LOSS)
+    metric = study.metric.get("key")
+    panels = [(loss, "trace", "training loss at $x_t$" + (" (BatchNorm re-estimated)" if loss != LOSS else "")),
+              ("batch_loss", "trace", "mini-batch loss at the workers' $\\tilde x$")]
+    if any(runs.smoothness() for _, _, runs in confirmed):
+        panels.append(("smoothness", "smoothness", "smoothness along the path"))
+    if metric:
+        panels.append((metric, "curve", study.metric.get("label", metric)))
+    fig = Figure(figsize=(5.5 * len(panels), 4.6), layout="constrained")
+    axes = list(fig.subplots(1, len(panels), squeeze=False)[0])
+    styles = {p: _LINESTYLES[i % len(_LINESTYLES)] for i, p in enumerate(study.panels)}
+    for panel, cell, runs in confirmed:
+        label = study.method_labels[cell] + (f", {study._panel_text(panel)}" if len(study.panels) > 1 else "")
+        for ax, (key, source, _) in zip(axes, panels):
+            series = _series(runs.records, key, source=source)
+            if series is not None:
+                _draw(ax, series, colors[cell], label, styles[panel])
+    for t in study.targets:
+        axes[0].axhline(t, color="0.3", linestyle="--", linewidth=0.8)
+    for ax in axes[:2]:
+        ax.set_yscale("log")
+    for i, (ax, (_, _, ylabel)) in enumerate(zip(axes, panels)):
+        _finish(ax, "step", ylabel, f"({'abcd'[i]}) {ylabel}, chosen settings, ± 1 std")
+    fig.suptitle(f"{study.title} — {study.setting}: confirmation seeds {study.confirm_seeds}")
+    paths = [directory / f"{study.item}.study.png"]
+    _save(fig, paths[0])
+    gamma = _gamma_sensitivity(study, colors)
+    if gamma is not None:
+        paths.append(directory / f"{study.item}.gamma.png")
+        _save(gamma, paths[1])
+    return paths
+
+
+def _gamma_sensitivity(study, colors) -> Figure | None:
+    """Steps to the middle target and mean loss area against gamma_factor over the tuning seeds."""
+    import json
+
+    from reproduce.tuning import point_label  # noqa: PLC0415
+
+    varied = [(panel, cell, points) for (panel, cell), points in study.tuning.items()
+              if len({json.loads(k).get("gamma_factor") for k in points} - {None}) > 1]
+    if not varied:
+        return None
+    target = study.targets[len(study.targets) // 2]
+    fig = Figure(figsize=(12, 4.6 * len(varied)), layout="constrained")
+    axes = fig.subplots(len(varied), 2, squeeze=False)
+    cmap = matplotlib.colormaps["viridis"]
+    for row, (panel, cell, points) in zip(axes, varied):
+        lines: dict = {}
+        for key, runs in points.items():
+            point = json.loads(key)
+            rest = tuple((k, v) for k, v in sorted(point.items()) if k != "gamma_factor")
+            lines.setdefault(rest, []).append((point["gamma_factor"], runs))
+        rates = sorted({dict(rest).get("base_lr", 0) for rest in lines})
+        for rest, values in sorted(lines.items()):
+            values.sort(key=lambda v: v[0])
+            rest_d = dict(rest)
+            color = cmap(rates.index(rest_d.get("base_lr", 0)) / max(len(rates) - 1, 1))
+            style = "--" if rest_d.get("lars_lookahead") is False else "-"
+            label = point_label({k: v for k, v in rest if k != "trust"})
+            xs = [g for g, _ in values]
+            steps = [statistics.fmean(r.steps(target)) if r.steps(target) else float("nan") for _, r in values]
+            areas = [r.mean_area() if math.isfinite(r.mean_area()) else float("nan") for _, r in values]
+            row[0].plot(xs, steps, marker="o", linestyle=style, color=color, label=label)
+            row[1].plot(xs, areas, marker="o", linestyle=style, color=color, label=label)
+            for x, y, (_, r) in zip(xs, steps, values):
+                row[0].annotate(f"{len(r.steps(target))}/{len(r.records)}", (x, y if y == y else 0),
+                                fontsize="x-small", textcoords="offset points", xytext=(3, 3))
+        for (p2, c2), other in study.tuning.items():  # the method tuned without γ, at the same rates
+            if p2 != panel or c2 == cell:
+                continue
+            for key, runs in other.items():
+                point = json.loads(key)
+                if "gamma_factor" in point or point.get("base_lr") not in rates:
+                    continue
+                color = cmap(rates.index(point["base_lr"]) / max(len(rates) - 1, 1))
+                if runs.steps(target):
+                    row[0].axhline(statistics.fmean(runs.steps(target)), color=color, linestyle=":", linewidth=1)
+                if math.isfinite(runs.mean_area()):
+                    row[1].axhline(runs.mean_area(), color=color, linestyle=":", linewidth=1)
+        factors = sorted({json.loads(k)["gamma_factor"] for k in points if "gamma_factor" in json.loads(k)})
+        for ax, ylabel in zip(row, (f"steps to loss {target:g} (seeds reaching it)", "mean loss along the run")):
+            ax.set_xscale("log")
+            ax.set_xticks(factors, labels=[f"{f:g}" for f in factors])
+            ax.minorticks_off()
+            _finish(ax, "gamma_factor (γ_t = factor · η_t · b/B)", ylabel,
+                    f"{study.method_labels[cell]} ({study._panel_text(panel)}); dotted: the other method at that rate")
+    fig.suptitle(f"{study.title}: how wide is the window where extrapolation helps? (tuning seeds {study.tuning_seeds})")
+    return fig

@@ -36,7 +36,8 @@ from reproduce import identity
 from .records import about_of, methods_of, variant_of, variants_of
 from .tables import fixed
 
-__all__ = ["Arm", "Study", "build_study", "study_items", "study_records", "steps_to_target", "interval", "LOSS"]
+__all__ = ["Arm", "Study", "build_study", "study_items", "study_records", "steps_to_target", "interval", "LOSS",
+           "BN_LOSS", "loss_key", "loss_area", "choose", "targets_of"]
 
 LOSS = "train_loss_subset"  # the trace's training loss at x_t on a fixed subset, running BatchNorm statistics
 BN_LOSS = "train_loss_bn"  # the same with BatchNorm statistics re-estimated at x_t
@@ -46,10 +47,17 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _target(record: dict) -> float | None:
+def targets_of(record: dict) -> list[float]:
+    """The record's training-loss targets (``target_loss``: a number or a list), in order."""
     config = record.get("config")
     value = config.get("target_loss") if isinstance(config, dict) else None
-    return float(value) if _finite(value) else None
+    values = value if isinstance(value, list) else [value]
+    return [float(v) for v in values if _finite(v)]
+
+
+def _target(record: dict) -> float | None:
+    """The record's (first) training-loss target."""
+    return next(iter(targets_of(record)), None)
 
 
 def _trace(record: dict) -> list[tuple[int, float]]:

@@ -78,7 +78,10 @@ BAD_VALUES = {
     "task_kwargs": st.sampled_from(["{bptt: 35}", "{eval_train_samples: -1}", "{eval_train_samples: -5}",
                                     "{download: maybe}", "{root: /tmp}", "3"]),
     "seed": st.integers(min_value=0, max_value=100).map(str),
-    "target_loss": st.one_of(NEGATIVE, st.sampled_from(["abc", "[1, 2]", "true", "''", "0", ".inf"])),  # null: none
+    "target_loss": st.one_of(NEGATIVE, st.sampled_from(["abc", "[1, -2]", "[]", "[a]", "true", "''", "0", ".inf"])),  # null: none
+    "gamma_factor": st.one_of(NOT_A_NUMBER, NEGATIVE, st.just(".inf")),
+    "gamma_rule": st.sampled_from(["base", "local", "paper", "1"]),
+    "lars_lookahead": st.sampled_from(["maybe", "2", "[true]", "abc"]),
 }
 
 

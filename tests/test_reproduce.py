@@ -204,28 +204,61 @@ LAPTOP_ITEMS = {"figure1": [], "figure7": [],
                 "figure3": ["task_kwargs={max_train_pairs: 2048, eval_samples: 50, decode_max_len: 10}"]}
 
 
+def _one_point_grids(cfg: dict) -> dict:
+    """The config with a tuned laptop scale cut to one tuning seed, one confirmation seed and the
+    first value of every grid axis: the protocol's structure, at the cost of a few runs."""
+    scale = cfg["scales"]["laptop"]
+    tuning = scale.get("tuning")
+    if tuning:
+        tuning["seeds"] = tuning["seeds"][:1]
+        for grid in tuning["grids"].values():
+            axes = grid.get("grid", grid) if "around" in grid else grid
+            for key in axes:
+                axes[key] = axes[key][:1]
+    return cfg
+
+
 @needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(LAPTOP_ITEMS))
-def test_laptop_configs_run_a_few_steps_and_collate_as_a_study(tmp_path, name):
-    """The laptop study's configs as they are (K = 16, the batch sizes, the rate grid), one seed of
-    one cell for one epoch: they run, and results/ writes the study's table and figure."""
-    from reproduce.runner import load_config
+def test_laptop_configs_run_a_few_steps_and_collate_as_a_study(tmp_path, name, monkeypatch):
+    """The laptop study's configs as they are (K = 16, the batch sizes, the tuning protocol, cut to
+    the first point of each grid), one confirmation seed of the first cell for one epoch: they
+    run, and results/ writes the study's table and figure."""
+    import yaml
 
-    scale = load_config(name)["scales"]["laptop"]
-    cell = scale.get("run_cells", list(load_config(name)["cells"]))[0]
-    run([sys.executable, "-m", f"reproduce.{name}", "--scale", "laptop", "--no-progress", "--seeds", "1",
-         "--only", cell, "--out", str(tmp_path), "epochs=1", "log_every=1", "eval_every=1", *LAPTOP_ITEMS[name]])
-    recs = records(tmp_path)
-    assert len(recs) == len(scale.get("run_variants", ["default"]))
+    import reproduce
+    from reproduce.runner import load_config, main
+
+    cfg = _one_point_grids(load_config(name))
+    scale = cfg["scales"]["laptop"]
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / f"{name}.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    monkeypatch.setattr(reproduce, "CONFIGS", configs)
+    grids = scale.get("tuning", {}).get("grids", {})  # a cell tuned around another, where the scale tunes
+    cell = next((c for c, g in grids.items() if "around" in g), scale.get("run_cells", list(cfg["cells"]))[-1])
+    out = tmp_path / "out"
+    overrides = ["epochs=1", "log_every=1", "eval_every=1", *LAPTOP_ITEMS[name]]
+    assert main(name, ["--scale", "laptop", "--no-progress", "--seeds", "1", "--only", cell, "--out", str(out),
+                       *overrides]) == 0
+    recs = records(out)
+    tuned = "tuning" in scale
+    panels = scale.get("run_variants", ["default"])
+    assert len([r for r in recs if r["cell"] == cell]) == len(panels) * (2 if tuned else 1)
+    if tuned:  # the cell it is tuned around ran on the tuning seed too, and was not confirmed
+        assert {(r["cell"] == cell, r["stage"]) for r in recs} >= {(True, "tune"), (True, "confirm"), (False, "tune")}
+        assert {r["seed"] for r in recs if r["stage"] == "tune"} == set(scale["tuning"]["seeds"])
     for r in recs:
         assert r["status"] == "completed" and r["workers"] == 16 and r["global_batch"] in (512, 1024)
         assert r["config"]["target_loss"] == scale["target_loss"] and len(r["trace"]) == r["steps"] >= 2
+        assert all("lr" in p and "gamma" in p for p in r["trace"])
         if r["config"]["task"] == "cifar":
-            assert r["global_batch"] == 1024 and r["steps"] == 4
-    run([sys.executable, "-m", "results", str(tmp_path)])
-    table = (tmp_path / f"{name}.study.md").read_text()
-    assert f"at most {scale['target_loss']:g}" in table and (tmp_path / f"{name}.study.png").exists()
+            assert r["global_batch"] == 1024 and r["steps"] == 4 and all("train_loss_bn" in p for p in r["trace"])
+    run([sys.executable, "-m", "results", str(out)])
+    table = (out / f"{name}.study.md").read_text()
+    targets = scale["target_loss"] if isinstance(scale["target_loss"], list) else [scale["target_loss"]]
+    assert all(f"{t:g}" in table for t in targets) and (out / f"{name}.study.png").exists()
 
 
 def test_the_items_are_the_configs_and_each_script_describes_itself():

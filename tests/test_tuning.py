@@ -87,3 +87,43 @@ def test_a_bad_tuning_section_is_one_line(item, tmp_path, capsys, monkeypatch):
     assert _run(item, tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "tuning.grids.extrap-sgd.around" in err and len(err.strip().splitlines()) == 1
+
+
+def _record(cell, seed, losses, stage, point, status="completed", every=2):
+    return {"item": "figure1", "variant": json.dumps(point), "cell": cell, "seed": seed, "status": status, "stage": stage,
+            "point": point, "panel": "default", "global_batch": 1024, "order": ["sgd", "extrap-sgd"].index(cell),
+            "config": {"target_loss": [1.5, 1.0]},
+            "trace": [{"step": every * (i + 1), "batch_loss": x, "train_loss_subset": 9.9, "train_loss_bn": x}
+                      for i, x in enumerate(losses)]}
+
+
+def test_loss_area_choice_and_paired_difference_by_hand(tmp_path):
+    from results.protocol import build_tuned_study
+
+    r = _record("sgd", 0, [2.0, 1.0, 1.0], "tune", {"base_lr": 0.1})
+    assert loss_area(r) == pytest.approx((2 * 1.5 + 2 * 1.0) / 4)  # trapezoids over steps 2..6, per step
+    assert loss_area({**r, "status": "diverged"}) == float("inf")
+    records = [
+        _record("sgd", 100, [2.0, 1.0, 1.0], "tune", {"base_lr": 0.1}),  # area 1.25
+        _record("sgd", 100, [2.0, 1.4, 0.8], "tune", {"base_lr": 0.2}),  # area 1.4
+        _record("extrap-sgd", 100, [2.0, 0.8, 0.8], "tune", {"base_lr": 0.1, "gamma_factor": 1.0}),  # 1.1
+        _record("extrap-sgd", 100, [2.0, 0.5, 0.5], "tune", {"base_lr": 0.1, "gamma_factor": 4.0}, "diverged"),
+        *(_record("sgd", s, [2.0, 1.0, 1.0 - 0.1 * s], "confirm", {"base_lr": 0.1}) for s in (0, 1, 2)),
+        *(_record("extrap-sgd", s, [2.0, 0.8, 0.8 + 0.1 * s], "confirm", {"base_lr": 0.1, "gamma_factor": 1.0})
+          for s in (0, 1, 2)),
+    ]
+    study = build_tuned_study(records, "figure1")
+    assert json.loads(study.chosen[("default", "sgd")]) == {"base_lr": 0.1}
+    assert json.loads(study.chosen[("default", "extrap-sgd")]) == {"base_lr": 0.1, "gamma_factor": 1.0}
+    # per seed s: extrap (2·1.4 + 2·(1.6 + 0.1 s)/2)/4 minus sgd (2·1.5 + 2·(2 − 0.1 s)/2)/4 = −0.15 + 0.05 s
+    assert study.paired_difference("default", "extrap-sgd") == pytest.approx([-0.15, -0.1, -0.05])
+    assert study.tuning_seeds == [100] and study.confirm_seeds == [0, 1, 2]
+    md = study.to_markdown()
+    assert "γ factor 1 ✓" in md and "— (1 diverged)" in md and "3/3" in md
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    import results
+
+    written = {p.name for p in results.write_all(out)}
+    assert {"figure1.study.md", "figure1.study.csv", "figure1.study.png", "figure1.gamma.png"} <= written

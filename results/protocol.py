@@ -1,0 +1,235 @@
+"""A tuned study (``reproduce.tuning``): what each method was given, what tuning chose, and how
+the choices compare on the confirmation seeds.
+
+The records of such a study carry ``stage`` (``tune`` or ``confirm``), ``point`` (the grid values
+of the run) and ``panel`` (the config variant: a batch size, say). From them:
+
+- **tuning**, per (panel, method): every grid point with its mean area under the training-loss
+  curve over the tuning seeds (``results.study.loss_area``), its seeds reaching each target, and
+  the point chosen (``results.study.choose``, the rule tuning used);
+- **confirmation**, per (panel, method) on the seeds tuning never used: seeds reaching each
+  target and the steps to it, the area under the loss curve, the final loss, the item's metric,
+  the smoothness along the path, with Student-t 95 % intervals; and each method's area minus the
+  first method's, paired by seed (the seeds share the initial model and the data order).
+
+The loss is the training loss at x_t on a fixed training subset with BatchNorm statistics
+re-estimated at x_t (``train_loss_bn``), where the runs measured it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+
+from .records import about_of, methods_of, variant_of
+from .study import _finite, _text, choose, interval, loss_area, loss_key, steps_to_target, targets_of
+
+__all__ = ["TunedStudy", "build_tuned_study", "is_tuned"]
+
+
+def is_tuned(records: list[dict]) -> bool:
+    """Whether the records come from the tuning protocol (they carry a ``stage``)."""
+    return any(r.get("stage") in ("tune", "confirm") for r in records)
+
+
+def _point_key(record: dict) -> str:
+    return json.dumps(record.get("point") or {}, sort_keys=True)
+
+
+@dataclass
+class Seeds:
+    """The runs of one setting over seeds, and what the study reads from each."""
+
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list:
+        return [r.get("seed") for r in self.records]
+
+    def areas(self) -> list[float]:
+        return [a for r in self.records if (a := loss_area(r)) is not None]
+
+    def mean_area(self) -> float:
+        areas = self.areas()
+        return math.inf if not areas or any(not math.isfinite(a) for a in areas) else sum(areas) / len(areas)
+
+    def steps(self, target: float) -> list[int]:
+        return [s for r in self.records if (s := steps_to_target(r, target)) is not None]
+
+    def final_losses(self) -> list[float]:
+        out = []
+        for r in self.records:
+            key = loss_key(r)
+            trace = [p for p in r.get("trace") or [] if isinstance(p, dict) and _finite(p.get(key))]
+            if r.get("status") == "completed" and trace:
+                out.append(float(trace[-1][key]))
+        return out
+
+    def finals(self, key: str | None) -> list[float]:
+        if key is None:
+            return []
+        return [float(r["final"][key]) for r in self.records if r.get("status") == "completed"
+                and isinstance(r.get("final"), dict) and _finite(r["final"].get(key))]
+
+    def smoothness(self) -> list[float]:
+        out = []
+        for r in self.records:
+            probes = [p["smoothness"] for p in r.get("smoothness") or [] if isinstance(p, dict)
+                      and _finite(p.get("smoothness"))]
+            if probes:
+                out.append(sum(probes) / len(probes))
+        return out
+
+    @property
+    def diverged(self) -> int:
+        return sum(r.get("status") == "diverged" for r in self.records)
+
+
+@dataclass
+class TunedStudy:
+    item: str
+    title: str
+    setting: str
+    targets: list[float]
+    methods: list[str]
+    method_labels: dict[str, str]
+    panels: list[str]
+    tuning: dict  # (panel, cell) -> {point key: Seeds}
+    chosen: dict  # (panel, cell) -> point key
+    confirm: dict  # (panel, cell) -> (point key, Seeds)
+    metric: dict = field(default_factory=dict)
+    global_batch: dict = field(default_factory=dict)  # panel -> B
+
+    @property
+    def tuning_seeds(self) -> list:
+        return sorted({s for points in self.tuning.values() for runs in points.values() for s in runs.seeds})
+
+    @property
+    def confirm_seeds(self) -> list:
+        return sorted({s for _, runs in self.confirm.values() for s in runs.seeds})
+
+    def _panel_text(self, panel: str) -> str:
+        b = self.global_batch.get(panel)
+        return f"B = {b:,}" if b else panel
+
+    def paired_difference(self, panel: str, cell: str) -> list[float]:
+        """Per confirmation seed, this method's loss area minus the first method's."""
+        first = next((m for m in self.methods if (panel, m) in self.confirm), None)
+        if first is None or first == cell or (panel, cell) not in self.confirm:
+            return []
+        base = {r.get("seed"): loss_area(r) for r in self.confirm[(panel, first)][1].records}
+        out = []
+        for r in self.confirm[(panel, cell)][1].records:
+            a, b = loss_area(r), base.get(r.get("seed"))
+            if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
+                out.append(a - b)
+        return out
+
+    def to_markdown(self) -> str:
+        line = lambda texts: "| " + " | ".join(str(t).replace("|", "\\|") for t in texts) + " |"  # noqa: E731
+        targets = ", ".join(f"{t:g}" for t in self.targets)
+        out = [f"**{self.title}, tuned and confirmed.** {self.setting}. The loss is the training loss at x_t "
+               f"on a fixed training subset with BatchNorm statistics re-estimated at x_t; its area is the mean "
+               f"loss along the run (trapezoids over the trace, per step); targets {targets}.", "",
+               f"Tuning seeds {self.tuning_seeds}; confirmation seeds {self.confirm_seeds} (never used for "
+               f"tuning). Each method's setting is the grid point with the lowest mean area over the tuning seeds.", ""]
+        out += ["### What each method was given", "",
+                line(["method", "panel", "configurations", "tuning runs", "chosen"]), "|---|---|---:|---:|---|"]
+        for (panel, cell), points in self.tuning.items():
+            runs = sum(len(s.records) for s in points.values())
+            out.append(line([self.method_labels[cell], self._panel_text(panel), len(points), runs,
+                             _label(self.chosen.get((panel, cell)))]))
+        metric = self.metric.get("key")
+        out += ["", "### Confirmation", "", "Mean [95 % interval] over the confirmation seeds; reached = seeds "
+                "that got to the target / seeds run; Δ area = the method's area minus the first method's, "
+                "paired by seed.", ""]
+        head = ["method", "panel", "setting", "area under the loss", "Δ area", "final loss",
+                *[f"steps to {t:g}" for t in self.targets], *([f"final {self.metric.get('label', metric)}"]
+                                                             if metric else [])]
+        probed = any(s.smoothness() for _, s in self.confirm.values())
+        head += ["smoothness"] if probed else []
+        out += [line(head), "|---|---|---|" + "---:|" * (len(head) - 3)]
+        for panel in self.panels:
+            for cell in self.methods:
+                if (panel, cell) not in self.confirm:
+                    continue
+                key, runs = self.confirm[(panel, cell)]
+                diff = self.paired_difference(panel, cell)
+                steps = [f"{len(runs.steps(t))}/{len(runs.records)}: {_text(runs.steps(t), 1)}" for t in self.targets]
+                out.append(line([self.method_labels[cell], self._panel_text(panel), _label(key),
+                                 _text(runs.areas(), 3) + (f" ({runs.diverged} diverged)" if runs.diverged else ""),
+                                 _text(diff, 3) if diff else "—", _text(runs.final_losses(), 3), *steps,
+                                 *([_text(runs.finals(metric), 2)] if metric else []),
+                                 *([_text(runs.smoothness(), 2)] if probed else [])]))
+        out += ["", "### Tuning", "", "Every grid point: mean area over the tuning seeds (lower is better), and "
+                "the seeds reaching each target. ✓ marks the chosen point.", ""]
+        for (panel, cell), points in self.tuning.items():
+            out += [f"**{self.method_labels[cell]}** ({self._panel_text(panel)})", "",
+                    line(["setting", "mean area", *[f"reached {t:g}" for t in self.targets]]),
+                    "|---|---:|" + "---:|" * len(self.targets)]
+            for key, runs in sorted(points.items(), key=lambda kv: _sort_key(kv[0])):
+                area = runs.mean_area()
+                mark = " ✓" if key == self.chosen.get((panel, cell)) else ""
+                out.append(line([_label(key) + mark, f"{area:.3f}" if math.isfinite(area) else
+                                 f"— ({runs.diverged} diverged)" if runs.diverged else "—",
+                                 *[f"{len(runs.steps(t))}/{len(runs.records)}" for t in self.targets]]))
+            out.append("")
+        return "\n".join(out)
+
+    def to_csv(self) -> str:
+        """One line per (stage, panel, method, setting): seeds, areas, steps per target."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["stage", "panel", "method", "point", "chosen", "seeds", "areas", "mean_area",
+                    *[f"steps_to_{t:g}" for t in self.targets]])
+        rows = [("tune", p, c, k, s) for (p, c), points in self.tuning.items() for k, s in points.items()]
+        rows += [("confirm", p, c, k, s) for (p, c), (k, s) in self.confirm.items()]
+        for stage, panel, cell, key, runs in rows:
+            w.writerow([stage, panel, cell, key, int(key == self.chosen.get((panel, cell))),
+                        ";".join(map(str, runs.seeds)), ";".join(repr(a) for a in runs.areas()), repr(runs.mean_area()),
+                        *[";".join(map(str, runs.steps(t))) for t in self.targets]])
+        return buf.getvalue()
+
+
+def _label(key: str | None) -> str:
+    if key is None:
+        return "—"
+    from reproduce.tuning import point_label  # noqa: PLC0415
+
+    return point_label(json.loads(key)) or "as configured"
+
+
+def _sort_key(key: str) -> tuple:
+    point = json.loads(key)
+    return tuple((k, float(v)) for k, v in sorted(point.items()))
+
+
+def build_tuned_study(records: list[dict], item: str) -> TunedStudy:
+    """The tuning and confirmation of ``item`` from its records (``is_tuned``)."""
+    records = [r for r in records if r.get("item") == item and r.get("stage") in ("tune", "confirm")]
+    if not records:
+        raise ValueError(f"item: no tuned-study records of {item!r}")
+    about = about_of(records)
+    methods, labels = methods_of(records)
+    panels = list(dict.fromkeys(str(r.get("panel", variant_of(r))) for r in records))
+    tuning: dict = {}
+    confirm: dict = {}
+    for r in records:
+        panel = str(r.get("panel", variant_of(r)))
+        if r["stage"] == "tune":
+            tuning.setdefault((panel, r["cell"]), {}).setdefault(_point_key(r), Seeds()).records.append(r)
+        else:
+            key, runs = confirm.setdefault((panel, r["cell"]), (_point_key(r), Seeds()))
+            runs.records.append(r)
+    chosen = {k: choose({key: s.records for key, s in points.items()}) for k, points in tuning.items()}
+    order = {m: i for i, m in enumerate(methods)}
+    tuning = dict(sorted(tuning.items(), key=lambda kv: (panels.index(kv[0][0]), order[kv[0][1]])))
+    metric = about["metric"] if isinstance(about.get("metric"), dict) and "key" in about["metric"] else {}
+    batches = {str(r.get("panel", variant_of(r))): r["global_batch"] for r in records
+               if isinstance(r.get("global_batch"), int)}
+    setting = about.get("setting", item)
+    return TunedStudy(item, about.get("title", item), setting, targets_of(records[-1]), methods, labels, panels,
+                      tuning, chosen, confirm, metric, batches)
