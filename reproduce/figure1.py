@@ -16,8 +16,10 @@ with ``momentum=…`` (and ``nesterov=false momentum=0`` for none), e.g.
 
 Expected runtime: ``--scale paper`` 9 cells × 3 seeds × 300 epochs ≈ 1.5 days on 16 GPUs.
 ``--scale smoke`` (2 workers, 1 epoch on the slice): about 3 minutes on 2 CPU cores.
-``--scale laptop`` (K = 16 × b = 64, 80 steps, 3 cells × 3 rates × 5 seeds): about 2 minutes a
-run, 90 minutes in all, on 2 CPU cores (docs/laptop/).
+``--scale laptop`` (K = 16 × b = 64, 80 steps): the tuning protocol (``reproduce.tuning``) —
+mini-batch SGD over η_base × LARS trust, extrap-SGD over gamma_factor × lars_lookahead at SGD's
+rate and its neighbours, 2 tuning seeds, then 8 confirmation seeds each: about 70 runs of 2.5
+minutes on 2 CPU cores (docs/laptop/).
 """
 
 import sys

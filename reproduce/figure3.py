@@ -13,7 +13,8 @@ with each worker's past gradient through Adam's preconditioner; greedy-decoding 
 Expected runtime: ``--scale paper`` 4 cells × 3 seeds ≈ 6 hours on 16 GPUs. ``--scale smoke``
 (a 1-layer d=64 model, 6,400 pairs, 1 epoch, BLEU on 100 sentences): about 2 minutes on 2 CPU
 cores. ``--scale laptop`` (a 2-layer d=128 model on all 29,000 pairs, B = 512 and 1,024,
-3 epochs, 3 seeds): 6 to 8.5 minutes a run, 95 minutes in all, on 2 CPU cores (docs/laptop/).
+3 epochs): the tuning protocol (Adam's rate, then extrap-Adam's gamma_factor at it, one tuning
+seed), then 8 confirmation seeds: about 44 runs of 6 to 8.5 minutes on 2 CPU cores (docs/laptop/).
 """
 
 import sys

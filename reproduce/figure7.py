@@ -13,7 +13,9 @@ against steps.
 
 Expected runtime: ``--scale paper`` 3 cells × 3 seeds × 50 epochs ≈ 3 hours on 16 GPUs.
 ``--scale smoke`` (2 workers, 1 epoch on the slice): about a minute on 2 CPU cores.
-``--scale laptop`` (K = 16 × b = 64, 40 steps, 5 seeds): about 15 minutes on 2 CPU cores.
+``--scale laptop`` (K = 16 × b = 64, 40 steps): the tuning protocol (each arm's rate and trust,
+extrap's gamma_factor at the control's rate), then 8 confirmation seeds: about 90 runs of a minute
+on 2 CPU cores (docs/laptop/).
 """
 
 import sys
