@@ -380,7 +380,7 @@ def write_tuned_figures(study, records: list[dict], directory) -> list[Path]:
     axes = list(fig.subplots(1, len(panels), squeeze=False)[0])
     styles = {p: _LINESTYLES[i % len(_LINESTYLES)] for i, p in enumerate(study.panels)}
     for panel, cell, runs in confirmed:
-        label = study.method_labels[cell] + (f", {study._panel_text(panel)}" if len(study.panels) > 1 else "")
+        label = study.method_labels[cell] + (f", {study.panel_text(panel)}" if len(study.panels) > 1 else "")
         for ax, (key, source, _) in zip(axes, panels):
             series = _series(runs.records, key, source=source)
             if series is not None:
@@ -454,6 +454,6 @@ def _gamma_sensitivity(study, colors) -> Figure | None:
             ax.set_xticks(factors, labels=[f"{f:g}" for f in factors])
             ax.minorticks_off()
             _finish(ax, "gamma_factor (γ_t = factor · η_t · b/B)", ylabel,
-                    f"{study.method_labels[cell]} ({study._panel_text(panel)}); dotted: the other method at that rate")
+                    f"{study.method_labels[cell]} ({study.panel_text(panel)}); dotted: the other method at that rate")
     fig.suptitle(f"{study.title}: how wide is the window where extrapolation helps? (tuning seeds {study.tuning_seeds})")
     return fig

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 from .records import about_of, methods_of, variant_of
-from .study import _finite, _text, choose, interval, loss_area, loss_key, steps_to_target, targets_of
+from .study import choose, finite, interval, interval_text, loss_area, loss_key, steps_to_target, targets_of
 
 __all__ = ["TunedStudy", "build_tuned_study", "is_tuned"]
 
@@ -63,7 +63,7 @@ class Seeds:
         out = []
         for r in self.records:
             key = loss_key(r)
-            trace = [p for p in r.get("trace") or [] if isinstance(p, dict) and _finite(p.get(key))]
+            trace = [p for p in r.get("trace") or [] if isinstance(p, dict) and finite(p.get(key))]
             if r.get("status") == "completed" and trace:
                 out.append(float(trace[-1][key]))
         return out
@@ -72,13 +72,13 @@ class Seeds:
         if key is None:
             return []
         return [float(r["final"][key]) for r in self.records if r.get("status") == "completed"
-                and isinstance(r.get("final"), dict) and _finite(r["final"].get(key))]
+                and isinstance(r.get("final"), dict) and finite(r["final"].get(key))]
 
     def smoothness(self) -> list[float]:
         out = []
         for r in self.records:
             probes = [p["smoothness"] for p in r.get("smoothness") or [] if isinstance(p, dict)
-                      and _finite(p.get("smoothness"))]
+                      and finite(p.get("smoothness"))]
             if probes:
                 out.append(sum(probes) / len(probes))
         return out
@@ -111,7 +111,7 @@ class TunedStudy:
     def confirm_seeds(self) -> list:
         return sorted({s for _, runs in self.confirm.values() for s in runs.seeds})
 
-    def _panel_text(self, panel: str) -> str:
+    def panel_text(self, panel: str) -> str:
         b = self.global_batch.get(panel)
         return f"B = {b:,}" if b else panel
 
@@ -140,7 +140,7 @@ class TunedStudy:
                 line(["method", "panel", "configurations", "tuning runs", "chosen"]), "|---|---|---:|---:|---|"]
         for (panel, cell), points in self.tuning.items():
             runs = sum(len(s.records) for s in points.values())
-            out.append(line([self.method_labels[cell], self._panel_text(panel), len(points), runs,
+            out.append(line([self.method_labels[cell], self.panel_text(panel), len(points), runs,
                              _label(self.chosen.get((panel, cell)))]))
         metric = self.metric.get("key")
         out += ["", "### Confirmation", "", "Mean [95 % interval] over the confirmation seeds; reached = seeds "
@@ -158,16 +158,16 @@ class TunedStudy:
                     continue
                 key, runs = self.confirm[(panel, cell)]
                 diff = self.paired_difference(panel, cell)
-                steps = [f"{len(runs.steps(t))}/{len(runs.records)}: {_text(runs.steps(t), 1)}" for t in self.targets]
-                out.append(line([self.method_labels[cell], self._panel_text(panel), _label(key),
-                                 _text(runs.areas(), 3) + (f" ({runs.diverged} diverged)" if runs.diverged else ""),
-                                 _text(diff, 3) if diff else "—", _text(runs.final_losses(), 3), *steps,
-                                 *([_text(runs.finals(metric), 2)] if metric else []),
-                                 *([_text(runs.smoothness(), 2)] if probed else [])]))
+                steps = [f"{len(runs.steps(t))}/{len(runs.records)}: {interval_text(runs.steps(t), 1)}" for t in self.targets]
+                out.append(line([self.method_labels[cell], self.panel_text(panel), _label(key),
+                                 interval_text(runs.areas(), 3) + (f" ({runs.diverged} diverged)" if runs.diverged else ""),
+                                 interval_text(diff, 3) if diff else "—", interval_text(runs.final_losses(), 3), *steps,
+                                 *([interval_text(runs.finals(metric), 2)] if metric else []),
+                                 *([interval_text(runs.smoothness(), 2)] if probed else [])]))
         out += ["", "### Tuning", "", "Every grid point: mean area over the tuning seeds (lower is better), and "
                 "the seeds reaching each target. ✓ marks the chosen point.", ""]
         for (panel, cell), points in self.tuning.items():
-            out += [f"**{self.method_labels[cell]}** ({self._panel_text(panel)})", "",
+            out += [f"**{self.method_labels[cell]}** ({self.panel_text(panel)})", "",
                     line(["setting", "mean area", *[f"reached {t:g}" for t in self.targets]]),
                     "|---|---:|" + "---:|" * len(self.targets)]
             for key, runs in sorted(points.items(), key=lambda kv: _sort_key(kv[0])):

@@ -37,13 +37,13 @@ from .records import about_of, methods_of, variant_of, variants_of
 from .tables import fixed
 
 __all__ = ["Arm", "Study", "build_study", "study_items", "study_records", "steps_to_target", "interval", "LOSS",
-           "BN_LOSS", "loss_key", "loss_area", "choose", "targets_of"]
+           "BN_LOSS", "loss_key", "loss_area", "choose", "targets_of", "finite", "interval_text"]
 
 LOSS = "train_loss_subset"  # the trace's training loss at x_t on a fixed subset, running BatchNorm statistics
 BN_LOSS = "train_loss_bn"  # the same with BatchNorm statistics re-estimated at x_t
 
 
-def _finite(value) -> bool:
+def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -52,7 +52,7 @@ def targets_of(record: dict) -> list[float]:
     config = record.get("config")
     value = config.get("target_loss") if isinstance(config, dict) else None
     values = value if isinstance(value, list) else [value]
-    return [float(v) for v in values if _finite(v)]
+    return [float(v) for v in values if finite(v)]
 
 
 def _target(record: dict) -> float | None:
@@ -65,7 +65,7 @@ def _trace(record: dict) -> list[tuple[int, float]]:
     trace = record.get("trace") if isinstance(record.get("trace"), list) else []
     key = loss_key(record)
     return [(p["step"], float(p[key])) for p in trace
-            if isinstance(p, dict) and _finite(p.get("step")) and _finite(p.get(key))]
+            if isinstance(p, dict) and finite(p.get("step")) and finite(p.get(key))]
 
 
 def loss_key(record: dict) -> str:
@@ -116,7 +116,7 @@ def interval(values: list[float], confidence: float = 0.95) -> tuple[float, floa
     return mean, mean - half, mean + half
 
 
-def _text(values: list[float], digits: int) -> str:
+def interval_text(values: list[float], digits: int) -> str:
     """``12.3 [10.1, 14.5]``, or the lone value, or "—"."""
     if not values:
         return "—"
@@ -206,9 +206,9 @@ class Study:
         for m, v in self.shown():
             arm = self.arms[m, v]
             lines.append(line([self.method_labels[m], self.variant_labels[v], f"{arm.reached}/{arm.n}",
-                               _text(arm.steps, 1), _text(arm.final_loss, 4),
-                               *([_text(arm.metric, 2)] if metric else []),
-                               *([_text(arm.smoothness, 2)] if probed else [])]))
+                               interval_text(arm.steps, 1), interval_text(arm.final_loss, 4),
+                               *([interval_text(arm.metric, 2)] if metric else []),
+                               *([interval_text(arm.smoothness, 2)] if probed else [])]))
         return "\n".join(lines) + "\n"
 
     def _grid_lines(self, line) -> list[str]:
@@ -223,7 +223,7 @@ class Study:
                     texts.append("—")
                     continue
                 diverged = f", {arm.n_diverged} diverged" if arm.n_diverged else ""
-                texts.append(f"{arm.reached}/{arm.n}{diverged}: {_text(arm.steps, 1)}")
+                texts.append(f"{arm.reached}/{arm.n}{diverged}: {interval_text(arm.steps, 1)}")
             lines.append(line([self.method_labels[m], *texts]))
         return lines
 
@@ -269,7 +269,7 @@ def build_study(records: list[dict], item: str) -> Study:
     for r in sorted(records, key=lambda r: str(r.get("seed"))):
         config = r.get("config") if isinstance(r.get("config"), dict) else {}
         lr = config.get("base_lr")
-        arm = arms.setdefault((r["cell"], variant_of(r)), Arm(float(lr) if _finite(lr) else None))
+        arm = arms.setdefault((r["cell"], variant_of(r)), Arm(float(lr) if finite(lr) else None))
         arm.seeds.append(r.get("seed"))
         if r.get("status") == "diverged":
             arm.n_diverged += 1
@@ -280,9 +280,9 @@ def build_study(records: list[dict], item: str) -> Study:
         if r.get("status") == "completed" and trace:
             arm.final_loss.append(trace[-1][1])
         final = r.get("final") if isinstance(r.get("final"), dict) else {}
-        if r.get("status") == "completed" and _finite(final.get(metric.get("key"))):
+        if r.get("status") == "completed" and finite(final.get(metric.get("key"))):
             arm.metric.append(float(final[metric["key"]]))
-        probes = [p["smoothness"] for p in r.get("smoothness") or [] if isinstance(p, dict) and _finite(p.get("smoothness"))]
+        probes = [p["smoothness"] for p in r.get("smoothness") or [] if isinstance(p, dict) and finite(p.get("smoothness"))]
         if probes:
             arm.smoothness.append(statistics.fmean(probes))
     settings = {}  # per (method, variant): what the runs computed, besides the seed and the rate
