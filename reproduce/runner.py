@@ -684,8 +684,9 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
             print(f"note: runs with K in {sorted(mismatched)} need their own launch "
                   f"(mpirun -np K); this one runs K={engine.world_size}")
         runs = [r for r in runs if r.settings.get("workers") in (engine.world_size, None)]
-    resolved = {f"{r.variant}/{r.cell}": {k: v for k, v in r.settings.items() if k != "seed"}
-                for r in runs if r.seed == 0}
+    resolved: dict = {}  # each (variant, cell) once, as its first seed runs it
+    for r in runs:
+        resolved.setdefault(f"{r.variant}/{r.cell}", {k: v for k, v in r.settings.items() if k != "seed"})
     text = yaml.safe_dump({"item": item, "scale": args.scale, "engine": engine.kind,
                            "workers": engine.world_size, "runs": resolved}, sort_keys=False)
     said: list = []
