@@ -149,8 +149,11 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
     panels = list(dict.fromkeys(r.variant for r in runs))
     records_path = out / "records.jsonl"
 
-    def make(template, point: dict, seed: int, stage: str, order: int):
+    orders: dict[str, int] = {}  # each variant's place: the order its point was first planned in
+
+    def make(template, point: dict, seed: int, stage: str):
         variant = point_name(point) if template.variant == "default" else f"{template.variant}.{point_name(point)}"
+        order = orders.setdefault(variant, len(orders))
         settings = {**copy.deepcopy(template.settings), **point, "seed": seed}
         shown = dict(template.shown, variant_label=(f"{template.shown.get('variant_label', '')}, " if
                                                     template.variant != "default" else "") + point_label(point),
@@ -170,7 +173,6 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
 
     chosen: dict[tuple[str, str], dict] = {}
     rates: dict[tuple[str, str], list] = {}
-    order = itertools.count()
     for cell in sorted(tuning["grids"], key=lambda c: tuning["grids"][c]["around"] is not None):
         grid = tuning["grids"][cell]
         for panel in panels:
@@ -187,7 +189,7 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
                                f"{item} tuning {cell} {point_label(point)}")
             extensions = dict.fromkeys(axes, 0)
             while True:
-                todo = [make(template, p, s, "tune", next(order)) for p in points for s in tuning["seeds"]]
+                todo = [make(template, p, s, "tune") for p in points for s in tuning["seeds"]]
                 say(f"tuning {cell}{'' if panel == 'default' else ' (' + panel + ')'}: {len(points)} points × "
                     f"{len(tuning['seeds'])} seeds")
                 code = execute_runs(todo)
@@ -213,7 +215,7 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
             chosen[(panel, cell)] = {k: best_point[k] for k in axes}
             rates[(panel, cell)] = sorted(set(p["base_lr"] for p in points)) if "base_lr" in axes else []
             say(f"chosen for {cell}{'' if panel == 'default' else ' (' + panel + ')'}: {point_label(chosen[(panel, cell)])}")
-    confirm = [make(r, chosen[(r.variant, r.cell)], r.seed, "confirm", next(order)) for r in runs
+    confirm = [make(r, chosen[(r.variant, r.cell)], r.seed, "confirm") for r in runs
                if (r.variant, r.cell) in chosen]
     untuned = [r for r in runs if (r.variant, r.cell) not in chosen]
     for r in untuned:  # a cell without a grid runs as configured, on the confirmation seeds

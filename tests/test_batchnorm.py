@@ -59,3 +59,18 @@ def test_no_batch_norm_is_a_plain_evaluation():
     with reestimated_batch_norm(model, [x]):
         out = model(x)
     assert out.shape == (4, 3)
+
+
+def test_the_statistics_are_torchs_update_bn():
+    """The re-estimated statistics are those of ``torch.optim.swa_utils.update_bn`` (cumulative
+    mean), reached without reading the batch counter back from the device."""
+    from torch.optim.swa_utils import update_bn
+
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randn(n, 3, 5, 5, generator=g) * 3 - 1 for n in (16, 16, 8)]
+    ours, theirs = _model(), _model()
+    with reestimated_batch_norm(ours, batches):
+        inside = {k: v.clone() for k, v in ours.state_dict().items()}
+    update_bn(batches, theirs)
+    for k in ("1.running_mean", "1.running_var"):
+        assert torch.allclose(inside[k], theirs.state_dict()[k], rtol=1e-6, atol=1e-7), k
