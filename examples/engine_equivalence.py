@@ -13,6 +13,7 @@ checkout (it uses the suite's ``data`` and ``models``).
 """
 
 import argparse
+import gc
 import os
 import sys
 
@@ -122,6 +123,11 @@ def main() -> None:
     if engine is not None:
         engine.close()
     elif torch.distributed.is_initialized():
+        # the DDP model's reducer holds the process group: let it go, and let every rank get here,
+        # before the group is shut down (a rank that tore down early aborted once in CI)
+        del workers, opt, ddp_comm, counting
+        gc.collect()
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -390,8 +390,9 @@ def write_tuned_figures(study, records: list[dict], directory) -> list[Path]:
     for ax in axes[:2]:
         ax.set_yscale("log")
     for i, (ax, (_, _, ylabel)) in enumerate(zip(axes, panels)):
-        _finish(ax, "step", ylabel, f"({'abcd'[i]}) {ylabel}, chosen settings, ± 1 std")
-    fig.suptitle(f"{study.title} — {study.setting}: confirmation seeds {study.confirm_seeds}")
+        _finish(ax, "step", ylabel, f"({'abcd'[i]})")
+    fig.suptitle(f"{study.title} — {study.setting}\nchosen settings on confirmation seeds {study.confirm_seeds}; "
+                 "band = ± 1 std")
     paths = [directory / f"{study.item}.study.png"]
     _save(fig, paths[0])
     gamma = _gamma_sensitivity(study, colors)
