@@ -420,7 +420,7 @@ class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, nesterov: bool = True,
                  weight_decay: float = 0.0, perturbation: str = "extrap", gamma: float | None = None,
                  gamma_factor: float = 1.0, lr_scale: float = 1.0, lars: bool = False, trust: float = 0.02,
-                 comm=None, *, lars_lookahead: bool = False, gamma_warmup: bool = True,
+                 comm=None, *, lars_lookahead: bool = True, gamma_warmup: bool = True,
                  direction: str = "gradient", seed: int = 0, foreach: bool | None = None,
                  fused: bool | None = None):
         check_optimizer_arguments(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust, comm=comm)

@@ -100,7 +100,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lars: bool = False
     trust: float = 0.02
-    lars_lookahead: bool = False
+    lars_lookahead: bool = True
     post_local: bool = False
     switch_epoch: float | None = None  # None: the first learning-rate decay
     local_steps: int = 16
