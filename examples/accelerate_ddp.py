@@ -1,5 +1,5 @@
 """examples/ddp_train.py under Hugging Face Accelerate: ``accelerator.prepare`` wraps the model in
-DDP and the optimizer in its own wrapper; the two marked lines are extrap's.
+DDP and the optimizer in its own wrapper; the four marked lines are extrap's.
 
     torchrun --standalone --nproc_per_node 2 examples/accelerate_ddp.py [--perturbation extrap] [--clip-norm 1.0]
 
@@ -9,6 +9,7 @@ it run with the same flags. ``accelerator.clip_grad_norm_`` clips DDP's average,
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
 import extrap  # [extrap]
@@ -17,7 +18,8 @@ from ddp_train import epoch_batches, parse_args, shard, small_cnn
 
 def main():
     args = parse_args(__doc__.split("\n\n")[0])
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    own_buffers = DistributedDataParallelKwargs(broadcast_buffers=False)  # [extrap] each rank's own BatchNorm statistics
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[own_buffers])
     rank, world = accelerator.process_index, accelerator.num_processes
 
     model = small_cnn()

@@ -1,4 +1,4 @@
-"""Your own DistributedDataParallel training, with extrap-SGD: the four marked lines are all that
+"""Your own DistributedDataParallel training, with extrap-SGD: the five marked lines are all that
 change against the usual loop.
 
     torchrun --standalone --nproc_per_node 2 examples/ddp_train.py
@@ -70,7 +70,8 @@ def main():
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{info.local_rank % torch.cuda.device_count()}" if cuda else "cpu")
 
-    model = DDP(small_cnn().to(device), device_ids=[device.index] if cuda else None)
+    model = DDP(small_cnn().to(device), device_ids=[device.index] if cuda else None,
+                **extrap.ddp_buffer_kwargs())  # [extrap] each rank keeps its own BatchNorm statistics
     opt = extrap.ExtrapolatedSGD(model.parameters(), lr=0.01 * world, lr_scale=world,  # [extrap]
                                  perturbation=args.perturbation, weight_decay=1e-4)
     extrap.register_ddp(model, opt)  # [extrap] each rank keeps its local gradient

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from data import DigitsTask  # noqa: E402
-from extrap import REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD, PostLocalSGD, register_ddp  # noqa: E402
+from extrap import REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD, PostLocalSGD, ddp_buffer_kwargs, register_ddp  # noqa: E402
 from extrap.engines import CountingComm, ModuleWorkers, init_distributed, make_engine  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -52,7 +52,7 @@ def build(args):
     if args.engine == "ddp":
         info = init_distributed()
         kw = {} if args.bucket_mb is None else {"bucket_cap_mb": args.bucket_mb}
-        ddp = torch.nn.parallel.DistributedDataParallel(model, **kw)  # register_ddp: own BatchNorm statistics
+        ddp = torch.nn.parallel.DistributedDataParallel(model, **kw, **ddp_buffer_kwargs())  # own BatchNorm statistics
         engine, rank, ids, workers, comm = None, info.rank, (info.rank,), ModuleWorkers(model, ddp), None
     else:
         engine = make_engine(args.engine, args.workers, device="cpu", batched=not args.loop,

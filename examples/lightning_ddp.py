@@ -1,5 +1,5 @@
 """examples/ddp_train.py as a LightningModule: Lightning owns the loop, starts the 2 processes
-(``strategy="ddp"``, CPU, Gloo) and wraps the model in DDP; the two marked lines are extrap's.
+(``DDPStrategy``, CPU, Gloo) and wraps the model in DDP; the four marked lines are extrap's.
 
     python examples/lightning_ddp.py [--perturbation extrap] [--clip-norm 1.0]
 
@@ -8,6 +8,7 @@ The same model, data shards and batch order as examples/ddp_train.py, so the pri
 """
 
 import lightning as L
+from lightning.pytorch.strategies import DDPStrategy
 import torch
 from torch import nn
 
@@ -71,7 +72,8 @@ def main():
     args = parse_args(__doc__.split("\n\n")[0])
     model = Classifier(args.perturbation)
     model.batch_size = args.batch_size
-    trainer = L.Trainer(accelerator="cpu", devices=WORKERS, strategy="ddp", max_epochs=args.epochs,
+    strategy = DDPStrategy(**extrap.ddp_buffer_kwargs())  # [extrap] each rank keeps its own BatchNorm statistics
+    trainer = L.Trainer(accelerator="cpu", devices=WORKERS, strategy=strategy, max_epochs=args.epochs,
                         gradient_clip_val=args.clip_norm, use_distributed_sampler=False, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model)

@@ -9,7 +9,7 @@
         opt.step()                       # restore x_t, average gradients, Nesterov update
 """
 
-from .engines.ddp import register_ddp
+from .engines.ddp import ddp_buffer_kwargs, register_ddp
 from .local_sgd import PostLocalSGD
 from .loop import Attached, attach
 from .optim import DIRECTIONS, PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD, Perturbation
@@ -21,6 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExtrapolatedSGD", "ExtrapolatedAdam", "PERTURBATIONS", "REGISTRY", "Perturbation", "DIRECTIONS",
-    "PostLocalSGD", "register_ddp", "attach", "Attached", "Schedule", "scaled_lr", "SmoothnessProbe",
+    "PostLocalSGD", "register_ddp", "ddp_buffer_kwargs", "attach", "Attached", "Schedule", "scaled_lr", "SmoothnessProbe",
     "weight_decay_groups", "no_decay_names", "__version__",
 ]

@@ -15,6 +15,7 @@ EXAMPLES = ROOT / "examples"
 def losses(cmd: list[str]) -> list[float]:
     proc = subprocess.run(cmd, env=launcher_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "extrap." not in proc.stderr, proc.stderr[-3000:]  # the examples raise no warning of extrap's own
     return [float(v) for v in re.findall(r"mean training loss ([0-9.]+)", proc.stdout)]
 
 

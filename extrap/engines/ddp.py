@@ -19,7 +19,7 @@ from torch.autograd import Variable
 
 from .comm import TorchDistComm
 
-__all__ = ["DDPComm", "register_ddp", "refuse_without_comm", "ddp_keeping_buffers"]
+__all__ = ["DDPComm", "register_ddp", "refuse_without_comm", "ddp_buffer_kwargs", "ddp_keeping_buffers"]
 
 KEEPS = (None, "gradient", "deviation")  # what the hook keeps of each rank's bucket
 
@@ -129,12 +129,20 @@ def _buffer_sync_flag() -> str:
             else "broadcast_buffers")
 
 
+def ddp_buffer_kwargs() -> dict:
+    """The ``DistributedDataParallel`` keyword that leaves each rank's buffers (BatchNorm
+    statistics) its own after construction, as ``register_ddp`` needs: ``forward_sync_buffers=False``
+    from torch 2.13 on, ``broadcast_buffers=False`` before. ``DDP(model, **extrap.ddp_buffer_kwargs())``,
+    or Lightning's ``DDPStrategy(**extrap.ddp_buffer_kwargs())``."""
+    return {_buffer_sync_flag(): False}
+
+
 def ddp_keeping_buffers(module: nn.Module, **kwargs) -> nn.Module:
     """``DistributedDataParallel(module, **kwargs)`` that leaves each rank's buffers alone after
     construction."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, **{_buffer_sync_flag(): False}, **kwargs)
+    return DistributedDataParallel(module, **ddp_buffer_kwargs(), **kwargs)
 
 
 def register_ddp(ddp_model: nn.Module, optimizer) -> DDPComm:
@@ -167,8 +175,8 @@ def register_ddp(ddp_model: nn.Module, optimizer) -> DDPComm:
     if getattr(ddp_model, flag) and any(True for _ in ddp_model.module.buffers()):
         setattr(ddp_model, flag, False)
         warnings.warn(f"extrap.register_ddp: set the DDP model's {flag}=False, so that each rank keeps its "
-                      f"own BatchNorm statistics, as each worker does; build it with {flag}=False to "
-                      "silence this", stacklevel=2)
+                      f"own BatchNorm statistics, as each worker does; build it with "
+                      "DDP(..., **extrap.ddp_buffer_kwargs()) to silence this", stacklevel=2)
     ours = {id(p) for p in ddp_model.parameters()}
     outside = sum(id(p) not in ours for g in optimizer.param_groups for p in g["params"] if p.requires_grad)
     if outside:
