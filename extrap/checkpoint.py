@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -128,9 +129,9 @@ def load(path: str | Path, map_location=None):
         raise CheckpointError(f"{path}: cannot be read ({e.__class__.__name__}: {e})") from None
 
 
-def load_latest(path: str | Path, warn: Callable[[str], None] = print, map_location=None) -> list:
+def load_latest(path: str | Path, warn: Callable[[str], None] | None = None, map_location=None) -> list:
     """The verified checkpoints at ``path`` and its ``.prev``, newest first: ``[(file, obj)]``.
-    Each that exists but does not verify is reported through ``warn`` and left out."""
+    Each that exists but does not verify is reported (``warnings.warn``, or ``warn``) and left out."""
     path = Path(path)
     found = []
     for candidate in (path, previous(path)):
@@ -139,7 +140,11 @@ def load_latest(path: str | Path, warn: Callable[[str], None] = print, map_locat
         try:
             found.append((candidate, load(candidate, map_location)))
         except (CheckpointError, OSError) as e:
-            warn(f"warning: {e}; trying the previous checkpoint")
+            message = f"{e}; trying the previous checkpoint"
+            if warn is None:
+                warnings.warn(message, stacklevel=2)
+            else:
+                warn(message)
     return found
 
 

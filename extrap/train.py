@@ -17,8 +17,8 @@ with the same record.
 from __future__ import annotations
 
 import math
-import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -361,7 +361,7 @@ def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], N
     """
     engine = run.engine
     rank = getattr(engine, "rank", 0)
-    warn = lambda m: print(f"rank {rank}: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    warn = lambda m: warnings.warn(f"rank {rank}: {m}", stacklevel=3)  # noqa: E731
     found = {state["epoch"]: (path, state)
              for path, state in checkpoint_io.load_latest(_checkpoint_path(run, prefix), warn=warn)}
     epoch = engine.min_over_ranks(max(found, default=0))
