@@ -7,9 +7,12 @@ point lies inside (its appendix, "hyper-parameter tuning"). Here:
    A method may be tuned ``around`` another: it takes that method's chosen setting, and the rates
    neighbouring its chosen rate, and adds its own axes (extrap-SGD's ``gamma_factor`` at SGD's
    best rate and its neighbours). The best point is the one with the lowest mean area under the
-   training-loss curve over the tuning seeds (``results.study.loss_area``). Where it lies at the
-   edge of a numeric axis, the axis is extended one step beyond it (geometrically, at most
-   ``tuning.extend`` times), along the line through the best point, and tuning goes on.
+   training-loss curve over the tuning seeds (``results.study.loss_area``). Where it lies at an
+   edge of the line through it along some axis (its other coordinates held), the grid grows
+   there: the axis's next value where the grid has one, else one geometric step past the axis's
+   edge (at most ``tuning.extend`` steps per axis); an unordered axis (``lars_lookahead``) gets
+   its missing values. Tuning goes on until the best point is inside along every axis
+   (``next_points``).
 2. **Confirmation.** Each method's chosen point runs on the scale's own seeds (0 .. seeds − 1),
    which tuning never used.
 
@@ -28,7 +31,7 @@ import itertools
 import json
 import math
 
-__all__ = ["TuningError", "read_tuning", "point_name", "point_label", "run_protocol"]
+__all__ = ["TuningError", "read_tuning", "point_name", "point_label", "next_points", "run_protocol"]
 
 SHORT = {"base_lr": "lr", "trust": "trust", "gamma_factor": "gf", "lars_lookahead": "la", "momentum": "m"}
 LABELS = {"base_lr": "η_base", "trust": "τ", "gamma_factor": "γ factor", "lars_lookahead": "look-ahead trust",
@@ -110,6 +113,48 @@ def _extended(values: list, at) -> object | None:
     if at == ordered[-1]:
         return ordered[-1] * ordered[-1] / ordered[-2]
     return None
+
+
+def next_points(points: list[dict], axes: dict, best: dict, extensions: dict, extend: int) -> list[dict]:
+    """The points to add so that ``best`` is inside its grid along every axis, on the line through
+    it (the other coordinates held at best's): a grid extended along one axis leaves the new
+    point's other axes untried, and a point is only chosen once its line has been tried too.
+
+    Along a numeric axis, where ``best`` is the line's lowest (or highest) value: the nearest value
+    the axis holds elsewhere on that side, or, past the axis's own edge, one geometric step beyond
+    it (at most ``extend`` such steps per axis, counted in ``extensions``; the new value joins
+    ``axes``). Along any other axis (``lars_lookahead``): every value the line lacks. Returns the
+    new points (none: ``best`` is inside)."""
+    tried = {_key(p) for p in points}
+    added: list[dict] = []
+
+    def add(key, value):
+        point = {**best, key: value}
+        if _key(point) not in tried and point not in added:
+            added.append(point)
+
+    for key, values in axes.items():
+        line = sorted({p[key] for p in points if all(p[k] == best[k] for k in best if k != key)},
+                      key=lambda v: (not _number(v), v if _number(v) else str(v)))
+        at = best[key]
+        if not all(_number(v) and v > 0 for v in values):
+            for v in values:
+                if v not in line:
+                    add(key, v)
+            continue
+        ordered = sorted(set(values))
+        for edge, side in ((line[0], [v for v in ordered if v < at][-1:]), (line[-1], [v for v in ordered if v > at][:1])):
+            if at != edge:
+                continue
+            if side:
+                add(key, side[0])  # the nearest value beyond best on this side
+            elif extensions[key] < extend and len(ordered) >= 2:
+                beyond = _extended(ordered, at)
+                if beyond is not None:
+                    extensions[key] += 1
+                    values.append(beyond)
+                    add(key, beyond)
+    return added
 
 
 def _neighbours(values: list, at, n: int = 1) -> list:
@@ -200,17 +245,11 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
                 if best is None:
                     best = _key(points[0])
                 best_point = json.loads(best)
-                grown = []
-                for key, values in axes.items():
-                    beyond = _extended(values, best_point[key]) if extensions[key] < tuning["extend"] else None
-                    if beyond is not None:
-                        extensions[key] += 1
-                        values.append(beyond)
-                        grown.append({**best_point, key: beyond})
+                grown = next_points(points, axes, best_point, extensions, tuning["extend"])
                 if not grown:
                     break
-                say(f"tuning {cell}: the best point ({point_label(best_point)}) lies at an edge; extending to "
-                    + "; ".join(point_label(p) for p in grown))
+                say(f"tuning {cell}: the best point ({point_label(best_point)}) lies at an edge of its line; "
+                    "adding " + "; ".join(point_label(p) for p in grown))
                 points += grown
             chosen[(panel, cell)] = {k: best_point[k] for k in axes}
             rates[(panel, cell)] = sorted(set(p["base_lr"] for p in points)) if "base_lr" in axes else []

@@ -69,11 +69,52 @@ def test_tuning_extends_an_edge_then_confirms_the_choice_on_other_seeds(item, tm
         assert all(r["config"][k] == v for k, v in r["point"].items())
         assert loss_area(r) is not None and all("gamma" in p and "lr" in p for p in r["trace"])
     said = capsys.readouterr().out
-    assert "lies at an edge; extending" in said and "chosen for sgd" in said
+    assert "lies at an edge of its line; adding" in said and "chosen for sgd" in said
     before = (out / "records.jsonl").read_text()
     assert _run(item, out) == 0  # the same command: nothing new to run, the same choices
     assert (out / "records.jsonl").read_text() == before
     assert "chosen for sgd: " in capsys.readouterr().out
+
+
+def test_a_point_is_chosen_only_inside_its_line_along_every_axis():
+    """The grid SGD had in Figure 1's laptop study: η_base × τ, τ extended twice along η_base 0.05.
+    The best point (0.05, 0.004) is inside the global τ and η_base axes, but on its own line
+    along η_base (τ = 0.004) nothing else was tried: its neighbours 0.025 and 0.1 are added."""
+    from reproduce.tuning import next_points
+
+    grid = [(lr, t) for lr in (0.025, 0.05, 0.1, 0.2) for t in (0.02, 0.1)] + [(0.05, 0.004), (0.05, 0.0008)]
+    points = [{"base_lr": lr, "trust": t} for lr, t in grid]
+    axes = {"base_lr": [0.025, 0.05, 0.1, 0.2], "trust": [0.02, 0.1, 0.004, 0.0008]}
+    extensions = {"base_lr": 0, "trust": 2}
+    best = {"base_lr": 0.05, "trust": 0.004}
+    assert next_points(points, axes, best, extensions, 2) == [{"base_lr": 0.025, "trust": 0.004},
+                                                            {"base_lr": 0.1, "trust": 0.004}]
+    assert extensions == {"base_lr": 0, "trust": 2}  # values the axis already had: no extension spent
+    # the line filled and 0.1 best: 0.2 is next along η_base, and 0.0008 along τ (at η_base 0.1
+    # the lowest τ tried is 0.004); 0.2 best: its τ line too, and one step past the axis (0.4)
+    points += [{"base_lr": 0.025, "trust": 0.004}, {"base_lr": 0.1, "trust": 0.004}]
+    assert next_points(points, axes, {"base_lr": 0.1, "trust": 0.004}, extensions, 2) == [
+        {"base_lr": 0.2, "trust": 0.004}, {"base_lr": 0.1, "trust": 0.0008}]
+    points += [{"base_lr": 0.2, "trust": 0.004}, {"base_lr": 0.1, "trust": 0.0008}]
+    beyond, below = next_points(points, axes, {"base_lr": 0.2, "trust": 0.004}, extensions, 2)
+    assert beyond == {"base_lr": pytest.approx(0.4), "trust": 0.004} and below == {"base_lr": 0.2, "trust": 0.0008}
+    assert axes["base_lr"][-1] == beyond["base_lr"] and extensions["base_lr"] == 1
+    # τ 0.0008 best: the τ axis has spent its two steps, so nothing goes beyond it; its η_base line
+    # (0.05, 0.1, 0.2 tried) still lacks 0.025
+    assert next_points(points, axes, {"base_lr": 0.05, "trust": 0.0008}, extensions, 2) == [
+        {"base_lr": 0.025, "trust": 0.0008}]
+    assert next_points(points, axes, {"base_lr": 0.05, "trust": 0.02}, extensions, 2) == []  # inside both lines
+
+
+def test_an_unordered_axis_gets_its_missing_values_on_the_line():
+    from reproduce.tuning import next_points
+
+    points = [{"gamma_factor": g, "lars_lookahead": la} for g in (0.25, 1.0, 4.0) for la in (False, True)]
+    points.append({"gamma_factor": 0.0625, "lars_lookahead": True})  # extended with the look-ahead trust on
+    axes = {"gamma_factor": [0.25, 1.0, 4.0, 0.0625], "lars_lookahead": [False, True]}
+    got = next_points(points, axes, {"gamma_factor": 0.0625, "lars_lookahead": True}, {"gamma_factor": 1,
+                                                                                      "lars_lookahead": 0}, 1)
+    assert got == [{"gamma_factor": 0.0625, "lars_lookahead": False}]  # the γ axis's one step is spent
 
 
 def test_a_bad_tuning_section_is_one_line(item, tmp_path, capsys, monkeypatch):
