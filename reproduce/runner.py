@@ -120,17 +120,38 @@ def parse_args(item: str, argv=None) -> argparse.Namespace:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``key=value`` strings to a dict, values read as YAML scalars (numbers, booleans, lists)."""
-    out = {}
+    """``key=value`` strings to a dict, values read as YAML scalars (numbers, booleans, lists); a
+    dotted key reaches into a mapping (``task_kwargs.eval_train_samples=1000``)."""
+    out: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        path = key.split(".")
+        if not sep or not all(path):
             raise ConfigError(f"{pair}: expected key=value")
         try:
-            out[key] = yaml.safe_load(value) if value else None
+            parsed = yaml.safe_load(value) if value else None
         except yaml.YAMLError as e:
             raise ConfigError(f"{key}: cannot read {value!r} ({e.__class__.__name__})") from None
+        node = out
+        for i, part in enumerate(path[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {'.'.join(path[:i + 1])} is given a value of its own too")
+        node[path[-1]] = parsed
     return out
+
+
+# what a newcomer may write for a setting, and the setting's name here
+ALIASES = {"lr": "base_lr", "learning_rate": "base_lr", "batch_size": "local_batch", "batch": "local_batch",
+           "wd": "weight_decay", "epoch": "epochs", "k": "workers", "gamma_multiplier": "gamma_factor"}
+
+
+def closest(key: str, known) -> str:
+    """`` (did you mean X?)`` for an unknown key: an alias, or the most similar known name."""
+    import difflib
+
+    match = ALIASES.get(key.lower()) or next(iter(difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)), None)
+    return f" (did you mean {match}?)" if match else ""
 
 
 # -- configs ---------------------------------------------------------------------------------------
@@ -176,7 +197,7 @@ def check_settings(settings: dict, where: str) -> None:
         raise ConfigError(f"seed: not a setting; --seeds N runs seeds 0..N-1 ({where})")
     for key in settings:
         if key not in fields and key not in RUN_KEYS:
-            raise ConfigError(f"{key}: unknown key ({where})")
+            raise ConfigError(f"{key}: unknown key{closest(key, [*fields, *RUN_KEYS])} ({where})")
     from extrap.train import build_optimizer
 
     for key, value in settings.items():
@@ -195,6 +216,11 @@ def check_settings(settings: dict, where: str) -> None:
     for key in ("model_kwargs", "task_kwargs"):
         if not isinstance(settings.get(key, {}), dict):
             raise ConfigError(f"{key}: expected a mapping, got {settings[key]!r} ({where})")
+    accepted = _task_keywords(settings.get("task"))
+    for key in settings.get("task_kwargs", {}):
+        if accepted is not None and key not in accepted:
+            raise ConfigError(f"task_kwargs.{key}: unknown key for the {settings['task']} task"
+                              f"{closest(key, accepted)} ({where})")
     target = settings.get("target_loss")
     targets = target if isinstance(target, list) else [target]
     if target is not None and not (targets and all(_type_ok("float", t) and 0 < t < float("inf") for t in targets)):
@@ -264,11 +290,12 @@ def _type_ok(annotation: str, value) -> bool:
 
 
 def _merge(*layers: dict) -> dict:
+    """The layers' settings, later ones first; mappings merge key by key, at any depth."""
     out: dict = {}
     for layer in layers:
         for key, value in (layer or {}).items():
             if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = {**out[key], **value}
+                out[key] = _merge(out[key], value)
             else:
                 out[key] = copy.deepcopy(value)
     return out
@@ -496,6 +523,20 @@ class OutLock:
 
 
 # -- one run ---------------------------------------------------------------------------------------
+
+def _task_keywords(name) -> list[str] | None:
+    """The keywords ``task_kwargs`` may give the task ``name`` (None: not a task here)."""
+    import inspect
+
+    import data
+
+    task = {"cifar": data.CifarTask, "digits": data.DigitsTask, "wikitext2": data.LanguageModelTask,
+            "multi30k": data.TranslationTask}.get(name)
+    if task is None:
+        return None
+    given = {"root", "name", "device", "seed", "num_layers", "hidden_size", "tensors"}  # build_task's own
+    return [p for p in inspect.signature(task).parameters if p not in given]
+
 
 def build_task(settings: dict, device):
     """The task object and the model's task-dependent keyword arguments."""

@@ -138,6 +138,11 @@ def test_killed_run_resumes_to_the_same_record(tmp_path):
     (["--data-dir", "/nonexistent/data"], "--data-dir: /nonexistent/data"),
     (["momentum=abc"], "momentum"),
     (["novalue"], "novalue: expected key=value"),
+    (["lr=0.1"], "lr: unknown key (did you mean base_lr?)"),
+    (["gama_factor=0.5"], "gama_factor: unknown key (did you mean gamma_factor?)"),
+    (["task_kwargs.eval_train_sample=10"], "task_kwargs.eval_train_sample: unknown key for the cifar task (did you "
+                                            "mean eval_train_samples?)"),
+    (["task_kwargs=3", "task_kwargs.x=1"], "task_kwargs.x: task_kwargs is given a value of its own too"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, args, message):
     proc = run(item("table1", "--out", str(tmp_path / "out"), *args), check=False, timeout=120)
@@ -145,6 +150,16 @@ def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_dotted_override_reaches_into_a_mapping_and_keeps_its_other_keys():
+    from reproduce.runner import parse_args, parse_overrides, plan
+
+    assert parse_overrides(["task_kwargs.max_train_images=512", "a.b.c=[1, 2]", "x=y"]) == {
+        "task_kwargs": {"max_train_images": 512}, "a": {"b": {"c": [1, 2]}}, "x": "y"}
+    runs = plan("figure1", parse_args("figure1", ["--scale", "smoke", "task_kwargs.max_train_images=512"]))
+    kwargs = runs[0].settings["task_kwargs"]
+    assert kwargs["max_train_images"] == 512 and "eval_train_samples" in kwargs  # merged into the config's
 
 
 @needs_data
