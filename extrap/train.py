@@ -388,7 +388,7 @@ def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], N
 
 def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[[str], None] | None = None,
           on_eval: Callable[[dict], None] | None = None, checkpoint: str | Path | None = None,
-          progress: bool = False, desc: str = "") -> dict:
+          progress: bool = False, desc: str = "", on_trace: Callable[[dict], None] | None = None) -> dict:
     """Train ``model`` with ``cfg`` on ``engine``'s K workers; return the run's record.
 
     The record holds ``status`` (``completed`` or ``diverged``, with ``diverged_at``), ``steps``,
@@ -399,7 +399,8 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[
     metric), ``smoothness`` when probed, and timing. Every rank returns it; rank 0 writes it.
 
     ``checkpoint``: a path prefix; rank r keeps ``<prefix>.rank<r>.pt`` and resumes from it.
-    ``progress``: a tqdm bar on rank 0.
+    ``progress``: a tqdm bar on rank 0. ``on_eval(point)``, ``on_trace(point)``: on rank 0, each
+    evaluation as it is made and each trace point as its epoch ends (when they are read).
     """
     say = log if (log is not None and engine.is_main) else (lambda _: None)
     run = setup(cfg, engine, model, task, say)
@@ -419,7 +420,11 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[
     status, step = "completed", start_epoch * run.steps_per_epoch
     run.workers.train()
     for epoch in range(start_epoch, cfg.epochs):
+        traced = len(run.trace)
         batch_loss, lr = train_one_epoch(run, epoch, bar)
+        if on_trace is not None and engine.is_main:
+            for point in run.trace[traced:]:
+                on_trace(point)
         step = (epoch + 1) * run.steps_per_epoch
         if not math.isfinite(batch_loss) or batch_loss > cfg.loss_bound:
             status = "diverged"

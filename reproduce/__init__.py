@@ -16,7 +16,7 @@ def config_path(item: str) -> Path:
 # what does not change what a run computes: how it is shown, how many seeds its item runs, where
 # the data lie, which engine runs it (they agree: tests/test_engines.py), its checkpoint rhythm
 IDENTITY_EXCLUDES = ("label", "color", "seeds", "data_dir", "engine", "target_loss", "checkpoint_every",
-                     "checkpoint_minutes")
+                     "checkpoint_minutes", "tensorboard")
 
 
 def identity(settings) -> dict:

@@ -63,6 +63,7 @@ RUN_KEYS = {
     "label": "a human label for the cell",
     "color": "the colour of the cell's curves (a matplotlib colour)",
     "target_loss": "training-loss targets (a number or a list): results/ reports each method's steps to reach them (results.study)",
+    "tensorboard": "true: TensorBoard event files in each run's folder (--tensorboard; reproduce.tensorboard)",
 }
 
 
@@ -115,6 +116,8 @@ def parse_args(item: str, argv=None) -> argparse.Namespace:
     ap.add_argument("--data-dir", default=None, help="the datasets' root (default: the config's)")
     ap.add_argument("--out", default=None, help="results folder (default: runs/<scale>)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--tensorboard", action="store_true",
+                    help="TensorBoard event files in each run's folder (tensorboard --logdir OUT)")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     return ap.parse_intermixed_args(argv)  # overrides before, between or after the flags
 
@@ -213,6 +216,13 @@ def check_settings(settings: dict, where: str) -> None:
         value = settings.get(key, 1)
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ConfigError(f"{key}: expected an integer >= 1, got {settings[key]!r} ({where})")
+    if not isinstance(settings.get("tensorboard", False), bool):
+        raise ConfigError(f"tensorboard: expected true or false, got {settings['tensorboard']!r} ({where})")
+    if settings.get("tensorboard"):
+        from reproduce.tensorboard import available
+
+        if not available():
+            raise ConfigError("tensorboard: the tensorboard package is not installed; pip install 'extrap[tensorboard]'")
     for key in ("model_kwargs", "task_kwargs"):
         if not isinstance(settings.get(key, {}), dict):
             raise ConfigError(f"{key}: expected a mapping, got {settings[key]!r} ({where})")
@@ -317,6 +327,8 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
     for flag, key in (("workers", "workers"), ("seeds", "seeds"), ("engine", "engine"), ("data_dir", "data_dir")):
         if getattr(args, flag) is not None:
             cli[key] = getattr(args, flag)
+    if getattr(args, "tensorboard", False):
+        cli["tensorboard"] = True
     variants = cfg.get("variants") or {"default": {}}
     if run_variants is not None:
         variants = {v: variants.get(v, {}) for v in run_variants}
@@ -608,9 +620,24 @@ def execute(run: Run, engine, out: Path, progress: bool, ready=lambda: None) -> 
     if engine.is_main:
         (directory / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     metrics = directory / "metrics.jsonl"
-    record = train(cfg, engine, model, task, log=print if engine.is_main else None,
-                   on_eval=lambda point: append_evaluation(metrics, point), checkpoint=directory / "checkpoint",
-                   progress=progress, desc=f"{run.variant}/{run.cell} seed {run.seed}")
+    board = None
+    if s.get("tensorboard") and engine.is_main:
+        from reproduce.tensorboard import TensorBoardLog
+
+        board = TensorBoardLog(directory / "tensorboard")
+
+    def on_eval(point):
+        append_evaluation(metrics, point)
+        if board is not None:
+            board.evaluation(point)
+
+    try:
+        record = train(cfg, engine, model, task, log=print if engine.is_main else None, on_eval=on_eval,
+                       on_trace=None if board is None else board.trace, checkpoint=directory / "checkpoint",
+                       progress=progress, desc=f"{run.variant}/{run.cell} seed {run.seed}")
+    finally:
+        if board is not None:
+            board.close()
     if engine.is_main:  # exactly one line per evaluation, also after a resume
         metrics.write_text("".join(json.dumps(p) + "\n" for p in record["curve"]))
     record.update(item=run.item, variant=run.variant, cell=run.cell, **run.shown, **run.protocol,

@@ -143,6 +143,7 @@ def test_killed_run_resumes_to_the_same_record(tmp_path):
     (["task_kwargs.eval_train_sample=10"], "task_kwargs.eval_train_sample: unknown key for the cifar task (did you "
                                             "mean eval_train_samples?)"),
     (["task_kwargs=3", "task_kwargs.x=1"], "task_kwargs.x: task_kwargs is given a value of its own too"),
+    (["tensorboard=maybe"], "tensorboard: expected true or false"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, args, message):
     proc = run(item("table1", "--out", str(tmp_path / "out"), *args), check=False, timeout=120)
