@@ -8,8 +8,21 @@ ITEMS = tuple(sorted(p.stem for p in CONFIGS.glob("*.yaml")))  # one config (and
 DEMO = "demo"
 
 
+_OWN: dict[str, Path] = {}  # a user's own item files (``--config FILE``), by item name
+
+
+def use_config(path) -> str:
+    """Make ``path``, a user's own item file, the config of the item named by its stem; returns
+    that name."""
+    path = Path(path).resolve()
+    _OWN[path.stem] = path
+    return path.stem
+
+
 def config_path(item: str) -> Path:
-    """The config of ``item``: one of ``ITEMS``, or the demo."""
+    """The config of ``item``: a file given with ``--config``, one of ``ITEMS``, or the demo."""
+    if item in _OWN:
+        return _OWN[item]
     return CONFIGS.parent / "demo.yaml" if item == DEMO else CONFIGS / f"{item}.yaml"
 
 

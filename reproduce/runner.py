@@ -31,6 +31,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ import yaml
 
 from extrap.checkpoint import CheckpointError
 from extrap.engines import ENGINES
-from reproduce import CONFIGS, ITEMS, config_path, identity  # noqa: F401 (CONFIGS, ITEMS: the runner's item list)
+from reproduce import CONFIGS, DEMO, ITEMS, config_path, identity  # noqa: F401 (CONFIGS, ITEMS: the runner's item list)
 from results.records import presentation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,10 +103,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def parse_args(item: str, argv=None) -> argparse.Namespace:
+def parse_args(item: str | None, argv=None) -> argparse.Namespace:
     # the item's script describes it (under ``python -m`` it runs as __main__: import it by name)
-    doc = importlib.import_module(f"reproduce.{item}").__doc__
-    ap = _OneLineParser(prog=f"python -m reproduce.{item}", description=doc,
+    doc = OWN_ITEM_DOC if item is None else importlib.import_module(f"reproduce.{item}").__doc__
+    ap = _OneLineParser(prog="python -m reproduce" if item is None else f"python -m reproduce.{item}", description=doc,
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="key=value arguments override any setting of the config")
     ap.add_argument("--scale", choices=SCALES, default="paper")
@@ -115,6 +116,8 @@ def parse_args(item: str, argv=None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 (default: the config's)")
     ap.add_argument("--data-dir", default=None, help="the datasets' root (default: the config's)")
     ap.add_argument("--out", default=None, help="results folder (default: runs/<scale>)")
+    ap.add_argument("--config", default=None, metavar="FILE",
+                    help="your own item file, in the shipped configs' form (the item is named by its stem)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--tensorboard", action="store_true",
                     help="TensorBoard event files in each run's folder (tensorboard --logdir OUT)")
@@ -657,12 +660,18 @@ def main(item: str, argv=None) -> int:
         return 130
 
 
-def _main(item: str, argv=None) -> int:
+def _main(item: str | None, argv=None) -> int:
     git_info()  # the commit of the code this process imported, for every record it writes
     args = parse_args(item, argv)
     out = Path(args.out or f"runs/{args.scale}")
-    say = _refusal(item)
+    say = _refusal(item or "reproduce")
     try:
+        if args.config is not None:
+            item = _own_item(args.config)
+            say = _refusal(item)
+        elif item is None:
+            raise ConfigError("--config FILE: expected your item file (or run an item's own script, "
+                              f"python -m reproduce.ITEM for ITEM in {', '.join(ITEMS)})")
         runs = plan(item, args)
         if not runs:
             raise ConfigError(f"--only: no run selected for {item}")
@@ -697,6 +706,25 @@ def _main(item: str, argv=None) -> int:
         with contextlib.suppress(OSError):
             out.rmdir()
     return code
+
+
+OWN_ITEM_DOC = """Run your own item: a config file in the form of reproduce/configs/*.yaml (about, common,
+scales, variants, cells), checked as the shipped ones are; its records name the item by the file's
+stem. With ``target_loss`` set, ``python -m results OUT`` then writes its study: steps to each
+target and the area under the loss curve, per cell and seed (``results.study``)."""
+
+
+def _own_item(path: str) -> str:
+    """A user's item file (``--config``) registered as its item; refused in one line when it is
+    missing or its stem is not a usable item name."""
+    from reproduce import use_config
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config: {path}: no such file")
+    if not re.fullmatch(r"[A-Za-z0-9][\w-]*", file.stem) or file.stem == DEMO:
+        raise ConfigError(f"--config: {path}: name the file after the item (letters, digits, - and _), e.g. my_study.yaml")
+    return use_config(file)
 
 
 def _tune_and_confirm(item: str, args: argparse.Namespace, runs: list[Run], out: Path, say) -> int:
