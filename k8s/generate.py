@@ -4,12 +4,15 @@ experiments::
 
     python -m k8s.generate            # (re)write the manifests, remove stale ones
     python -m k8s.generate --check    # exit 1, naming the files, if any differs
+    python -m k8s.generate --settings mine.yaml --out my-k8s [--per-cell]   # yours, elsewhere
 
 What it writes:
 
 - ``mpijobs/<job>.yaml``: a Kubeflow MPIJob (``kubeflow.org/v2beta1``) per paper item; an item
   whose runs need different worker counts (Table 3's variants) gets one job per K, and each job's
-  ranks run that K's runs (the runner skips the others under a launcher).
+  ranks run that K's runs (the runner skips the others under a launcher). With ``--per-cell``,
+  one job per (item, variant, cell), each writing its own folder, so a cluster runs a table's
+  cells side by side; ``python -m results`` merges the folders.
   The launcher runs ``mpirun`` over the worker pods' sshd; every rank runs the item's reproduce
   script with the processes engine (torch.distributed, NCCL on GPU).
 - ``pytorchjobs/<job>.yaml``: the same runs as Kubeflow training-operator PyTorchJobs
@@ -47,7 +50,14 @@ _IMAGE = re.compile(r"([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a
 _QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
                        r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[eE][-+]?[0-9]+|m|k|M|G|T|P|E)?")  # Kubernetes' grammar
 _KEYS = {"image", "scale", "volume", "gpus_per_worker", "per_gpu", "shm", "uid", "user", "ssh_port", "run_policy"}
+# where the pods may run, from whom they pull, how they rank: optional, absent from the defaults
+_OPTIONAL = {"node_selector", "tolerations", "image_pull_secrets", "priority_class"}
 _CLEAN_POD_POLICIES = ("Running", "All", "None")
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")  # a label key, prefix optional
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
 def _integer(value) -> bool:
@@ -89,9 +99,9 @@ def validate_settings(settings, where: str) -> dict:
     a ValueError names the first bad one."""
     if not isinstance(settings, dict):
         raise ValueError(f"{where}: expected a mapping of settings, got {type(settings).__name__}")
-    unknown = sorted(set(settings) - _KEYS, key=str)
+    unknown = sorted(set(settings) - _KEYS - _OPTIONAL, key=str)
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown key in {where} (known: {', '.join(sorted(_KEYS))})")
+        raise ValueError(f"{unknown[0]}: unknown key in {where} (known: {', '.join(sorted(_KEYS | _OPTIONAL))})")
     missing = [key for key in sorted(_KEYS) if key not in settings]
     if missing:
         raise ValueError(f"{missing[0]}: missing from {where}")
@@ -129,7 +139,44 @@ def validate_settings(settings, where: str) -> dict:
         _require(_integer(policy[key]) and policy[key] >= 0, f"run_policy.{key}", "an integer >= 0", policy[key])
     _require(policy["cleanPodPolicy"] in _CLEAN_POD_POLICIES, "run_policy.cleanPodPolicy",
              f"one of {', '.join(_CLEAN_POD_POLICIES)}", policy["cleanPodPolicy"])
+    _validate_placement(s)
     return settings
+
+
+def _validate_placement(s: dict) -> None:
+    """The optional keys: ``node_selector`` {label key: value}, ``tolerations`` (Kubernetes'
+    fields, snake case nowhere: key, operator, value, effect, tolerationSeconds),
+    ``image_pull_secrets`` [secret names], ``priority_class`` (a PriorityClass name)."""
+    selector = s.get("node_selector", {})
+    _require(isinstance(selector, dict), "node_selector", "a mapping of node label keys to values", selector)
+    for key, value in selector.items():
+        _require(isinstance(key, str) and _LABEL_KEY.fullmatch(key) is not None and len(key) <= 316,
+                 "node_selector", "label keys such as nvidia.com/gpu.product", key)
+        _require(isinstance(value, str) and _LABEL_VALUE.fullmatch(value) is not None and len(value) <= 63,
+                 f"node_selector.{key}", "a label value (a string of letters, digits, '-', '_', '.')", value)
+    tolerations = s.get("tolerations", [])
+    _require(isinstance(tolerations, list), "tolerations", "a list of tolerations", tolerations)
+    for i, t in enumerate(tolerations):
+        where = f"tolerations[{i}]"
+        _require(isinstance(t, dict) and t and set(t) <= _TOLERATION_KEYS, where,
+                 f"a mapping of {', '.join(sorted(_TOLERATION_KEYS))}", t)
+        operator = t.get("operator", "Equal")
+        _require(operator in ("Equal", "Exists"), f"{where}.operator", "Equal or Exists", operator)
+        _require("key" not in t or isinstance(t["key"], str) and _LABEL_KEY.fullmatch(t["key"]) is not None,
+                 f"{where}.key", "a taint key", t.get("key"))
+        _require("key" in t or operator == "Exists", f"{where}.key", "a key (only operator Exists matches every key)", None)
+        _require("value" not in t or operator == "Equal" and isinstance(t["value"], str), f"{where}.value",
+                 "a string, with operator Equal (Exists takes none)", t.get("value"))
+        _require("effect" not in t or t["effect"] in _EFFECTS, f"{where}.effect", f"one of {', '.join(_EFFECTS)}",
+                 t.get("effect"))
+        _require("tolerationSeconds" not in t or _integer(t["tolerationSeconds"]) and t.get("effect") == "NoExecute",
+                 f"{where}.tolerationSeconds", "an integer, with effect NoExecute", t.get("tolerationSeconds"))
+    secrets = s.get("image_pull_secrets", [])
+    _require(isinstance(secrets, list) and all(isinstance(n, str) and _NAME.fullmatch(n) for n in secrets),
+             "image_pull_secrets", "a list of Secret names", secrets)
+    priority = s.get("priority_class")
+    _require(priority is None or isinstance(priority, str) and _NAME.fullmatch(priority) is not None,
+             "priority_class", "null or a PriorityClass name", priority)
 
 
 def _common_scales() -> list[str]:
@@ -159,29 +206,55 @@ def load_settings(path: Path = SETTINGS) -> dict:
 
 # -- the jobs: one per (item, worker count) -----------------------------------------------------------
 
-def jobs(scale: str) -> list[dict]:
-    """``{"name", "item", "workers", "variants"}`` per job, from the item's resolved runs at
-    ``scale`` (the runner's own ``plan``, so every setting is checked as a run would check it)."""
+def _dns(text: str) -> str:
+    """A variant's or cell's name as part of a Kubernetes name: ``B=1024`` → ``b-1024``,
+    ``extrap-sgd+post-local`` → ``extrap-sgd-post-local``."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", text.lower())).strip("-")
+
+
+def jobs(scale: str, per_cell: bool = False) -> list[dict]:
+    """``{"name", "item", "workers", "variants", "cells"}`` per job, from the item's resolved runs
+    at ``scale`` (the runner's own ``plan``, so every setting is checked as a run would check it):
+    one job per (item, worker count), or with ``per_cell`` one per (item, variant, cell), so that
+    a cluster runs an item's cells side by side (``cells`` None: all of them)."""
     from reproduce.runner import parse_args, plan
 
     out = []
     for item in ITEMS:
+        runs = plan(item, parse_args(item, ["--scale", scale]))
+        if per_cell:
+            for variant, cell in dict.fromkeys((r.variant, r.cell) for r in runs):
+                k = next(r.settings["workers"] for r in runs if (r.variant, r.cell) == (variant, cell))
+                parts = [item] + ([_dns(variant)] if variant != "default" else []) + [_dns(cell)]
+                out.append({"name": "-".join(parts), "item": item, "workers": k, "variants": [variant],
+                            "cells": [cell]})
+            continue
         by_k: dict[int, list[str]] = {}
-        for run in plan(item, parse_args(item, ["--scale", scale])):
+        for run in runs:
             variants = by_k.setdefault(run.settings["workers"], [])
             if run.variant not in variants:
                 variants.append(run.variant)
         for k, variants in sorted(by_k.items()):
             out.append({"name": f"{item}-k{k}" if len(by_k) > 1 else item, "item": item, "workers": k,
-                        "variants": variants})
+                        "variants": variants, "cells": None})
+    names = [j["name"] for j in out]
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if clash is not None:
+        raise ValueError(f"two jobs would both be named {clash!r}: rename a variant or cell")
+    too_long = next((n for n in names if len(f"extrap-{n}-torchrun") > 63), None)
+    if too_long is not None:
+        raise ValueError(f"job {too_long!r}: its name is too long for Kubernetes (63 characters with "
+                         "'extrap-' and '-torchrun'): shorten the variant or cell name")
     return out
 
 
 def reproduce_args(job: dict, scale: str) -> list[str]:
     """The reproduce script's command line, as every rank runs it. No ``--workers``: K comes from
-    the config (it would override every variant's), and the runner checks it against the ranks."""
+    the config (it would override every variant's), and the runner checks it against the ranks.
+    A per-cell job selects its variant and cell, and writes its own folder."""
+    only = [] if not job.get("cells") else ["--variants", ",".join(job["variants"]), "--only", ",".join(job["cells"])]
     return ["python", "-m", f"reproduce.{job['item']}", "--scale", scale, "--engine", "processes",
-            "--data-dir", f"{DATA}/datasets",
+            "--data-dir", f"{DATA}/datasets", *only,
             "--out", f"{DATA}/runs/{scale}/{job['name']}", "--no-progress"]
 
 
@@ -229,6 +302,14 @@ def _pod(s: dict, labels: dict, containers: list[dict], volumes: list[dict] | No
         spec["restartPolicy"] = restart
     if volumes:
         spec["volumes"] = volumes
+    if s.get("node_selector"):
+        spec["nodeSelector"] = dict(s["node_selector"])
+    if s.get("tolerations"):
+        spec["tolerations"] = [dict(t) for t in s["tolerations"]]
+    if s.get("image_pull_secrets"):
+        spec["imagePullSecrets"] = [{"name": n} for n in s["image_pull_secrets"]]
+    if s.get("priority_class"):
+        spec["priorityClassName"] = s["priority_class"]
     return {"metadata": {"labels": labels}, "spec": spec}
 
 
@@ -331,29 +412,38 @@ def collate_job(s: dict) -> dict:
                      "template": pod}}
 
 
+class _NoAliases(yaml.SafeDumper):
+    """A dumper that writes a repeated object out in full: no ``&id001`` anchors, which some
+    tools (and readers) do not follow."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def _render(obj: dict, about: str) -> str:
     header = (f"# Generated by `make k8s` (k8s/generate.py) from {about} and k8s/settings.yaml.\n"
               "# Do not edit: change those and run `make k8s`.\n")
-    return header + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
+    return header + yaml.dump(obj, Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=100)
 
 
-def manifests(settings: dict | None = None) -> dict[str, str]:
-    """``{path relative to k8s/: text}`` of every generated manifest."""
+def manifests(settings: dict | None = None, per_cell: bool = False) -> dict[str, str]:
+    """``{path relative to k8s/: text}`` of every generated manifest (``per_cell``: a job per
+    item, variant and cell)."""
     s = settings or load_settings()
     out = {"pvc.yaml": _render(pvc(s), "the volume settings"),
            "data-pod.yaml": _render(data_pod(s), "the volume settings"),
            "collate.yaml": _render(collate_job(s), "the results layout")}
-    for job in jobs(s["scale"]):
+    for job in jobs(s["scale"], per_cell):
         about = f"reproduce/configs/{job['item']}.yaml"
         out[f"mpijobs/{job['name']}.yaml"] = _render(mpijob(s, job), about)
         out[f"pytorchjobs/{job['name']}.yaml"] = _render(pytorchjob(s, job), about)
     return out
 
 
-def write(directory: Path = HERE, settings: dict | None = None, check: bool = False) -> list[str]:
-    """Write (or, with ``check``, compare) the manifests; returns the paths that differed,
-    including stale files in the generated folders."""
-    wanted = manifests(settings)
+def write(directory: Path = HERE, settings: dict | None = None, check: bool = False, per_cell: bool = False) -> list[str]:
+    """Write (or, with ``check``, compare) the manifests into ``directory``; returns the paths
+    that differed, including stale files in the generated folders (removed when writing)."""
+    wanted = manifests(settings, per_cell)
     changed = []
     for rel, text in wanted.items():
         path = directory / rel
@@ -377,6 +467,10 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="compare only; exit 1 if a file differs")
     ap.add_argument("--settings", type=Path, default=SETTINGS, help="the settings file (default: k8s/settings.yaml)")
     ap.add_argument("--image", action="store_true", help="print the settings' image and exit (make image)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write the manifests into this folder instead of k8s/ (needed with your own --settings)")
+    ap.add_argument("--per-cell", action="store_true",
+                    help="one job per item, variant and cell (a table's cells run side by side)")
     args = ap.parse_args(argv)
     if args.image:
         try:
@@ -385,18 +479,25 @@ def main(argv=None) -> int:
             print(f"k8s.generate: {e}", file=sys.stderr)
             return 2
         return 0
+    committed = args.out is None or args.out.resolve() == HERE
+    directory = HERE if committed else args.out
+    shown = "k8s" if committed else str(args.out)
     try:
-        changed = write(settings=load_settings(args.settings), check=args.check)
+        settings = load_settings(args.settings)
+        if committed and (args.per_cell or args.settings.resolve() != SETTINGS):
+            raise ValueError("k8s/ holds the manifests of k8s/settings.yaml, one job per item; give --out DIR "
+                             "for your own settings or --per-cell")
+        changed = write(directory, settings=settings, check=args.check, per_cell=args.per_cell)
     except (ValueError, OSError) as e:
         print(f"k8s.generate: {e}", file=sys.stderr)
         return 2
     for rel in changed:
-        print(f"{'differs' if args.check else 'wrote'} k8s/{rel}")
+        print(f"{'differs' if args.check else 'wrote'} {shown}/{rel}")
     if args.check and changed:
-        print("k8s/ is out of date: run `make k8s`", file=sys.stderr)
+        print(f"{shown}/ is out of date: run `make k8s`" if committed else f"{shown}/ is out of date", file=sys.stderr)
         return 1
     if not changed:
-        print("k8s/ is up to date")
+        print(f"{shown}/ is up to date")
     return 0
 
 

@@ -2,7 +2,7 @@
 paper's tables and figures")::
 
     python -m reproduce.<item> [--scale paper|smoke] [--engine auto|processes|horovod|virtual|single]
-                               [--workers K] [--only CELL[,CELL]] [--seeds N] [--data-dir DIR]
+                               [--workers K] [--only CELL[,CELL]] [--variants V[,V]] [--seeds N] [--data-dir DIR]
                                [--out DIR] [key=value ...]
 
 A config (``reproduce/configs/<item>.yaml``) holds ``common`` settings, one section per
@@ -113,6 +113,8 @@ def parse_args(item: str | None, argv=None) -> argparse.Namespace:
     ap.add_argument("--engine", choices=ENGINES, default=None)
     ap.add_argument("--workers", type=_positive_int, default=None, help="K (default: the config's)")
     ap.add_argument("--only", default=None, help="cells to run, comma-separated (default: all)")
+    ap.add_argument("--variants", default=None,
+                    help="variants to run, comma-separated (default: the scale's run_variants, else all)")
     ap.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 (default: the config's)")
     ap.add_argument("--data-dir", default=None, help="the datasets' root (default: the config's)")
     ap.add_argument("--out", default=None, help="results folder (default: runs/<scale>)")
@@ -333,6 +335,14 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
     if getattr(args, "tensorboard", False):
         cli["tensorboard"] = True
     variants = cfg.get("variants") or {"default": {}}
+    chosen = getattr(args, "variants", None)
+    if chosen is not None:
+        run_variants = [v.strip() for v in chosen.split(",") if v.strip()]
+        known = list(dict.fromkeys([*variants, *variant_overrides]))
+        unknown = [v for v in run_variants if v not in known]
+        if unknown or not run_variants:
+            raise ConfigError(f"--variants: unknown variant {unknown[0] if unknown else chosen!r}; "
+                              f"{item} has {', '.join(known)}")
     if run_variants is not None:
         variants = {v: variants.get(v, {}) for v in run_variants}
     cells = cfg.get("cells") or {}

@@ -383,6 +383,17 @@ BAD_SETTINGS = [
     ("run_policy.cleanPodPolicy", "Sometimes", "run_policy.cleanPodPolicy"),
     ("run_policy.backoffLimit", -2, "run_policy.backoffLimit"),
     ("imagee", "x", "imagee: unknown key"),
+    ("node_selector", ["gpu"], "node_selector: expected a mapping"),
+    ("node_selector", {"nvidia.com/gpu.product": "H100 80GB"}, "node_selector.nvidia.com/gpu.product: expected a label value"),
+    ("tolerations", {"key": "gpu"}, "tolerations: expected a list"),
+    ("tolerations", [{"key": "gpu", "operator": "Maybe"}], "tolerations[0].operator: expected Equal or Exists"),
+    ("tolerations", [{"key": "gpu", "effect": "NoRun"}], "tolerations[0].effect: expected one of"),
+    ("tolerations", [{"operator": "Equal", "value": "x"}], "tolerations[0].key"),
+    ("tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}], "tolerations[0].value"),
+    ("tolerations", [{"key": "gpu", "tolerations_seconds": 5}], "tolerations[0]: expected a mapping of"),
+    ("image_pull_secrets", "regcred", "image_pull_secrets: expected a list of Secret names"),
+    ("image_pull_secrets", ["Reg_Cred"], "image_pull_secrets"),
+    ("priority_class", "High Priority", "priority_class: expected null or a PriorityClass name"),
 ]
 
 
@@ -421,3 +432,71 @@ def test_decimal_cpu_per_gpu_multiplies_into_the_pods_requests():
     doc = yaml.safe_load(generate.manifests(generate.validate_settings(settings, "s"))["mpijobs/figure1.yaml"])
     worker = doc["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["resources"]
     assert worker["requests"] == {"cpu": "3", "memory": "3Gi"} and worker["limits"]["nvidia.com/gpu"] == 2
+
+
+# -- at cluster scale: placement, your own settings elsewhere, a job per cell, no anchors -----------
+
+PLACED = {**SETTINGS, "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "train"},
+          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                          {"key": "preemptible", "operator": "Equal", "value": "true", "effect": "NoExecute",
+                           "tolerationSeconds": 600}],
+          "image_pull_secrets": ["regcred"], "priority_class": "research-high"}
+
+
+def test_placement_settings_reach_every_pod_and_stay_valid(mpijob_validator):
+    texts = generate.manifests(generate.validate_settings(copy.deepcopy(PLACED), "settings"))
+    docs = {rel: yaml.safe_load(text) for rel, text in texts.items()}
+    specs = [t["spec"] for rel, d in docs.items() if "/" in rel for t in pod_templates(d).values()]
+    specs += [docs["data-pod.yaml"]["spec"], docs["collate.yaml"]["spec"]["template"]["spec"]]
+    for spec in specs:
+        assert spec["nodeSelector"] == PLACED["node_selector"] and spec["tolerations"] == PLACED["tolerations"]
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}] and spec["priorityClassName"] == "research-high"
+    assert list(mpijob_validator.iter_errors(docs["mpijobs/table1.yaml"])) == []
+    for role, template in pod_templates(docs["pytorchjobs/table1.yaml"]).items():
+        kube_validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"check-{role.lower()}"},
+                       "spec": template["spec"]})
+    kube_validate(docs["data-pod.yaml"])
+    kube_validate(docs["collate.yaml"])
+    assert "nodeSelector" not in yaml.safe_load(generate.manifests(SETTINGS)["data-pod.yaml"])["spec"]  # absent: none
+
+
+def _generate(*args):
+    return subprocess.run([sys.executable, "-m", "k8s.generate", *map(str, args)], cwd=ROOT, env=launcher_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_per_cell_jobs_elsewhere_leave_the_committed_manifests_alone(tmp_path, mpijob_validator):
+    before = {p: p.read_bytes() for p in K8S.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({**SETTINGS, "image": "registry.example.com/lab/extrap:1", "scale": "smoke"}))
+    out = tmp_path / "k8s"
+    proc = _generate("--settings", mine, "--out", out, "--per-cell")
+    assert proc.returncode == 0, proc.stderr
+    table1 = sorted(out.glob("mpijobs/table1-*.yaml"))
+    assert len(table1) == 14  # 2 variants × 7 cells, each its own job
+    seen = set()
+    for path in table1:
+        doc = yaml.safe_load(path.read_text())
+        assert list(mpijob_validator.iter_errors(doc)) == []
+        item, args = run_args(launcher_command(doc))
+        variant, cell = args[args.index("--variants") + 1], args[args.index("--only") + 1]
+        assert item == "table1" and args[args.index("--scale") + 1] == "smoke"
+        assert args[args.index("--out") + 1] == f"/data/runs/smoke/{stem(path.name)}"  # its own folder
+        seen.add((variant, cell))
+    from reproduce.runner import parse_args, plan
+
+    assert seen == {(r.variant, r.cell) for r in plan("table1", parse_args("table1", ["--scale", "smoke"]))}
+    assert len(list(out.glob("pytorchjobs/table1-*.yaml"))) == 14
+    after = {p: p.read_bytes() for p in K8S.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert after == before
+    # your own settings, or per-cell jobs, without --out: refused, k8s/ untouched
+    for args in (["--settings", mine], ["--per-cell"]):
+        proc = _generate(*args)
+        assert proc.returncode == 2 and "give --out DIR" in proc.stderr
+    assert {p: p.read_bytes() for p in K8S.rglob("*") if p.is_file() and "__pycache__" not in p.parts} == before
+
+
+@pytest.mark.parametrize("rel", ALL_DOCS)
+def test_no_yaml_anchors(rel):
+    text = (K8S / rel).read_text()
+    assert "&id" not in text and "*id" not in text
