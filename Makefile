@@ -38,21 +38,22 @@ ITEM_ARGS = --scale $(call q,$(SCALE)) --out $(call q,$(OUT)) $(if $(WORKERS),--
 # Kubernetes (k8s/): manifests generated from reproduce/configs and k8s/settings.yaml; the image
 # named there, built from k8s/Dockerfile (needs a Docker engine).
 K8S_SETTINGS ?= k8s/settings.yaml
-IMAGE    = $(shell $(call q,$(PY)) -m k8s.generate --image --settings $(call q,$(K8S_SETTINGS)))
+IMAGE    = $(if $(wildcard $(PY)),$(shell $(call q,$(PY)) -m k8s.generate --image --settings $(call q,$(K8S_SETTINGS))))
 
-.PHONY: install install-horovod demo test bench clean help tables reproduce-all k8s image $(addprefix reproduce-,$(ITEMS))
+.PHONY: install install-horovod demo test bench docs clean help tables reproduce-all k8s image $(addprefix reproduce-,$(ITEMS))
 
 help:
 	@printf '%s\n' "make demo     the main job: SGD vs extrap-SGD vs SmoothOut on digits, 4 MPI workers (-> "$(call q,$(DEMO_OUT))")" \
 	  "make test     the test suite" \
 	  "make bench    measure extrap's costs side by side -> docs/bench.{md,json} (BENCH_ARGS=--tiny)" \
+	  "make docs     the documentation as a site -> site/ (MkDocs, strict: a dead link fails)" \
 	  "make install  create "$(call q,$(VENV))" with torch ("$(call q,$(TORCH))"), Open MPI + mpi4py, and this project" \
 	  "make install-horovod   build Horovod 0.28.1 into "$(call q,$(VENV))" (~3 min) for ENGINE=horovod" \
 	  "make reproduce-table1 ... reproduce-figure7, reproduce-all   an item (SCALE=paper|laptop|smoke, ARGS='epochs=1 ...', -> "$(call q,$(OUT))")" \
 	  "make tables   rebuild tables and figures from "$(call q,$(OUT))"/records.jsonl" \
 	  "make k8s      regenerate k8s/ manifests from the configs and k8s/settings.yaml" \
-	  "make image    docker build -f k8s/Dockerfile -t "$(call q,$(IMAGE))" ." \
-	  "make clean    remove "$(call q,$(VENV))" and runs/"
+	  "make image    docker build -f k8s/Dockerfile -t "$(call q,$(or $(IMAGE),<the image in k8s/settings.yaml>))" ." \
+	  "make clean    remove "$(call q,$(VENV))", runs/ and site/"
 
 install: $(VENV)/.installed
 
@@ -83,16 +84,19 @@ tables: install
 k8s: install
 	$(call q,$(PY)) -m k8s.generate
 
-image:
+image: install
 	$(if $(IMAGE),,$(error no valid image in $(K8S_SETTINGS): see $(PY) -m k8s.generate --image --settings $(K8S_SETTINGS)))
 	docker build -f k8s/Dockerfile --build-arg GIT_COMMIT="$$(git rev-parse HEAD)" -t $(call q,$(IMAGE)) .
 
 test: install
 	$(call q,$(PY)) scripts/exec_with_args.py $(call q,$(PY)) -m pytest -q -n auto --dist worksteal --durations=30 -- $(call q,$(PYTEST_ARGS))
 
+docs: install
+	$(call q,$(PY)) -m mkdocs build --strict
+
 BENCH_ARGS ?=
 bench: install
 	$(call q,$(PY)) scripts/exec_with_args.py $(call q,$(PY)) -m reproduce.bench --out docs -- $(call q,$(BENCH_ARGS))
 
 clean:
-	rm -rf $(call q,$(VENV)) runs .pytest_cache
+	rm -rf $(call q,$(VENV)) runs site .pytest_cache

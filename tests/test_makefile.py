@@ -84,3 +84,13 @@ def test_exec_with_args_splits_like_a_shell_and_runs_nothing(tmp_path):
     assert not marker.exists()
     bad = subprocess.run([sys.executable, str(script), "true", "--", "'unclosed"], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_make_help_works_before_install(tmp_path):
+    """A fresh clone's first `make help`: no .venv yet, so nothing to run a Python with."""
+    base = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "--no-print-directory", "help", f"VENV={tmp_path / 'no-venv'}"], cwd=ROOT,
+                          env=base, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "make demo" in proc.stdout and "make docs" in proc.stdout
+    assert "<the image in k8s/settings.yaml>" in proc.stdout
