@@ -1,4 +1,4 @@
-"""The paper's models, built by name: ``build_model(name, **kwargs)`` (README "Models and datasets").
+"""The paper's models, built by name: ``build_model(name, **kwargs)`` (docs/reproducing.md, "Models and datasets").
 
 - ``resnet20``    ResNet-20 for CIFAR (``models/resnet.py``)
 - ``vgg11``       VGG-11 with BatchNorm for CIFAR, channels scaled by ``width`` (``models/vgg.py``)

@@ -1,4 +1,4 @@
-"""The command line and run loop shared by the per-item scripts (README "Reproducing the
+"""The command line and run loop shared by the per-item scripts (docs/reproducing.md, "Reproducing the
 paper's tables and figures")::
 
     python -m reproduce.<item> [--scale paper|smoke] [--engine auto|processes|horovod|virtual|single]
@@ -875,7 +875,7 @@ def _check_paths(runs: list[Run], out: Path) -> None:
     for root in {Path(r.settings.get("data_dir", ".")) / r.settings.get("data_subdir", "") for r in runs
                  if r.settings["task"] != "digits"}:
         if not root.is_dir():
-            raise ConfigError(f"--data-dir: {root} is not a directory (see the README: datasets)")
+            raise ConfigError(f"--data-dir: {root} is not a directory (see docs/reproducing.md: Datasets)")
         if not os.access(root, os.R_OK | os.X_OK):
             raise ConfigError(f"--data-dir: {root} is not readable")
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))

@@ -1,7 +1,7 @@
 """Reading ``records.jsonl`` and naming what is in it.
 
 A record is one finished (item, variant, cell, seed) as the ``reproduce/`` scripts append it
-(README "Reproducing the paper's tables and figures"). The file is append-only and may end in a
+(docs/reproducing.md). The file is append-only and may end in a
 partial line after a crash, and a rerun cell appends a second record for the same key:
 ``load_records`` skips what does not parse (saying so on stderr, with the line number) and keeps
 the last record of each key.

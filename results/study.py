@@ -1,5 +1,5 @@
 """A study over learning rates and seeds: how many steps each method takes to reach a training-loss
-target, with 95 % intervals over seeds (README "What the suite shows at laptop scale").
+target, with 95 % intervals over seeds (docs/laptop/README.md).
 
 An item's records form a study when their settings name a ``target_loss`` (the ``laptop``
 scale's configs do) and carry a trace (``log_every``). Each (method, variant) is an *arm* of
