@@ -41,19 +41,21 @@ def reestimated_batch_norm(module: nn.Module, batches: Iterable[Tensor]) -> Iter
     saved = [(b, b.clone()) for m in layers for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
     momenta, was_training = [m.momentum for m in layers], module.training
     try:
-        module.train()
-        with torch.no_grad():
-            for m in layers:
-                m.reset_running_stats()
-            for i, batch in enumerate(batches, start=1):
+        try:
+            module.train()
+            with torch.no_grad():
                 for m in layers:
-                    m.momentum = 1.0 / i  # running = (1 - 1/i) running + (1/i) batch: the mean so far
-                module(batch)
+                    m.reset_running_stats()
+                for i, batch in enumerate(batches, start=1):
+                    for m in layers:
+                        m.momentum = 1.0 / i  # running = (1 - 1/i) running + (1/i) batch: the mean so far
+                    module(batch)
+        finally:  # the block sees the module as the caller left it, but for its statistics
+            for m, momentum in zip(layers, momenta):
+                m.momentum = momentum
+            module.train(was_training)
         yield module
     finally:
-        for m, momentum in zip(layers, momenta):
-            m.momentum = momentum
-        module.train(was_training)
         with torch.no_grad():
             for b, s in saved:
                 b.copy_(s)

@@ -44,7 +44,8 @@ DATA = "/data"  # where the volume is mounted in every pod
 __all__ = ["load_settings", "validate_settings", "quantity", "times", "jobs", "manifests", "write", "main", "ITEMS"]
 
 
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes (DNS-1123) name
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes (DNS-1123) label name
+_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # Secret, PriorityClass
 _IMAGE = re.compile(r"([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
                     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
 _QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
@@ -172,10 +173,10 @@ def _validate_placement(s: dict) -> None:
         _require("tolerationSeconds" not in t or _integer(t["tolerationSeconds"]) and t.get("effect") == "NoExecute",
                  f"{where}.tolerationSeconds", "an integer, with effect NoExecute", t.get("tolerationSeconds"))
     secrets = s.get("image_pull_secrets", [])
-    _require(isinstance(secrets, list) and all(isinstance(n, str) and _NAME.fullmatch(n) for n in secrets),
+    _require(isinstance(secrets, list) and all(isinstance(n, str) and _SUBDOMAIN.fullmatch(n) for n in secrets),
              "image_pull_secrets", "a list of Secret names", secrets)
     priority = s.get("priority_class")
-    _require(priority is None or isinstance(priority, str) and _NAME.fullmatch(priority) is not None,
+    _require(priority is None or isinstance(priority, str) and _SUBDOMAIN.fullmatch(priority) is not None,
              "priority_class", "null or a PriorityClass name", priority)
 
 
@@ -226,7 +227,7 @@ def jobs(scale: str, per_cell: bool = False) -> list[dict]:
             for variant, cell in dict.fromkeys((r.variant, r.cell) for r in runs):
                 k = next(r.settings["workers"] for r in runs if (r.variant, r.cell) == (variant, cell))
                 parts = [item] + ([_dns(variant)] if variant != "default" else []) + [_dns(cell)]
-                out.append({"name": "-".join(parts), "item": item, "workers": k, "variants": [variant],
+                out.append({"name": _fit("-".join(parts), k), "item": item, "workers": k, "variants": [variant],
                             "cells": [cell]})
             continue
         by_k: dict[int, list[str]] = {}
@@ -241,11 +242,27 @@ def jobs(scale: str, per_cell: bool = False) -> list[dict]:
     clash = next((n for n in names if names.count(n) > 1), None)
     if clash is not None:
         raise ValueError(f"two jobs would both be named {clash!r}: rename a variant or cell")
-    too_long = next((n for n in names if len(f"extrap-{n}-torchrun") > 63), None)
+    too_long = next((j["name"] for j in out if len(_longest_child(j["name"], j["workers"])) > 63), None)
     if too_long is not None:
-        raise ValueError(f"job {too_long!r}: its name is too long for Kubernetes (63 characters with "
-                         "'extrap-' and '-torchrun'): shorten the variant or cell name")
+        raise ValueError(f"job {too_long!r}: the names of its pods would pass Kubernetes' 63 characters; "
+                         "shorten the item, variant or cell name")
     return out
+
+
+def _longest_child(name: str, workers: int) -> str:
+    """The longest name the operators derive from a job's (its last worker pod and Service)."""
+    return f"extrap-{name}-torchrun-worker-{max(workers - 1, 0)}"
+
+
+def _fit(name: str, workers: int) -> str:
+    """A per-cell job's name, cut where its pods' names would pass 63 characters and told apart
+    from the other cut names by a short hash of the whole."""
+    if len(_longest_child(name, workers)) <= 63:
+        return name
+    import hashlib
+
+    room = 63 - len(_longest_child("", workers)) - 7  # "-" and six hex digits
+    return f"{name[:room].rstrip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
 def reproduce_args(job: dict, scale: str) -> list[str]:

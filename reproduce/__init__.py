@@ -37,4 +37,16 @@ def identity(settings) -> dict:
     runner refuses to resume or skip a run whose identity changed; the study compares arms by it."""
     if not isinstance(settings, dict):
         return {}
-    return {k: v for k, v in settings.items() if k not in IDENTITY_EXCLUDES}
+    return {k: _canonical(v) for k, v in settings.items() if k not in IDENTITY_EXCLUDES}
+
+
+def _canonical(value):
+    """A setting as identity compares it: floats to 12 significant digits, so that a rate reached
+    by arithmetic (0.1 · 0.1 / 0.05 = 0.20000000000000004) is the rate written 0.2."""
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value

@@ -145,7 +145,12 @@ def parse_overrides(pairs: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {'.'.join(path[:i + 1])} is given a value of its own too")
-        node[path[-1]] = parsed
+        last = path[-1]
+        if isinstance(node.get(last), dict):  # a mapping that dotted keys began: merge into it, or refuse
+            if not isinstance(parsed, dict):
+                raise ConfigError(f"{key}: given a value of its own and dotted keys too")
+            parsed = _merge(node[last], parsed)
+        node[last] = parsed
     return out
 
 
@@ -158,7 +163,9 @@ def closest(key: str, known) -> str:
     """`` (did you mean X?)`` for an unknown key: an alias, or the most similar known name."""
     import difflib
 
-    match = ALIASES.get(key.lower()) or next(iter(difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)), None)
+    known = list(known)
+    alias = ALIASES.get(key.lower())
+    match = alias if alias in known else next(iter(difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)), None)
     return f" (did you mean {match}?)" if match else ""
 
 
@@ -734,6 +741,8 @@ def _own_item(path: str) -> str:
         raise ConfigError(f"--config: {path}: no such file")
     if not re.fullmatch(r"[A-Za-z0-9][\w-]*", file.stem) or file.stem == DEMO:
         raise ConfigError(f"--config: {path}: name the file after the item (letters, digits, - and _), e.g. my_study.yaml")
+    if file.stem in ITEMS:
+        raise ConfigError(f"--config: {path}: {file.stem} is one of the paper's items; give your file another name")
     return use_config(file)
 
 

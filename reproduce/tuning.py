@@ -104,27 +104,30 @@ def _key(point: dict) -> str:
 
 
 def _extended(values: list, at) -> object | None:
-    """The value one geometric step beyond ``at`` when it is an edge of the numeric ``values``."""
+    """The value one geometric step beyond ``at`` when it is an edge of the positive ``values``,
+    to 10 significant digits (0.1 · 0.1 / 0.05 is 0.2, not 0.20000000000000004)."""
     ordered = sorted(set(values))
     if len(ordered) < 2 or not all(_number(v) and v > 0 for v in ordered):
         return None
     if at == ordered[0]:
-        return ordered[0] * ordered[0] / ordered[1]
+        return float(f"{ordered[0] * ordered[0] / ordered[1]:.10g}")
     if at == ordered[-1]:
-        return ordered[-1] * ordered[-1] / ordered[-2]
+        return float(f"{ordered[-1] * ordered[-1] / ordered[-2]:.10g}")
     return None
 
 
-def next_points(points: list[dict], axes: dict, best: dict, extensions: dict, extend: int) -> list[dict]:
+def next_points(points: list[dict], axes: dict, best: dict, extensions: dict, extend: int,
+                known: dict | None = None) -> list[dict]:
     """The points to add so that ``best`` is inside its grid along every axis, on the line through
     it (the other coordinates held at best's): a grid extended along one axis leaves the new
     point's other axes untried, and a point is only chosen once its line has been tried too.
 
-    Along a numeric axis, where ``best`` is the line's lowest (or highest) value: the nearest value
-    the axis holds elsewhere on that side, or, past the axis's own edge, one geometric step beyond
-    it (at most ``extend`` such steps per axis, counted in ``extensions``; the new value joins
-    ``axes``). Along any other axis (``lars_lookahead``): every value the line lacks. Returns the
-    new points (none: ``best`` is inside)."""
+    Along an axis of positive numbers, where ``best`` is the line's lowest (or highest) value: the
+    nearest value the axis holds on that side (or ``known[axis]`` holds: the rates the method a
+    cell is tuned around already tried), or, past them all, one geometric step beyond (at most
+    ``extend`` such steps per axis, counted in ``extensions``); the new value joins ``axes``. Along
+    any other axis (``lars_lookahead``): every value the line lacks. Returns them (none: ``best``
+    is inside)."""
     tried = {_key(p) for p in points}
     added: list[dict] = []
 
@@ -142,11 +145,13 @@ def next_points(points: list[dict], axes: dict, best: dict, extensions: dict, ex
                 if v not in line:
                     add(key, v)
             continue
-        ordered = sorted(set(values))
+        ordered = sorted(set(values) | set((known or {}).get(key, ())))
         for edge, side in ((line[0], [v for v in ordered if v < at][-1:]), (line[-1], [v for v in ordered if v > at][:1])):
             if at != edge:
                 continue
             if side:
+                if side[0] not in values:
+                    values.append(side[0])
                 add(key, side[0])  # the nearest value beyond best on this side
             elif extensions[key] < extend and len(ordered) >= 2:
                 beyond = _extended(ordered, at)
@@ -245,7 +250,9 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
                 if best is None:
                     best = _key(points[0])
                 best_point = json.loads(best)
-                grown = next_points(points, axes, best_point, extensions, tuning["extend"])
+                known = ({"base_lr": rates[(panel, grid["around"])]}  # neighbours 0: the rate stays fixed
+                         if grid["around"] is not None and grid["neighbours"] > 0 else None)
+                grown = next_points(points, axes, best_point, extensions, tuning["extend"], known)
                 if not grown:
                     break
                 say(f"tuning {cell}: the best point ({point_label(best_point)}) lies at an edge of its line; "

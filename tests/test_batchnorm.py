@@ -69,8 +69,10 @@ def test_the_statistics_are_torchs_update_bn():
     g = torch.Generator().manual_seed(2)
     batches = [torch.randn(n, 3, 5, 5, generator=g) * 3 - 1 for n in (16, 16, 8)]
     ours, theirs = _model(), _model()
+    ours.eval()
     with reestimated_batch_norm(ours, batches):
         inside = {k: v.clone() for k, v in ours.state_dict().items()}
+        assert not ours.training and ours[1].momentum == 0.1  # the caller's mode and momentum inside
     update_bn(batches, theirs)
     for k in ("1.running_mean", "1.running_var"):
         assert torch.allclose(inside[k], theirs.state_dict()[k], rtol=1e-6, atol=1e-7), k

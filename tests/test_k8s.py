@@ -500,3 +500,21 @@ def test_per_cell_jobs_elsewhere_leave_the_committed_manifests_alone(tmp_path, m
 def test_no_yaml_anchors(rel):
     text = (K8S / rel).read_text()
     assert "&id" not in text and "*id" not in text
+
+
+def test_per_cell_job_names_leave_room_for_their_pods_names():
+    """The operators name pods and Services after the job (…-torchrun-worker-15): every per-cell
+    job at paper scale keeps those within Kubernetes' 63 characters, and the names stay apart."""
+    jobs = generate.jobs("paper", per_cell=True)
+    names = [j["name"] for j in jobs]
+    assert len(set(names)) == len(names)
+    for job in jobs:
+        longest = f"extrap-{job['name']}-torchrun-worker-{job['workers'] - 1}"
+        assert len(longest) <= 63 and generate._NAME.fullmatch(f"extrap-{job['name']}"), longest
+    assert any(len(n) < len(f"figure4-epochs-150-extrap-sgd-post-local") and n.startswith("figure4-epochs-150-extrap")
+               for n in names)  # a name that was too long, cut with its hash
+
+
+def test_dotted_secret_and_priority_class_names_are_accepted():
+    settings = {**copy.deepcopy(SETTINGS), "image_pull_secrets": ["registry.example.com"], "priority_class": "team.high"}
+    assert generate.validate_settings(settings, "s")["priority_class"] == "team.high"

@@ -46,6 +46,9 @@ def test_an_own_item_file_is_checked_as_the_shipped_ones(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "reproduce.my_study: lr: unknown key (did you mean base_lr?) (my_study default/sgd)"]
     assert not (tmp_path / "out").exists()
-    for args, message in [(["--config", tmp_path / "none.yaml"], "no such file"), ([], "--config FILE: expected")]:
+    shadow = tmp_path / "table1.yaml"
+    shadow.write_text(yaml.safe_dump(OWN))
+    for args, message in [(["--config", tmp_path / "none.yaml"], "no such file"), ([], "--config FILE: expected"),
+                          (["--config", shadow], "table1 is one of the paper's items")]:
         proc = _reproduce(*args, "--scale", "smoke", "--out", tmp_path / "out")
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -158,6 +158,15 @@ def test_a_dotted_override_reaches_into_a_mapping_and_keeps_its_other_keys():
 
     assert parse_overrides(["task_kwargs.max_train_images=512", "a.b.c=[1, 2]", "x=y"]) == {
         "task_kwargs": {"max_train_images": 512}, "a": {"b": {"c": [1, 2]}}, "x": "y"}
+    # in either order, a mapping and dotted keys into it merge; a scalar and dotted keys do not
+    assert parse_overrides(["t.a=1", "t={b: 2}"]) == parse_overrides(["t={b: 2}", "t.a=1"]) == {"t": {"a": 1, "b": 2}}
+    from reproduce.runner import ConfigError, closest
+
+    for pairs in (["t.a=1", "t=5"], ["t=5", "t.a=1"]):
+        with pytest.raises(ConfigError, match="a value of its own"):
+            parse_overrides(pairs)
+    assert closest("lr", ["base_lr"]) == " (did you mean base_lr?)"
+    assert closest("lr", ["eval_batch"]) == ""  # an alias only where its target is a key here
     runs = plan("figure1", parse_args("figure1", ["--scale", "smoke", "task_kwargs.max_train_images=512"]))
     kwargs = runs[0].settings["task_kwargs"]
     assert kwargs["max_train_images"] == 512 and "eval_train_samples" in kwargs  # merged into the config's

@@ -168,3 +168,30 @@ def test_loss_area_choice_and_paired_difference_by_hand(tmp_path):
 
     written = {p.name for p in results.write_all(out)}
     assert {"figure1.study.md", "figure1.study.csv", "figure1.study.png", "figure1.gamma.png"} <= written
+
+
+def test_a_cell_tuned_around_another_takes_that_cells_next_rate_before_stepping_past():
+    """extrap-SGD tuned at SGD's rates 0.025, 0.05, 0.1 (SGD also tried 0.2): its best at 0.1 takes
+    SGD's 0.2 (no extension spent, the exact value SGD ran); at 0.2, one step past: 0.4, not
+    0.4000000000000001."""
+    from reproduce.tuning import next_points
+
+    axes = {"trust": [0.004], "base_lr": [0.025, 0.05, 0.1], "gamma_factor": [1.0]}
+    points = [{"trust": 0.004, "base_lr": lr, "gamma_factor": 1.0} for lr in (0.025, 0.05, 0.1)]
+    extensions = dict.fromkeys(axes, 0)
+    known = {"base_lr": [0.025, 0.05, 0.1, 0.2]}
+    best = {"base_lr": 0.1, "gamma_factor": 1.0, "trust": 0.004}  # as json.loads(sorted keys) gives it
+    (added,) = next_points(points, axes, best, extensions, 2, known)
+    assert added == {"trust": 0.004, "base_lr": 0.2, "gamma_factor": 1.0}
+    assert extensions["base_lr"] == 0
+    points.append(added)
+    (beyond,) = next_points(points, axes, added, extensions, 2, known)
+    assert beyond["base_lr"] == 0.4 and extensions["base_lr"] == 1
+
+
+def test_a_rate_reached_by_arithmetic_is_the_same_run_as_the_rate_written():
+    from reproduce import identity
+
+    assert identity({"base_lr": 0.20000000000000004, "trust": 0.0007999999999999999, "betas": [0.9, 0.98]}) == \
+        identity({"base_lr": 0.2, "trust": 0.0008, "betas": (0.9, 0.98)})
+    assert identity({"base_lr": 0.2}) != identity({"base_lr": 0.2001})
