@@ -22,10 +22,10 @@ def losses_of(batched: bool, **options) -> tuple[list[float], object]:
     task = ClassificationTask(torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen),
                               torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen))
     torch.manual_seed(0)
-    # γ by the base-batch rule (η_base from step 1): a look-ahead large enough that the loss on
-    # random labels climbs and settles back, so the comparison below follows real dynamics
+    # γ by the base-batch rule (η_base from step 1), the look-ahead unbounded by LARS: large enough
+    # that the loss on random labels climbs and settles back, so the comparison follows real dynamics
     cfg = TrainConfig(perturbation="extrap", local_batch=B, epochs=1, lars=True, weight_decay=1e-4, base_lr=0.05,
-                      gamma_rule="base-batch", **options)
+                      gamma_rule="base-batch", lars_lookahead=False, **options)
     run = setup(cfg, make_engine("virtual", K, batched=batched), build_model("resnet20"), task, say=lambda _: None)
     losses, forward_backward = [], run.workers.forward_backward
 
