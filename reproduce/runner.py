@@ -125,6 +125,7 @@ def parse_args(item: str | None, argv=None) -> argparse.Namespace:
     ap.add_argument("--config", default=None, metavar="FILE",
                     help="your own item file, in the shipped configs' form (the item is named by its stem)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--cpu-ok", action="store_true", help="run the paper scale on a machine without a GPU all the same")
     ap.add_argument("--tensorboard", action="store_true",
                     help="TensorBoard event files in each run's folder (tensorboard --logdir OUT)")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
@@ -698,6 +699,8 @@ def _main(item: str | None, argv=None) -> int:
         runs = plan(item, args)
         if not runs:
             raise ConfigError(f"--only: no run selected for {item}")
+        if args.scale == "paper" and not args.cpu_ok and not torch.cuda.is_available():
+            raise ConfigError(paper_on_cpu(runs))
         _check_out(out)  # before anything is fetched
         _prepare_data(runs)
         _check_data_paths(runs)
@@ -885,6 +888,27 @@ def _abort_rank(item: str, engine, run: Run, error: Exception) -> None:
           f"(rerun the same command to resume from the last checkpoint)", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)
+
+
+# what one epoch passes through the model, per task (the paper's training sets)
+EPOCH_SIZE = {"cifar": (50_000, "images"), "wikitext2": (2_088_628, "tokens"), "multi30k": (29_000, "sentence pairs"),
+              "digits": (1_437, "images")}
+RESNET20_CPU = 740  # img/s, ResNet-20 training on 2 CPU cores (docs/performance.md, item 4: 737)
+
+
+def paper_on_cpu(runs: list[Run]) -> str:
+    """The refusal of the paper scale on a machine without a GPU: what it would cost, and the
+    scales that ask the same questions smaller."""
+    passes: dict[str, float] = {}
+    for r in runs:
+        size, unit = EPOCH_SIZE.get(r.settings.get("task"), (0, "examples"))
+        passes[unit] = passes.get(unit, 0) + size * r.settings.get("epochs", 1)
+    amount = ", ".join(f"{n / 1e6:,.0f} million {unit}" for unit, n in passes.items())
+    days = passes.get("images", 0) / RESNET20_CPU / 86400
+    pace = (f" (even at the {RESNET20_CPU} img/s ResNet-20 trains at on 2 CPU cores, {days:,.0f} days)"
+            if days >= 1 else "")
+    return (f"--scale paper: {len(runs)} runs, {amount} through the model{pace}, and no GPU here; --scale smoke "
+            "asks the same in minutes (--scale laptop, where an item has it: hours), or add --cpu-ok to start anyway")
 
 
 def _prepare_data(runs: list[Run]) -> None:
