@@ -50,6 +50,8 @@ help:
 	  "make install  create "$(call q,$(VENV))" with torch ("$(call q,$(TORCH))"), Open MPI + mpi4py, and this project" \
 	  "make install-horovod   build Horovod 0.28.1 into "$(call q,$(VENV))" (~3 min) for ENGINE=horovod" \
 	  "make reproduce-table1 ... reproduce-figure7, reproduce-all   an item (SCALE=paper|laptop|smoke, ARGS='epochs=1 ...', -> "$(call q,$(OUT))")" \
+	  "              SCALE=smoke: minutes on a laptop CPU (table1: 228 s on 2 cores); laptop: hours (figure1: 3.6 h);" \
+	  "              paper (the default): the paper's protocol, for GPUs (table1 on 2 CPU cores: about 10 days; refused without a GPU unless ARGS=--cpu-ok)" \
 	  "make tables   rebuild tables and figures from "$(call q,$(OUT))"/records.jsonl" \
 	  "make k8s      regenerate k8s/ manifests from the configs and k8s/settings.yaml" \
 	  "make image    docker build -f k8s/Dockerfile -t "$(call q,$(or $(IMAGE),<the image in k8s/settings.yaml>))" ." \

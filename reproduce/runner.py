@@ -68,6 +68,10 @@ RUN_KEYS = {
 }
 
 
+DATA_DIR_ENV = "EXTRAP_DATA_DIR"  # the datasets' root where --data-dir is not given (default: the config's)
+DOWNLOAD_ENV = "EXTRAP_DOWNLOAD"  # 0: never fetch a missing dataset, say where to get it (the tests)
+
+
 class ConfigError(ValueError):
     """A bad configuration or argument: reported as one line, exit status 2."""
 
@@ -116,11 +120,12 @@ def parse_args(item: str | None, argv=None) -> argparse.Namespace:
     ap.add_argument("--variants", default=None,
                     help="variants to run, comma-separated (default: the scale's run_variants, else all)")
     ap.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 (default: the config's)")
-    ap.add_argument("--data-dir", default=None, help="the datasets' root (default: the config's)")
+    ap.add_argument("--data-dir", default=None, help=f"the datasets' root (default: ${DATA_DIR_ENV}, else the config's: datasets/)")
     ap.add_argument("--out", default=None, help="results folder (default: runs/<scale>)")
     ap.add_argument("--config", default=None, metavar="FILE",
                     help="your own item file, in the shipped configs' form (the item is named by its stem)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--cpu-ok", action="store_true", help="run the paper scale on a machine without a GPU all the same")
     ap.add_argument("--tensorboard", action="store_true",
                     help="TensorBoard event files in each run's folder (tensorboard --logdir OUT)")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
@@ -339,6 +344,8 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
     for flag, key in (("workers", "workers"), ("seeds", "seeds"), ("engine", "engine"), ("data_dir", "data_dir")):
         if getattr(args, flag) is not None:
             cli[key] = getattr(args, flag)
+    if getattr(args, "data_dir", None) is None and os.environ.get(DATA_DIR_ENV):  # the tests' and CI's data
+        cli["data_dir"] = os.environ[DATA_DIR_ENV]
     if getattr(args, "tensorboard", False):
         cli["tensorboard"] = True
     variants = cfg.get("variants") or {"default": {}}
@@ -692,7 +699,11 @@ def _main(item: str | None, argv=None) -> int:
         runs = plan(item, args)
         if not runs:
             raise ConfigError(f"--only: no run selected for {item}")
-        _check_paths(runs, out)
+        if args.scale == "paper" and not args.cpu_ok and not torch.cuda.is_available():
+            raise ConfigError(paper_on_cpu(runs))
+        _check_out(out)  # before anything is fetched
+        _prepare_data(runs)
+        _check_data_paths(runs)
     except ConfigError as e:
         return say(e)
     try:
@@ -879,14 +890,60 @@ def _abort_rank(item: str, engine, run: Run, error: Exception) -> None:
     os._exit(1)
 
 
-def _check_paths(runs: list[Run], out: Path) -> None:
-    """The data folders exist and the output folder is writable, before any work."""
+# what one epoch passes through the model, per task (the paper's training sets)
+EPOCH_SIZE = {"cifar": (50_000, "images"), "wikitext2": (2_088_628, "tokens"), "multi30k": (29_000, "sentence pairs"),
+              "digits": (1_437, "images")}
+RESNET20_CPU = 740  # img/s, ResNet-20 training on 2 CPU cores (docs/performance.md, item 4: 737)
+
+
+def paper_on_cpu(runs: list[Run]) -> str:
+    """The refusal of the paper scale on a machine without a GPU: what it would cost, and the
+    scales that ask the same questions smaller."""
+    passes: dict[str, float] = {}
+    for r in runs:
+        size, unit = EPOCH_SIZE.get(r.settings.get("task"), (0, "examples"))
+        passes[unit] = passes.get(unit, 0) + size * r.settings.get("epochs", 1)
+    amount = ", ".join(f"{n / 1e6:,.0f} million {unit}" for unit, n in passes.items())
+    days = passes.get("images", 0) / RESNET20_CPU / 86400
+    pace = (f" (even at the {RESNET20_CPU} img/s ResNet-20 trains at on 2 CPU cores, {days:,.0f} days)"
+            if days >= 1 else "")
+    return (f"--scale paper: {len(runs)} runs, {amount} through the model{pace}, and no GPU here; --scale smoke "
+            "asks the same in minutes (--scale laptop, where an item has it: hours), or add --cpu-ok to start anyway")
+
+
+def _prepare_data(runs: list[Run]) -> None:
+    """Each dataset the runs read is in its folder, or fetched there with its checksum
+    (``data.prepare``); offline, one line says what to download and where to put it."""
+    from data.prepare import ensure_dataset
+
+    fetch = os.environ.get(DOWNLOAD_ENV, "1") != "0"
+    seen = set()
+    for run in runs:
+        s = run.settings
+        key = (s.get("task"), s.get("dataset"), s.get("data_dir"), s.get("data_subdir"))
+        if s.get("task") == "digits" or key in seen:
+            continue
+        seen.add(key)
+        if not fetch and not Path(s.get("data_dir") or ".").is_dir():
+            continue  # nothing to look in and nothing to fetch: _check_data_paths names the folder
+        try:
+            ensure_dataset(s, fetch=fetch)
+        except (FileNotFoundError, ValueError) as e:
+            raise DataError(first_line(e)) from None
+
+
+def _check_data_paths(runs: list[Run]) -> None:
+    """The data folders exist and can be read, before any work."""
     for root in {Path(r.settings.get("data_dir", ".")) / r.settings.get("data_subdir", "") for r in runs
                  if r.settings["task"] != "digits"}:
         if not root.is_dir():
             raise ConfigError(f"--data-dir: {root} is not a directory (see docs/reproducing.md: Datasets)")
         if not os.access(root, os.R_OK | os.X_OK):
             raise ConfigError(f"--data-dir: {root} is not readable")
+
+
+def _check_out(out: Path) -> None:
+    """The output folder can be made and written, before any work."""
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     if not probe.is_dir():
         raise ConfigError(f"--out: {probe} is not a directory")

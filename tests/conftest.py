@@ -8,6 +8,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# every run the tests start reads the project's data slices beside the checkout, where they are,
+# and never fetches a dataset (reproduce.runner: EXTRAP_DATA_DIR, EXTRAP_DOWNLOAD)
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("EXTRAP_DATA_DIR", str(SHARED_DATA))
+os.environ.setdefault("EXTRAP_DOWNLOAD", "0")
 
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test`: pytest-xdist workers share the cores
     import torch

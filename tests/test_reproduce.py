@@ -144,6 +144,7 @@ def test_killed_run_resumes_to_the_same_record(tmp_path):
                                             "mean eval_train_samples?)"),
     (["task_kwargs=3", "task_kwargs.x=1"], "task_kwargs.x: task_kwargs is given a value of its own too"),
     (["tensorboard=maybe"], "tensorboard: expected true or false"),
+    (["--scale", "paper"], "--scale paper: 42 runs, 630 million images through the model (even at"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, args, message):
     proc = run(item("table1", "--out", str(tmp_path / "out"), *args), check=False, timeout=120)
