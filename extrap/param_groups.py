@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Iterable
 
 import torch
@@ -28,13 +29,14 @@ def weight_decay_groups(
     model: nn.Module,
     weight_decay: float,
     named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Two optimizer groups: decayed weights, and BatchNorm/bias tensors with ``weight_decay=0``
     and ``lars=False`` (nor does LARS adapt them, the usual LARS practice).
 
     ``named_parameters`` supplies the tensors when they are not the model's own (the stacked
-    tensors of virtual workers, named as in the model). ``log`` reports the counts.
+    tensors of virtual workers, named as in the model). ``log`` reports the counts (default: the
+    ``extrap`` logger, at INFO).
     """
     skip = no_decay_names(model)
     own = dict(model.named_parameters())
@@ -44,10 +46,10 @@ def weight_decay_groups(
         raise ValueError(f"named_parameters: {unknown[0]!r} is not a parameter of the model")
     decay = [(n, p) for n, p in named if p.requires_grad and n not in skip]
     plain = [(n, p) for n, p in named if p.requires_grad and n in skip]
-    if log is not None:  # counted on the model: one worker's values, however they are stored
-        count = lambda ps: sum(own[n].numel() for n, _ in ps)  # noqa: E731
-        log(f"weight decay {weight_decay:g} on {len(decay)} tensors ({count(decay):,} values); "
-            f"none on {len(plain)} BatchNorm/bias tensors ({count(plain):,} values)")
+    count = lambda ps: sum(own[n].numel() for n, _ in ps)  # noqa: E731 (on the model: one worker's values)
+    report = log or logging.getLogger("extrap").info
+    report(f"weight decay {weight_decay:g} on {len(decay)} tensors ({count(decay):,} values); "
+           f"none on {len(plain)} BatchNorm/bias tensors ({count(plain):,} values)")
     return [
         {"params": [p for _, p in decay], "weight_decay": weight_decay},
         {"params": [p for _, p in plain], "weight_decay": 0.0, "lars": False},
