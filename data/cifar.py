@@ -32,7 +32,7 @@ import torch
 
 from .download import download_and_extract
 
-__all__ = ["load_cifar", "cifar_classes", "download_and_extract", "CIFAR_SPECS"]
+__all__ = ["load_cifar", "cifar_classes", "locate_cifar", "unpickle_arrays", "download_and_extract", "CIFAR_SPECS"]
 
 CIFAR_SPECS = {
     "cifar10": {
@@ -75,7 +75,7 @@ def load_cifar(root, name: str = "cifar10", split: str = "train", label: str = "
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     if label not in spec["labels"]:
         raise ValueError(f"label: {spec['title']} has {sorted(spec['labels'])} labels, got {label!r}")
-    folder = _locate(Path(root), spec, spec[split], download)
+    folder = locate_cifar(Path(root), spec, spec[split], download)
     key, num_classes = spec["labels"][label]
     images, labels = [], []
     for fname in spec[split]:
@@ -91,9 +91,9 @@ def cifar_classes(root, name: str = "cifar10", label: str = "fine", download: bo
     spec = _spec(name)
     if label not in spec["names"]:
         raise ValueError(f"label: {spec['title']} has {sorted(spec['names'])} labels, got {label!r}")
-    folder = _locate(Path(root), spec, [spec["meta"]], download)
+    folder = locate_cifar(Path(root), spec, [spec["meta"]], download)
     path = folder / spec["meta"]
-    meta = _unpickle(path)
+    meta = unpickle_arrays(path)
     names = meta.get(spec["names"][label])
     if not isinstance(names, list):
         raise ValueError(f"{path}: no list under key {spec['names'][label]!r} (keys: {sorted(meta)})")
@@ -106,7 +106,7 @@ def _spec(name: str) -> dict:
     return CIFAR_SPECS[name]
 
 
-def _locate(root: Path, spec: dict, needed: list[str], download: bool) -> Path:
+def locate_cifar(root: Path, spec: dict, needed: list[str], download: bool) -> Path:
     """The folder holding ``needed``: ``root/<folder>``, or ``root`` itself when it already is
     that folder; downloads when allowed and nothing is there."""
     layout = spec["train"] + spec["test"] + [spec["meta"]]
@@ -152,7 +152,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"cannot resolve {module}.{name}")
 
 
-def _unpickle(path: Path) -> dict:
+def unpickle_arrays(path: Path) -> dict:
     """The dict in ``path`` with str keys, or a ValueError naming the file."""
     try:
         with open(path, "rb") as f:
@@ -169,7 +169,7 @@ def _unpickle(path: Path) -> dict:
 
 
 def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    batch = _unpickle(path)
+    batch = unpickle_arrays(path)
     for key in ("data", label_key):
         if key not in batch:
             raise ValueError(f"{path}: no {key!r} key (keys: {sorted(batch)})")

@@ -45,11 +45,11 @@ from .download import download_files
 
 __all__ = ["tokenize", "detokenize", "Vocab", "Multi30k", "read_pairs", "load_multi30k",
            "prepare_multi30k", "pad_batch", "collate", "bucket_batches", "bleu", "SPLITS", "SPECIALS",
-           "MULTI30K_FILES"]
+           "MULTI30K_FILES", "MULTI30K_RAW"]
 
 SPLITS = ("train", "val", "test_2016_flickr")
-_RAW = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
-MULTI30K_FILES = {name: (_RAW + name, sha256) for name, sha256 in (  # the December 2017 files
+MULTI30K_RAW = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
+MULTI30K_FILES = {name: (MULTI30K_RAW + name, sha256) for name, sha256 in (  # the December 2017 files
     ("train.en.gz", "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f"),
     ("train.de.gz", "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6"),
     ("val.en.gz", "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28"),
@@ -149,7 +149,7 @@ def _find(folder: Path, split: str, lang: str) -> Path:
             return folder / name
     raise FileNotFoundError(
         f"{folder}: missing {split}.{lang} (or {split}.{lang}.gz); expected "
-        f"{{{','.join(SPLITS)}}}.{{en,de}}, plain or .gz, one sentence per line (the files of {_RAW}), "
+        f"{{{','.join(SPLITS)}}}.{{en,de}}, plain or .gz, one sentence per line (the files of {MULTI30K_RAW}), "
         "or pass download=True on a machine that is online")
 
 
@@ -192,7 +192,7 @@ def load_multi30k(root, splits=SPLITS, src: str = "en", tgt: str = "de", downloa
             download_files(MULTI30K_FILES, parent, "multi30k")
         except FileNotFoundError as err:
             raise FileNotFoundError(f"Multi30k not found under {root} and {err}; put "
-                                    f"{', '.join(MULTI30K_FILES)} from {_RAW} into {parent / 'multi30k'}") from err
+                                    f"{', '.join(MULTI30K_FILES)} from {MULTI30K_RAW} into {parent / 'multi30k'}") from err
     return {s: read_pairs(root, s, src, tgt) for s in splits}
 
 

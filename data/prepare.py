@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cifar import CIFAR_SPECS, _locate, _unpickle
+from .cifar import CIFAR_SPECS, locate_cifar, unpickle_arrays
 
 __all__ = ["SUBSET", "dataset_root", "ensure_dataset", "write_cifar10_subset"]
 
@@ -52,7 +52,7 @@ def write_cifar10_subset(full: Path, out: Path, train_per_batch: int = SUBSET["t
         folder = staging / spec["folder"]
         folder.mkdir()
         for name, n in [*((b, train_per_batch) for b in spec["train"]), *((b, test) for b in spec["test"])]:
-            batch = _unpickle(full / name)
+            batch = unpickle_arrays(full / name)
             data = np.asarray(batch.get("data", batch.get(b"data")))
             labels = list(batch.get("labels", batch.get(b"labels")))
             if len(data) < n:
@@ -79,7 +79,7 @@ def ensure_dataset(settings: dict, fetch: bool = True) -> None:
             _ensure_subset(root, fetch)
         elif task == "cifar":
             spec = CIFAR_SPECS[settings.get("dataset", "cifar10")]
-            _locate(root, spec, spec["train"] + spec["test"], fetch)
+            locate_cifar(root, spec, spec["train"] + spec["test"], fetch)
         elif task == "wikitext2":
             _ensure_wikitext(root, fetch)
         elif task == "multi30k":
@@ -107,13 +107,13 @@ def _ensure_wikitext(root: Path, fetch: bool) -> None:
 
 def _ensure_multi30k(root: Path, fetch: bool) -> None:
     from .download import download_files
-    from .multi30k import _RAW, MULTI30K_FILES, SPLITS
+    from .multi30k import MULTI30K_RAW, MULTI30K_FILES, SPLITS
 
     folder = root / "multi30k" if (root / "multi30k").is_dir() else root
     if any(any(folder.glob(f"{split}.*")) for split in SPLITS):
         return
     parent = root.parent if root.name == "multi30k" else root
-    where = f"put {', '.join(MULTI30K_FILES)} from {_RAW} into {parent / 'multi30k'}"
+    where = f"put {', '.join(MULTI30K_FILES)} from {MULTI30K_RAW} into {parent / 'multi30k'}"
     if not fetch:
         raise FileNotFoundError(f"Multi30k is not in {folder}: {where}")
     try:
@@ -133,7 +133,7 @@ def _ensure_subset(root: Path, fetch: bool) -> None:
     where = (f"download {spec['url']} (md5 {spec['md5']}) and extract it into {full_root}; the slice is then "
              "cut from it")
     try:
-        full = _locate(full_root, spec, needed, download=False)
+        full = locate_cifar(full_root, spec, needed, download=False)
     except FileNotFoundError:
         if not fetch:
             raise FileNotFoundError(f"the CIFAR-10 slice is not in {root / spec['folder']}, nor the full CIFAR-10 "
