@@ -1,7 +1,7 @@
 """Throughput of the CIFAR data path (shard → gather → crop/flip/normalise on the device)
 against ResNet-20's training step on the same device, in images/s.
 
-    python -m data.throughput --data-dir ../shared/data/cifar10-subset [--device cuda] [--batch 128]
+    python -m data.throughput --data-dir datasets/cifar10-subset [--device cuda] [--batch 128]
 
 The data path must be far faster than the model, or it would bound training speed.
 """
