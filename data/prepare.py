@@ -123,26 +123,17 @@ def _ensure_multi30k(root: Path, fetch: bool) -> None:
 
 
 def _ensure_subset(root: Path, fetch: bool) -> None:
-    from .download import download_and_extract
-
     spec = CIFAR_SPECS["cifar10"]
     if any((root / spec["folder"] / f).is_file() for f in spec["train"]):
         return
     full_root = root.parent
-    needed = spec["train"] + spec["test"] + [spec["meta"]]
-    where = (f"download {spec['url']} (md5 {spec['md5']}) and extract it into {full_root}; the slice is then "
-             "cut from it")
     try:
-        full = locate_cifar(full_root, spec, needed, download=False)
-    except FileNotFoundError:
-        if not fetch:
-            raise FileNotFoundError(f"the CIFAR-10 slice is not in {root / spec['folder']}, nor the full CIFAR-10 "
-                                    f"it is cut from in {full_root / spec['folder']}: {where}") from None
-        try:
-            full = download_and_extract(spec["url"], full_root, spec["md5"], spec["folder"])
-        except FileNotFoundError as e:
-            reason = str(e).split(" (", 1)[1].rsplit(")", 1)[0] if " (" in str(e) else str(e)
-            raise FileNotFoundError(f"the CIFAR-10 slice is not in {root / spec['folder']}, nor the full CIFAR-10 "
-                                    f"it is cut from in {full_root / spec['folder']}, and downloading it failed "
-                                    f"({reason}): {where}") from None
+        full = locate_cifar(full_root, spec, spec["train"] + spec["test"] + [spec["meta"]], fetch)
+    except FileNotFoundError as e:
+        failed = f", and downloading it failed ({str(e.__cause__).split(' (', 1)[-1].rsplit(')', 1)[0]})" \
+            if e.__cause__ is not None else ""
+        raise FileNotFoundError(
+            f"the CIFAR-10 slice is not in {root / spec['folder']}, nor the full CIFAR-10 it is cut from in "
+            f"{full_root / spec['folder']}{failed}: download {spec['url']} (md5 {spec['md5']}) and extract it "
+            f"into {full_root}; the slice is then cut from it") from None
     write_cifar10_subset(full, root)

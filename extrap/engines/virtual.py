@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
 from .comm import VirtualComm
@@ -110,8 +111,6 @@ class VirtualWorkers:
         return self
 
     def _worker_loss(self, params, buffers, inputs, targets, loss_fn):
-        from torch.func import functional_call  # noqa: PLC0415 (torch.func initialises NumPy: not on `import extrap`)
-
         out = functional_call(self.template, (params, buffers), (inputs,), tie_weights=False)
         return loss_fn(out, targets)
 
@@ -147,8 +146,6 @@ class VirtualWorkers:
         functional model, or one worker's for the loop; compiled where asked."""
         if loss_fn not in self._losses:
             fn = lambda p, b, x, y: self._worker_loss(p, b, x, y, loss_fn)  # noqa: E731
-            from torch.func import vmap  # noqa: PLC0415 (as above)
-
             fn = vmap(fn, randomness="different") if self.batched else fn
             backend = self.execution.compile
             self._losses[loss_fn] = fn if backend is None else torch.compile(fn, backend=backend)
