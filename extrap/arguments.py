@@ -26,7 +26,7 @@ _OPTIMIZER_RULES = {  # argument: (test, what it must be)
     "gamma": (lambda v: v is None or _real(v) and v >= 0, "None or a float >= 0"),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "comm": (lambda v: v is None or isinstance(v, Communicator),
-             "a communicator (all_reduce_mean_, per_worker, worker_ids)"),
+             "a communicator (extrap.engines.Communicator: average, per_worker, worker_ids, ...)"),
 }
 
 

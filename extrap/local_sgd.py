@@ -5,12 +5,14 @@ Until ``switch_step`` t′ every step is synchronous (gradients averaged). From 
 steps on its own local gradient with its own momentum buffer — and, with extrapolation on, its
 own past gradient — and every ``local_steps`` H local steps the models are averaged: one
 all-reduce of the parameters; momentum stays local. Virtual workers, which share one x_t while
-training is synchronous, are given their own models at the switch (``comm.split``).
+training is synchronous, are given their own models at the switch (``optimizer.points.split``).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .engines.comm import average_
 
 __all__ = ["PostLocalSGD"]
 
@@ -30,8 +32,7 @@ class PostLocalSGD:
         if optimizer.comm is None:
             raise ValueError("optimizer: post-local SGD needs the optimizer's comm to average models "
                              "(comm=..., or extrap.register_ddp(ddp_model, optimizer) before this)")
-        if hasattr(optimizer.comm, "skip_averaging_when"):  # DDP's hook averages in backward: not locally
-            optimizer.comm.skip_averaging_when(lambda: self.local_phase)
+        optimizer.comm.skip_averaging_when(lambda: self.local_phase)  # DDP's hook averages in backward
         self.optimizer = optimizer
         self.switch_step = switch_step
         self.local_steps = local_steps
@@ -50,9 +51,8 @@ class PostLocalSGD:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def _enter_local_phase(self) -> None:
-        split = getattr(self.optimizer.comm, "split", None)
-        if self.local_phase and split is not None:  # virtual workers: K models from here on
-            split(self.optimizer)
+        if self.local_phase:  # virtual workers sharing x_t: K models from here on
+            self.optimizer.points.split(self.optimizer)
 
     def perturb(self, closure=None):
         self._enter_local_phase()
@@ -78,7 +78,7 @@ class PostLocalSGD:
     def average(self) -> None:
         """x ← mean_k x^k: one all-reduce of all parameters (momentum buffers stay local)."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.optimizer.comm.all_reduce_mean_(params, kind="parameters")
+        average_(self.optimizer.comm, params, kind="parameters")
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "t": self.t, "local_t": self.local_t}

@@ -1,163 +1,61 @@
 """Extrapolated SGD and Adam (Lin, Kong, Stich, Jaggi, ICML 2020) as a thin layer on
 ``torch.optim.SGD`` and ``torch.optim.Adam``.
 
-The paper's Algorithm 1, for worker k at step t, and where each line lives below::
+The paper's Algorithm 1, for worker k at step t, and where each line lives::
 
-    x̃_t^k   = x_t − γ_t g_{t-1}^k          perturb(): save x_t, move by u = γ·(registry's direction)
+    x̃_t^k   = x_t − γ_t g_{t-1}^k          perturb(): save x_t, move by γ·d (d: ``extrap.perturbations``)
     g_t^k   = ∇f(x̃_t^k; ξ_t^k)             the caller's forward and backward, at x̃
-    x_t restored bit for bit; g_t^k kept    step(): the copy back, then ``local_grad`` in the state
-    g_t     = mean_k g_t^k                  step(): ``comm.all_reduce_mean_``, once per step (under
-                                            DDP, DDP's own average in ``.grad``)
-    x_{t+1} = SGD-Nesterov(x_t, g_t)        step(): LARS (apex's LARC) on ``.grad``, then torch's step
+    x_t restored; g_t^k kept               step(): the copy back, then ``local_grad`` in the state
+    g_t     = mean_k g_t^k                  step(): ``comm.average``, once per step (DDP's own in backward)
+    x_{t+1} = SGD-Nesterov(x_t, g_t)        step(): LARS (``extrap.lars``) on ``.grad``, then torch's step
 
-Every member of the paper's framework differs only in u (``REGISTRY``); with u ≡ 0 each is
-exactly its base optimizer. Adam (Algorithm 3) swaps the last line for torch's Adam and passes
-the past gradient through Adam's preconditioner. Where the workers are and how gradients are
-averaged is the communicator's business (``extrap.engines.comm.Communicator``). Where K workers
-share one x_t (virtual workers), x̃ is written to the communicator's ``[K, ...]`` points instead
-of the parameters, and x_t is never moved. The choices the paper leaves open are in
-``docs/method.md``.
-
-Inside a user's loop (``docs/method.md``, "Inside a user's training loop"): the update uses the
-gradient the loop hands to ``step()`` (clipped, unscaled by GradScaler), while g_t^k is kept as
-backward left it (the DDP hook's copy, or in one process a post-accumulate-grad hook's) and freed
-of the loss scale; a step GradScaler skips keeps x_t and g_{t-1}^k.
+With d ≡ 0 each optimizer is exactly its base. Adam (Algorithm 3) swaps the last line for torch's
+Adam and passes d through Adam's preconditioner. Where the workers are and how gradients are
+averaged is the communicator's business (``extrap.engines.comm``); where K workers share one x_t,
+x̃ is written to their ``Points`` instead of the parameters. Inside a user's loop the update uses
+the gradient the loop hands to ``step()`` (clipped, unscaled), while g_t^k is kept as backward left
+it and freed of the loss scale; a step GradScaler skips keeps x_t and g_{t-1}^k. The choices the
+paper leaves open are in ``docs/method.md``.
 """
 
 from __future__ import annotations
 
-import math
-import weakref
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from .arguments import check_optimizer_arguments, require
-from .engines.comm import (LocalComm, local_backward, scale_per_worker_, total_worker_norms,
-                           worker_norms)
-from .engines.ddp import refuse_without_comm
-from .engines.horovod import refuse_horovod_wrapper
+from .engines.comm import NO_POINTS, LocalComm, average_
+from .lars import larc_, trust_lookahead
+from .local_grads import LocalGradients
+from .perturbations import DIRECTIONS, PERTURBATIONS, REGISTRY, Perturbation
 
 __all__ = ["Perturbation", "PERTURBATIONS", "REGISTRY", "DIRECTIONS", "ExtrapolatedSGD", "ExtrapolatedAdam"]
 
-DIRECTIONS = ("gradient", "momentum")  # the past-gradient direction: g_{t-1}^k, or g_{t-1}^k + β m_{t-1}
+
+def refuse_without_comm(perturbation: str) -> None:
+    """A perturbation that needs each worker's own gradient, in a process group of several ranks
+    without a communicator: .grad may be DDP's average already, and every worker would extrapolate alike."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise RuntimeError(
+            f"perturbation={perturbation!r} needs each rank's local gradient, but this optimizer has no "
+            f"communicator in a process group of {dist.get_world_size()} ranks, so it cannot tell a local "
+            "gradient from one DistributedDataParallel has averaged. Under DDP call "
+            "extrap.register_ddp(ddp_model, optimizer) once after building both; without DDP pass "
+            "comm=extrap.engines.TorchDistComm() to average the gradients in step().")
 
 
-# -- u = γ·d, the perturbation: each direction maps [(group, params)] to one list of d per group ------
-
-def _past_gradient(opt, groups):
-    """extrap: d = g_{t-1}^k; stochastic: g_{t-1}^k − g_{t-1}; kept by step(), 0 before step 1."""
-    out = []
-    for group, ps in groups:
-        states = [opt.state.get(p, {}) for p in ps]
-        ds = [s["local_grad"] if "local_grad" in s else torch.zeros_like(p) for p, s in zip(ps, states)]
-        if opt.direction == "momentum":  # look ahead along the momentum too (docs/method.md)
-            beta = group.get("momentum", 0.0)
-            ds = [d if "momentum_buffer" not in s else d.add(s["momentum_buffer"], alpha=beta)
-                  for d, s in zip(ds, states)]
-        out.append(opt.precondition(group, ps, ds))
-    return out
-
-
-def _noise(dist: str, per_filter: bool):
-    """d ~ N(0, 1) or U(−1, 1) per element, a worker's values drawn at once from its own stream
-    (seeded seed·1000003 + worker id, its position kept in the state, so a resumed run draws
-    what an uninterrupted one would); per filter j (an output-channel slice; a 1-D tensor is one
-    filter) times ‖x_j‖/√n_j."""
-    def direction(opt, groups):
-        out, layout, streams = [], opt.layout, opt.state["noise_streams"]
-        ids = layout.worker_ids
-        for _, ps in groups:
-            views = [layout.per_worker(opt.point(p)) for p in ps]  # [W, ...], at x_t
-            sizes = [v[0].numel() for v in views]
-            draws = torch.empty(len(ids), sum(sizes), device=ps[0].device, dtype=ps[0].dtype)
-            for flat, w in zip(draws, ids):
-                gen = torch.Generator(flat.device)
-                gen.manual_seed(opt.seed * 1_000_003 + w) if w not in streams else gen.set_state(streams[w].cpu())
-                flat.normal_(generator=gen) if dist == "normal" else flat.uniform_(-1.0, 1.0, generator=gen)
-                streams[w] = gen.get_state()
-            noise = [c.reshape(v.shape) for c, v in zip(draws.split(sizes, dim=1), views)]
-            if per_filter:  # ‖x_j‖/√n_j per worker and filter of [W, filters, n] (or [W, n])
-                flats = [v.flatten(2) if v.dim() > 2 else v for v in views]
-                rms = [torch.linalg.vector_norm(f, dim=-1, keepdim=True) / math.sqrt(f.shape[-1]) for f in flats]
-                torch._foreach_mul_(noise, [r.view(*r.shape[:2], *[1] * (v.dim() - 2)) for r, v in zip(rms, views)])
-            out.append([n.view_as(opt.point(p)) for n, p in zip(noise, ps)])
-        return out
-    return direction
-
-
-def _fresh_gradient(opt, groups):
-    """extragradient: d = ∇f(x_t; ξ^k), from the closure's backward at x_t."""
-    return [[opt.point(p).grad for p in ps] for _, ps in groups]
-
-
-def _sam(opt, groups):
-    """SAM's ascent (Foret et al. 2021): d = −∇f(x_t; ξ^k)/‖∇f(x_t; ξ^k)‖ over a worker's gradients."""
-    fresh, layout = _fresh_gradient(opt, groups), opt.layout
-    out = [torch._foreach_mul(ds, -1.0) for ds in fresh]
-    inv = 1.0 / (total_worker_norms(layout, [g for gs in fresh for g in gs]) + 1e-12)
-    scale_per_worker_(layout, [d for ds in out for d in ds], inv)
-    return out
-
-
-@dataclass(frozen=True)
-class Perturbation:
-    """A member of the framework: how d is formed (``None``: u ≡ 0); whether that needs a fresh
-    gradient at x_t (a closure); whether γ follows the small-batch rate's decays (else it is a
-    fixed magnitude: σ, a, α, ρ); whether step() keeps g_t^k for the next d."""
-
-    direction: Callable | None
-    closure: bool = False
-    scheduled: bool = False
-    keeps_local_grad: bool = False
-
-
-REGISTRY: dict[str, Perturbation] = {
-    "none": Perturbation(None),
-    "extrap": Perturbation(_past_gradient, scheduled=True, keeps_local_grad=True),
-    "stochastic": Perturbation(_past_gradient, scheduled=True, keeps_local_grad=True),
-    "gaussian": Perturbation(_noise("normal", per_filter=False)),
-    "uniform": Perturbation(_noise("uniform", per_filter=False)),
-    "filter-gaussian": Perturbation(_noise("normal", per_filter=True)),
-    "filter-uniform": Perturbation(_noise("uniform", per_filter=True)),
-    "extragradient": Perturbation(_fresh_gradient, closure=True, scheduled=True),
-    "sam": Perturbation(_sam, closure=True),
-}
-PERTURBATIONS = tuple(REGISTRY)
-
-
-def _trust_factors(group: dict, layout, xs: list[Tensor], ds: list[Tensor], rate: float) -> Tensor:
-    """apex LARC's per-tensor factor min(τ‖x‖/(‖d‖ + λ‖x‖ + ε)/rate, 1) for each worker held,
-    [len(xs), W]; 1 where ‖x‖ or ‖d‖ is 0. The step rate·factor·d is then at most τ‖x‖ long."""
-    pn, dn, wd = worker_norms(layout, xs), worker_norms(layout, ds), group["weight_decay"]
-    ratio = group["trust"] * pn / (dn + wd * pn + 1e-8) / rate  # apex's ε
-    return torch.where((pn > 0) & (dn > 0), ratio.clamp(max=1.0), torch.ones_like(ratio))
-
-
-def _adapted(layout, params: list[Tensor]) -> list[int]:
-    """The positions of the tensors LARS adapts: ≥ 2 dimensions per worker (weights, not biases)."""
-    return [i for i, p in enumerate(params) if layout.per_worker(p).dim() >= 3]
-
-
-def _larc_(group: dict, layout) -> None:
-    """LARS as apex's LARC, on ``.grad`` before the base step: (g + λx)·min(τ‖x‖/(‖g‖ + λ‖x‖ + ε)/η, 1)
-    per worker for tensors of ≥ 2 dimensions (factor 1 where ‖x‖ or ‖g‖ is 0), g + λx for the rest."""
-    ps, wd = [p for p in group["params"] if p.grad is not None], group["weight_decay"]
-    adapt = [ps[i] for i in _adapted(layout, ps)]
-    factor = _trust_factors(group, layout, adapt, [p.grad for p in adapt], group["lr"])
-    if wd != 0 and ps:
-        torch._foreach_add_([p.grad for p in ps], ps, alpha=wd)
-    scale_per_worker_(layout, [p.grad for p in adapt], factor)
-
-
-class _Extrapolation:
+class _Extrapolation(LocalGradients):
     """perturb() and step() around a torch optimizer's update; mixed in before the torch class."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        refuse_horovod_wrapper(cls)
+        if hasattr(cls, "_allreduce_grad_async"):  # horovod.torch.DistributedOptimizer's class around ours
+            raise TypeError("hvd.DistributedOptimizer averages gradients during backward, so every worker "
+                            "would keep the average as its local gradient; do not wrap an extrap optimizer "
+                            "in it: give the optimizer comm=extrap.engines.HorovodComm() (the horovod engine)")
 
     def __init__(self, params, perturbation, direction, comm, seed, group_keys, **torch_args):
         require({"perturbation": (perturbation, perturbation in PERTURBATIONS, "one of " + ", ".join(PERTURBATIONS)),
@@ -165,18 +63,14 @@ class _Extrapolation:
         check_optimizer_arguments(comm=comm, seed=seed, gamma=group_keys["gamma"], lr_scale=group_keys["lr_scale"],
                                   gamma_factor=group_keys["gamma_factor"])
         self.perturbation, self.kind = perturbation, REGISTRY[perturbation]
-        self.direction, self.comm, self.seed = direction, comm, seed
-        self._group_keys = group_keys
+        self.direction, self.comm, self.seed, self._group_keys = direction, comm, seed, group_keys
+        self.points = NO_POINTS if comm is None else comm.points  # the engine's store, taken once
         self._x_t: list[Tensor] = []  # scratch, not state: x_t while the parameters are at x̃
         self._perturbed: list[Tensor] | None = None  # the parameters perturb() moved
-        self._captured: dict[Tensor, Tensor] = {}  # one process: each parameter's raw gradient, as backward left it
-        self._fresh: set[Tensor] = set()  # the parameters whose raw gradient backward captured since the last step
-        self.grad_scaler = None  # the loop's torch.amp.GradScaler, where step() must ask it the loss scale
         self.auto_perturb = False  # extrap.attach: perturb() runs on the first training forward after a step
         super().__init__(params, **torch_args)
-        # GradScaler then calls step() even for a step it skips, and says so (found_inf), with the
-        # loss scale (grad_scale) while .grad is still scaled: step() keeps x_t and the local
-        # gradient on a skip, and frees the kept local gradient of the scale (see _loss_scale)
+        # GradScaler then calls step() even for a step it skips, saying so (found_inf) with the loss
+        # scale (grad_scale) while .grad is still scaled: step() keeps x_t and g^k on a skip
         self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict) -> None:
@@ -184,49 +78,31 @@ class _Extrapolation:
         param_group.setdefault("initial_rate", param_group.get("lr", self.defaults["lr"]))  # the rate given here
         super().add_param_group(param_group)
         if self.kind.keeps_local_grad:
-            ref = weakref.ref(self)
-            for p in param_group["params"]:
-                if p.requires_grad:
-                    p.register_post_accumulate_grad_hook(lambda p: (opt := ref()) is not None and opt._capture(p))
-
-    def _capture(self, p: Tensor) -> None:
-        """Keep ``p``'s raw gradient as backward leaves it, before the loop clips or unscales
-        ``.grad`` (one process; under DDP the hook keeps it, ``extrap.register_ddp``)."""
-        if self.comm is not None:
-            return
-        kept = self._captured.get(p)
-        if kept is None or kept.shape != p.grad.shape or kept.dtype != p.grad.dtype or kept.device != p.grad.device:
-            kept = self._captured[p] = torch.empty_like(p.grad)
-        kept.copy_(p.grad)
-        self._fresh.add(p)
+            self._capture_raw_gradients(param_group["params"])
 
     layout = property(lambda self: self.comm or LocalComm(), doc="The communicator, or this process alone.")
     perturbed = property(lambda self: self._perturbed is not None,
                          doc="True from perturb() to step() or restore(): the parameters are at x̃.")
 
     def point(self, p: Tensor) -> Tensor:
-        """Where this process's workers compute at for parameter ``p``: ``p`` itself (moved to x̃
-        and back), or, where the workers share x_t, the communicator's ``[K, ...]`` points."""
-        return (getattr(self.comm, "points_of", None) or {}).get(id(p), p)
+        """Where this process's workers compute for parameter ``p``: ``p`` itself, or their points."""
+        return self.points.of(p)
 
-    def _shared(self) -> list[tuple[Tensor, Tensor]]:
-        """(x_t, its points) of this optimizer's parameters whose workers share x_t; [] if none."""
-        points = getattr(self.comm, "points_of", None)
-        return [(p, points[id(p)]) for g in self.param_groups for p in g["params"] if id(p) in points] if points else []
+    def _params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
-        for _, q in self._shared():
+        for _, q in self.points.shared(self._params()):
             if q.grad is not None:
                 q.grad = None if set_to_none else q.grad.zero_()
 
     def gamma(self, group: dict) -> float:
         """γ_t: the group's fixed ``gamma``, or by default gamma_factor · η_t · b/B, the rate that
-        linear scaling gives the local batch b (η_t / ``lr_scale``), so it follows the warmup and
-        every decay of η_t. With ``gamma_warmup=False`` (the earlier rule) γ ignores the warmup: η_t
-        is replaced by the rate given at construction times the decays since, η_t over the highest
-        η seen. The noises' and SAM's magnitude (not a step: σ, a, α, ρ) defaults to the rate
-        given at construction, fixed."""
+        linear scaling gives the local batch b (η_t / ``lr_scale``), following η_t's warmup and
+        decays. ``gamma_warmup=False`` (the earlier rule) ignores the warmup: the rate given at
+        construction times the decays since. The noises' and SAM's magnitude (σ, a, α, ρ) is the
+        rate given at construction, fixed."""
         if group["gamma"] is not None:
             return group["gamma"]
         rate = group["lr"]
@@ -246,10 +122,9 @@ class _Extrapolation:
 
     @torch.no_grad()
     def perturb(self, closure: Callable[[], Tensor] | None = None):
-        """Move the parameters to this worker's x̃ = x_t − γ·d; ``step()`` brings x_t back. Where
-        the workers share x_t, write each worker's x̃ to its point instead (``point``); x_t stays.
-        ``extragradient`` and ``sam`` need ``closure``, a zero_grad, forward and backward on this
-        worker's batch at x_t; it forms d, and its loss is returned."""
+        """Move the workers to x̃ = x_t − γ·d (their points where they share x_t, which stays);
+        ``step()`` brings x_t back. ``extragradient`` and ``sam`` need ``closure`` (zero_grad,
+        forward, backward on this worker's batch at x_t) to form d; its loss is returned."""
         if self.kind.direction is None:
             return None
         if self._perturbed is not None:
@@ -260,11 +135,11 @@ class _Extrapolation:
             if closure is None:
                 raise ValueError(f"closure: perturbation={self.perturbation!r} needs a closure that "
                                  "computes this worker's gradient at x_t")
-            with torch.enable_grad(), local_backward(self.comm):  # d is this worker's own
+            with torch.enable_grad(), self.layout.local_backward():  # d is this worker's own
                 loss = closure()
-        shared = dict((id(p), q) for p, q in self._shared())
         groups = [(g, ps) for g in self.param_groups if (ps := [p for p in g["params"] if p.requires_grad and (
-            not self.kind.closure or shared.get(id(p), p).grad is not None)])]
+            not self.kind.closure or self.point(p).grad is not None)])]
+        shared = bool(self.points.shared(self._params()))
         self._perturbed = [] if shared else [p for _, ps in groups for p in ps]  # x_t to save
         if [t.shape for t in self._x_t] != [p.shape for p in self._perturbed]:
             self._x_t = [torch.empty_like(p) for p in self._perturbed]
@@ -272,134 +147,89 @@ class _Extrapolation:
             torch._foreach_copy_(self._x_t, self._perturbed)
         for (group, ps), ds in zip(groups, self.kind.direction(self, groups)):
             if gamma := self.gamma(group):
-                points = [shared.get(id(p), p) for p in ps]
+                points = [self.point(p) for p in ps]
                 if group.get("lars") and group.get("lars_lookahead") and self.kind.scheduled:
-                    ds = self._trust_lookahead(group, points, ds, gamma)
+                    ds = trust_lookahead(group, self.layout, points, ds, gamma)
                 torch._foreach_add_(points, ds, alpha=-gamma)
         if self.kind.closure:
             self.zero_grad(set_to_none=True)  # the caller's backward at x̃ starts clean
         return loss
 
-    def _trust_lookahead(self, group: dict, points: list[Tensor], ds: list[Tensor], gamma: float) -> list[Tensor]:
-        """``lars_lookahead``: each adapted tensor's look-ahead direction times LARC's trust ratio
-        at x_t with rate γ, so that ‖γ·d‖ ≤ τ‖x_t‖ per tensor and worker, as the update is bounded."""
-        layout, ds = self.layout, list(ds)
-        adapt = _adapted(layout, points)
-        scaled = [ds[i].expand_as(points[i]).clone() for i in adapt]  # d may be the kept local gradient itself
-        scale_per_worker_(layout, scaled, _trust_factors(group, layout, [points[i] for i in adapt], scaled, gamma))
-        for i, d in zip(adapt, scaled):
-            ds[i] = d
-        return ds
-
     @torch.no_grad()
     def restore(self) -> None:
-        """Put x_t back where ``perturb()`` moved the parameters to x̃, without an update: for a loop
-        that skips ``step()`` on its own. x_t and the kept local gradient stay as they were, so the
-        next ``perturb()`` goes to the same x̃ (for ``extrap``). A no-op when not perturbed."""
+        """Put x_t back where ``perturb()`` moved the parameters, without an update (a loop that
+        skips ``step()``): the next ``perturb()`` goes to the same x̃. A no-op when not perturbed."""
         if self._perturbed:
             torch._foreach_copy_(self._perturbed, self._x_t)
         self._perturbed = None
 
-    def _loss_scale(self) -> tuple[float | None, bool]:
-        """What ``torch.amp.GradScaler.step`` said of this step: (the loss scale ``.grad`` still
-        carries: 1 without a GradScaler, ``None`` where ``GradScaler.unscale_`` already freed it;
-        whether to skip the step). One host sync under a GradScaler."""
-        found_inf = self.__dict__.get("found_inf")
-        if found_inf is None:
-            return 1.0, False
-        grad_scale = self.__dict__.get("grad_scale")
-        self.grad_scale = self.found_inf = None  # torch's step must not unscale again; GradScaler deletes both
-        return (None if grad_scale is None else float(grad_scale)), bool(found_inf.item())
-
-    def _scaler_scale(self) -> float:
-        """The loss scale of the last backward, from ``grad_scaler``: what the kept local gradients
-        still carry after the loop's ``GradScaler.unscale_``."""
-        if self.grad_scaler is None:
-            raise RuntimeError("GradScaler.unscale_(optimizer) ran before step(): .grad is unscaled but the kept "
-                               "local gradient is not, and extrap does not know the loss scale; set "
-                               "optimizer.grad_scaler = scaler (or extrap.attach(model, optimizer, grad_scaler=scaler))")
-        return float(self.grad_scaler.get_scale())
-
-    def _raw_local(self, params: list[Tensor]) -> tuple[list[Tensor], bool]:
-        """Each parameter's local gradient, and whether it was kept as backward left it (before
-        the loop clipped or unscaled ``.grad``): the DDP hook's copy, one process's captured
-        gradient; or, under the suite's communicators (which average in step()), ``.grad``."""
-        kept = getattr(self.comm, "local_gradients", None)
-        if kept is not None:
-            return kept(params), True
-        if self.comm is None:
-            fresh, self._fresh = self._fresh, set()
-            return [self._captured[p] if p in fresh else p.grad for p in params], True
-        return [p.grad for p in params], False
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, *, average: bool = True):
-        """Restore x_t, keep the local gradient (g^k for ``extrap``, g^k − ḡ for ``stochastic``),
-        average through ``comm``, then torch's update. ``average=False`` steps on the local
-        gradient alone (post-local SGD's local phase).
-
-        Where the workers share x_t, their gradients are on the points: those become the local
-        gradients, their mean (``comm.average``) becomes x_t's ``.grad``, the update runs once on
-        x_t, and the points are set to x_{t+1}."""
+        """Restore x_t → keep g_t^k (``extrap``; g_t^k − g_t for ``stochastic``) → average → LARS →
+        torch's update. ``average=False`` steps on the local gradient alone (post-local SGD's local
+        phase). Where the workers share x_t their points' gradients are g_t^k, their mean becomes
+        x_t's ``.grad``, the update runs once on x_t, and the points are set to x_{t+1}."""
         with torch.enable_grad():
             loss = closure() if closure is not None else None
-        grad_scale, skip = self._loss_scale()
         if self.auto_perturb and self._perturbed is None and self.kind.direction is not None:
             raise RuntimeError("extrap.attach: no training-mode forward of the attached model ran since the last "
                                "step(), so the gradient was not taken at x̃; attach the module the forward runs through")
+        scale, skip = self._loss_scale()
         self.restore()
         if skip:  # GradScaler found inf/NaN: x_t and the kept local gradient stay as they were
             return loss
-        shared = self._shared()
-        at = dict((id(p), q) for p, q in shared)
-        params = [p for g in self.param_groups for p in g["params"] if at.get(id(p), p).grad is not None]
+        shared = self.points.shared(self._params())
+        at = {id(p): q for p, q in shared}
+        params = [p for p in self._params() if at.get(id(p), p).grad is not None]
         if self.comm is None and (self.kind.keeps_local_grad or self.kind.closure):
             refuse_without_comm(self.perturbation)
-        keep, layout, at_backward = self.kind.keeps_local_grad and params, self.layout, False
-        if points := [at[id(p)] for p in params] if shared else None:
-            if not average:
-                raise RuntimeError("step(average=False): the workers share one x_t; a local step needs "
-                                   "their own models (PostLocalSGD splits them at its switch)")
-            local = [q.grad for q in points]  # the workers' own gradients, kept as they are
-            for p, q, mean in zip(params, points, self.comm.average(local)):
-                p.grad, q.grad = mean, None
-            layout = LocalComm(0)  # the update sees x_t once
-        elif keep:  # put in the state after torch's step, which fills only empty state
+        if shared and not average:
+            raise RuntimeError("step(average=False): the workers share one x_t; a local step needs "
+                               "their own models (PostLocalSGD splits them at its switch)")
+        keep = self.kind.keeps_local_grad and bool(params)
+        grad_scale = local_scale = 1.0 if scale is None else scale  # what .grad and g_t^k carry
+        if shared:  # the workers' own gradients, as they are; their mean is x_t's
+            local = [at[id(p)].grad for p in params]
+            for p, mean in zip(params, self.comm.average(local)):
+                p.grad, at[id(p)].grad = mean, None
+        elif keep:  # into the state after torch's step, which fills only empty state
             local = [self.state[p].get("local_grad") for p in params]
             local = [torch.empty_like(p.grad) if t is None else t for t, p in zip(local, params)]
-            raw, at_backward = self._raw_local(params)
+            raw, at_backward = self._local_gradients(params)
             torch._foreach_copy_(local, raw)
+            local_scale = self._scaler_scale() if scale is None and at_backward else local_scale
         grads = [p.grad for p in params]
-        if grad_scale is None:  # the loop ran GradScaler.unscale_ on .grad
-            grad_scale, local_scale = 1.0, (self._scaler_scale() if keep and at_backward else 1.0)
-        else:
-            local_scale = grad_scale
         if grad_scale != 1.0 and grads:  # GradScaler left the unscaling to step()
             torch._foreach_mul_(grads, 1.0 / grad_scale)
         if keep and local_scale != 1.0:
             torch._foreach_mul_(local, 1.0 / local_scale)
-        if average and self.comm is not None and grads and not points:
-            self.comm.all_reduce_mean_(grads)
+        if average and self.comm is not None and grads and not shared:
+            average_(self.comm, grads)
         if self.perturbation == "stochastic" and keep:  # the deviation from the average; 0 locally
             if not average or self.comm is None:
                 torch._foreach_zero_(local)
-            elif not hasattr(self.comm, "local_gradients"):  # (the DDP hook keeps the deviation itself)
+            elif not self.comm.averages_in_backward:  # (the DDP hook keeps the deviation itself)
                 torch._foreach_sub_(local, grads)
-        lars = [(g, g["weight_decay"]) for g in self.param_groups if g.get("lars")]
-        for group, _ in lars:
-            _larc_(group, layout)  # folds weight decay into .grad, so torch's step must not add it
-            group["weight_decay"] = 0.0
-        try:  # torch's own step, without torch's hook wrapper: our step() runs the hooks once
-            base = type(self).base_step
-            (base.__wrapped__ if getattr(base, "hooked", False) else base)(self)
-        finally:
-            for group, wd in lars:
-                group["weight_decay"] = wd
+        self._lars_and_update(LocalComm(0) if shared else self.layout)  # the update sees x_t once
         if shared:  # every worker's point back at x_t (now x_{t+1}), gradient or not
             torch._foreach_copy_([q for _, q in shared], [p.expand_as(q) for p, q in shared])
         for p, t in zip(params, local) if keep else ():
             self.state[p]["local_grad"] = t
         return loss
+
+    def _lars_and_update(self, layout) -> None:
+        """LARS on ``.grad`` where asked (it folds in weight decay, so torch's step must not add it),
+        then torch's own step, without torch's hook wrapper: our step() runs the hooks once."""
+        lars = [(g, g["weight_decay"]) for g in self.param_groups if g.get("lars")]
+        for group, _ in lars:
+            larc_(group, layout)
+            group["weight_decay"] = 0.0
+        try:
+            base = type(self).base_step
+            (base.__wrapped__ if getattr(base, "hooked", False) else base)(self)
+        finally:
+            for group, wd in lars:
+                group["weight_decay"] = wd
 
 
 class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):

@@ -18,8 +18,8 @@ import os
 
 import torch
 
-from .comm import (Communicator, CountingComm, LocalComm, OneWorker, TorchDistComm, VirtualComm,
-                   local_backward, scale_per_worker_, total_worker_norms, worker_norms)
+from .comm import (CommBase, Communicator, CountingComm, LocalComm, OneWorker, Points, TorchDistComm, VirtualComm,
+                   average_, scale_per_worker_, total_worker_norms, worker_norms)
 from .ddp import DDPComm, register_ddp
 from .horovod import HorovodComm, HorovodEngine
 from .launch import DistInfo, init_distributed, under_launcher, world_info_from_env
@@ -29,8 +29,8 @@ from .virtual import VirtualEngine, VirtualWorkers, batched_by_default
 
 __all__ = [
     "ENGINES", "make_engine", "init_distributed", "world_info_from_env", "under_launcher",
-    "DistInfo", "Communicator", "OneWorker", "worker_norms", "total_worker_norms", "scale_per_worker_",
-    "local_backward", "LocalComm", "TorchDistComm", "DDPComm", "register_ddp", "VirtualComm", "CountingComm", "HorovodComm",
+    "DistInfo", "Communicator", "CommBase", "Points", "OneWorker", "average_", "worker_norms", "total_worker_norms",
+    "scale_per_worker_", "LocalComm", "TorchDistComm", "DDPComm", "register_ddp", "VirtualComm", "CountingComm", "HorovodComm",
     "SingleEngine", "ProcessEngine", "HorovodEngine", "VirtualEngine", "ModuleWorkers", "VirtualWorkers",
     "Execution", "PRECISIONS",
 ]

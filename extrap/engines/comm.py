@@ -1,19 +1,41 @@
 """Communicators: where the K workers' tensors are averaged, and how one worker's slice of a
 tensor is found. The optimizer and the training loop meet the engines only through the
-``Communicator`` contract below.
+``Communicator`` contract below, and, where K workers share one x_t, through a ``Points`` store.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import Protocol, runtime_checkable
+from typing import Callable, ContextManager, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Communicator", "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm", "OneWorker",
-           "worker_norms", "total_worker_norms", "scale_per_worker_", "local_backward"]
+__all__ = ["Communicator", "Points", "CommBase", "LocalComm", "TorchDistComm", "VirtualComm", "CountingComm",
+           "OneWorker", "average_", "worker_norms", "total_worker_norms", "scale_per_worker_"]
+
+
+class Points:
+    """Where the workers compute, when that is not at the parameters themselves: while K workers
+    in one process share one x_t, each parameter's K points x̃ are one ``[K, ...]`` tensor whose
+    ``.grad`` holds the K workers' own gradients. This base is the plain case, no such points
+    (the parameters are where their workers compute); ``VirtualWorkers`` keeps a store with them.
+    A communicator carries the store of the model prepared last; an optimizer takes it once."""
+
+    def of(self, p: Tensor) -> Tensor:
+        """The tensor ``p``'s workers compute at: ``p`` itself here."""
+        return p
+
+    def shared(self, params) -> list[tuple[Tensor, Tensor]]:
+        """(x_t, its ``[K, ...]`` points) for each of ``params`` whose workers share x_t; [] here."""
+        return []
+
+    def split(self, optimizer) -> None:
+        """Give each worker its own model from here on (post-local SGD's local phase); nothing here."""
+
+
+NO_POINTS = Points()
 
 
 @runtime_checkable
@@ -22,38 +44,65 @@ class Communicator(Protocol):
 
     - ``world_size``: K, all workers of the run; ``worker_ids``: the ids of those held here, in
       the order of ``per_worker``'s leading axis (noise streams are seeded by these ids).
-    - ``all_reduce_mean_(tensors, kind)``: replace each tensor by its mean over the K workers, in
-      place; called once per step for the gradients (``kind="gradients"``) and by post-local SGD
-      for the parameters (``kind="parameters"``).
+    - ``average(tensors, kind) -> list``: each tensor's mean over the K workers, in one worker's
+      shape (``per_worker(t)[0]``). It may average the tensors themselves in place and return
+      them (processes), or leave them and return new tensors (``[K, ...]`` tensors of virtual
+      workers); ``average_`` puts the means back in place either way. Called once per step for
+      the gradients (``kind="gradients"``) and by post-local SGD for the parameters.
     - ``per_worker(t)``: ``t`` viewed as ``[W, *one worker's shape]`` with W = len(worker_ids),
       sharing t's storage. Every per-worker reduction (LARS and SAM norms, filter norms, noise
       draws, gradient clipping) is taken over this view, so it is the same code whether a process
       holds one worker (a view ``[1, ...]``) or the virtual engine holds K (tensors ``[K, ...]``).
+    - ``points``: the ``Points`` store of the workers that share one x_t, or ``NO_POINTS``.
+    - ``averages_in_backward``: True where backward itself averages ``.grad`` (DDP's hook); such a
+      communicator keeps each worker's raw gradient aside, ``local_gradients(params)``.
+    - ``local_backward()``: a context in which backward keeps this worker's gradient local (DDP's
+      ``no_sync``); ``skip_averaging_when(predicate)``: no averaging in a backward where
+      ``predicate()`` holds (post-local SGD's local phase).
 
-    Where one process's K workers share one x_t (``VirtualComm`` while training is synchronous),
-    the communicator also has ``points_of``: {id of a parameter: its ``[K, ...]`` points}, the
-    tensors at which the workers compute (x̃) and whose ``.grad`` are their own gradients; and
-    ``average(tensors, kind) -> list``: the mean of ``[K, ...]`` tensors over the workers, which
-    the optimizer makes x_t's gradient. ``per_worker`` is then given only ``[K, ...]`` tensors.
-    A communicator that averages during backward (DDP's hook, ``DDPComm``) also has
-    ``no_sync()``: a context in which backward keeps gradients local (see ``local_backward``),
-    and ``local_gradients(params)``: each worker's local gradient, which it kept aside before
-    averaging ``.grad``.
+    ``CommBase`` supplies the defaults of the last three for a communicator that averages in
+    ``average`` only.
     """
 
     world_size: int
     worker_ids: tuple[int, ...]
+    points: Points
+    averages_in_backward: bool
 
-    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None: ...
+    def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]: ...
 
     def per_worker(self, t: Tensor) -> Tensor: ...
 
+    def local_gradients(self, params: list[Tensor]) -> list[Tensor]: ...
 
-def local_backward(comm: Communicator | None):
-    """A context in which backward keeps this worker's gradient local: ``comm.no_sync()`` where
-    the communicator averages during backward, else nothing to do."""
-    no_sync = getattr(comm, "no_sync", None)
-    return no_sync() if no_sync is not None else contextlib.nullcontext()
+    def local_backward(self) -> ContextManager: ...
+
+    def skip_averaging_when(self, predicate: Callable[[], bool]) -> None: ...
+
+
+class CommBase:
+    """The defaults of a communicator that averages only when ``average`` is called."""
+
+    world_size: int
+    worker_ids: tuple[int, ...]
+    points: Points = NO_POINTS
+    averages_in_backward = False
+
+    def local_gradients(self, params: list[Tensor]) -> list[Tensor]:
+        raise RuntimeError(f"{type(self).__name__} keeps no local gradients: .grad is each worker's own until step()")
+
+    def local_backward(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def skip_averaging_when(self, predicate: Callable[[], bool]) -> None:
+        return None  # averaging happens in step(), which post-local SGD calls with average=False
+
+
+def average_(comm: Communicator, tensors: list[Tensor], kind: str = "gradients") -> None:
+    """Replace each tensor by its mean over the K workers, in place."""
+    moved = [(t, m) for t, m in zip(tensors, comm.average(tensors, kind)) if m is not t]
+    if moved:
+        torch._foreach_copy_([t for t, _ in moved], [m.expand_as(t) for t, m in moved])
 
 
 def worker_norms(comm: Communicator, tensors: list[Tensor]) -> Tensor:
@@ -79,11 +128,8 @@ def scale_per_worker_(comm: Communicator, tensors: list[Tensor], factors: Tensor
     torch._foreach_mul_(views, [r.reshape(-1, *[1] * (v.dim() - 1)) for r, v in zip(rows, views)])
 
 
-class OneWorker:
+class OneWorker(CommBase):
     """A process that holds one worker: its tensors are that worker's."""
-
-    world_size: int
-    worker_ids: tuple[int, ...]
 
     def per_worker(self, t: Tensor) -> Tensor:
         return t.unsqueeze(0)
@@ -100,8 +146,8 @@ class LocalComm(OneWorker):
         self.world_size = 1
         self.worker_ids = (worker_id,)
 
-    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
-        return None
+    def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]:
+        return list(tensors)
 
 
 def _flat_buckets(tensors: list[Tensor], bucket_bytes: int | None) -> list[list[Tensor]]:
@@ -122,7 +168,7 @@ def _flat_buckets(tensors: list[Tensor], bucket_bytes: int | None) -> list[list[
 
 class TorchDistComm(OneWorker):
     """Processes: one torch.distributed all-reduce per bucket of a flattened copy (one bucket,
-    so one call per step, unless ``bucket_mb`` is set). Gloo on CPU, NCCL on GPU."""
+    so one call per step, unless ``bucket_mb`` is set), averaged in place. Gloo on CPU, NCCL on GPU."""
 
     def __init__(self, group=None, bucket_mb: float | None = None):
         import torch.distributed as dist
@@ -136,14 +182,14 @@ class TorchDistComm(OneWorker):
         self.worker_ids = (dist.get_rank(group),)
         self.bucket_bytes = None if bucket_mb is None else int(bucket_mb * 2**20)
 
-    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
-        if self.world_size == 1:
-            return
-        for bucket in _flat_buckets(tensors, self.bucket_bytes):
-            flat = torch.cat([t.reshape(-1) for t in bucket])
-            self._dist.all_reduce(flat, group=self.group)  # SUM: Gloo has no AVG
-            flat.div_(self.world_size)
-            torch._foreach_copy_(bucket, [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in bucket]), bucket)])
+    def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]:
+        if self.world_size > 1:
+            for bucket in _flat_buckets(tensors, self.bucket_bytes):
+                flat = torch.cat([t.reshape(-1) for t in bucket])
+                self._dist.all_reduce(flat, group=self.group)  # SUM: Gloo has no AVG
+                flat.div_(self.world_size)
+                torch._foreach_copy_(bucket, [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in bucket]), bucket)])
+        return list(tensors)
 
     def all_reduce_mean_scalars(self, values: Tensor) -> Tensor:
         """Mean of a small metrics tensor across ranks (not gradient traffic)."""
@@ -154,47 +200,35 @@ class TorchDistComm(OneWorker):
         return out
 
 
-class VirtualComm:
+class VirtualComm(CommBase):
     """K virtual workers in one process: every per-worker tensor carries the worker axis,
-    [K, ...], and is averaged over it.
-
-    ``points_of`` (set by ``VirtualWorkers``): while training is synchronous the workers share
-    one x_t, and each parameter's K points are a ``[K, ...]`` tensor; ``None`` when the
-    parameters are themselves ``[K, ...]`` (each worker its own model)."""
+    [K, ...], and is averaged over it. ``points`` is set by ``VirtualWorkers``: the store of the
+    model prepared last, whose K workers share one x_t while training is synchronous."""
 
     def __init__(self, num_workers: int):
         if num_workers < 1:
             raise ValueError(f"num_workers: expected >= 1, got {num_workers}")
         self.world_size = num_workers
         self.worker_ids = tuple(range(num_workers))
-        self.points_of: dict[int, Tensor] | None = None
-        self.split = None  # set with points_of: gives every worker its own model (post-local SGD)
+        self.points = NO_POINTS
 
     def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]:
-        """The mean over the worker axis of each [K, ...] tensor."""
+        """The mean over the worker axis of each [K, ...] tensor (new tensors; the inputs stay)."""
         return [t.mean(0) for t in tensors]
-
-    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
-        if self.world_size == 1 or not tensors:
-            return
-        k = self.world_size
-        for bucket in _flat_buckets(tensors, None):
-            mean = torch.cat([t.reshape(k, -1) for t in bucket], dim=1).mean(0)
-            parts = mean.split([t[0].numel() for t in bucket])
-            torch._foreach_copy_(bucket, [c.view(1, *t.shape[1:]).expand_as(t) for c, t in zip(parts, bucket)])
 
     def per_worker(self, t: Tensor) -> Tensor:
         return t
 
 
 class CountingComm:
-    """Wraps a communicator and counts its calls and the values it moves, per ``kind``.
+    """Wraps a communicator and counts its ``average`` calls and the values they move, per
+    ``kind``.
 
     ``calls["gradients"]`` and ``values["gradients"]`` after n steps are what the tests (one
     all-reduce of the parameters' size per step) and the benchmarks compare against DDP.
     """
 
-    def __init__(self, inner):
+    def __init__(self, inner: Communicator):
         self.inner = inner
         self.calls: Counter = Counter()
         self.values: Counter = Counter()
@@ -202,20 +236,24 @@ class CountingComm:
 
     world_size = property(lambda self: self.inner.world_size)
     worker_ids = property(lambda self: self.inner.worker_ids)
+    points = property(lambda self: self.inner.points)
+    averages_in_backward = property(lambda self: self.inner.averages_in_backward)
 
-    def _count(self, tensors: list[Tensor], kind: str) -> None:
+    def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]:
         numel = [self.inner.per_worker(t)[0].numel() for t in tensors]  # one worker's values
         self.calls[kind] += 1
         self.values[kind] += sum(numel)
         self.bytes[kind] += sum(n * t.element_size() for n, t in zip(numel, tensors))
-
-    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
-        self._count(tensors, kind)
-        self.inner.all_reduce_mean_(tensors, kind)
-
-    def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]:
-        self._count(tensors, kind)
         return self.inner.average(tensors, kind)
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    def per_worker(self, t: Tensor) -> Tensor:
+        return self.inner.per_worker(t)
+
+    def local_gradients(self, params: list[Tensor]) -> list[Tensor]:
+        return self.inner.local_gradients(params)
+
+    def local_backward(self) -> ContextManager:
+        return self.inner.local_backward()
+
+    def skip_averaging_when(self, predicate: Callable[[], bool]) -> None:
+        self.inner.skip_averaging_when(predicate)

@@ -19,7 +19,7 @@ from torch.autograd import Variable
 
 from .comm import TorchDistComm
 
-__all__ = ["DDPComm", "register_ddp", "refuse_without_comm", "ddp_buffer_kwargs", "ddp_keeping_buffers"]
+__all__ = ["DDPComm", "register_ddp", "ddp_buffer_kwargs", "ddp_keeping_buffers"]
 
 KEEPS = (None, "gradient", "deviation")  # what the hook keeps of each rank's bucket
 
@@ -32,6 +32,8 @@ class DDPComm(TorchDistComm):
     perturbation), or nothing (``None``). Parameters (post-local SGD's model averaging): a
     flattened all-reduce, as ``TorchDistComm``.
     """
+
+    averages_in_backward = True
 
     def __init__(self, ddp_model: nn.Module, keep: str | None = "gradient"):
         if keep not in KEEPS:
@@ -100,22 +102,23 @@ class DDPComm(TorchDistComm):
                                "the optimizer its parameters only")
         return [self._local[id(p)] for p in params]
 
-    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
+    def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]:
         """Gradients: nothing to do, DDP averaged them during backward; checks that it did."""
         if kind != "gradients":
-            return super().all_reduce_mean_(tensors, kind)
+            return super().average(tensors, kind)
         if not tensors:
-            return
+            return []
         if not self._averaged and self.world_size > 1:
             raise RuntimeError("extrap.register_ddp: no gradients were averaged since the last step; "
                                "run backward through the DDP model (not its .module) before step()")
         self._averaged = False
+        return list(tensors)
 
     def skip_averaging_when(self, predicate) -> None:
         """No all-reduce in a backward where ``predicate()`` holds (post-local SGD's local phase)."""
         self.local_phase = predicate
 
-    def no_sync(self):
+    def local_backward(self):
         """A backward that keeps its gradient local (the closure of ``extragradient`` and ``sam``)."""
         return self.model.no_sync()
 
@@ -187,17 +190,3 @@ def register_ddp(ddp_model: nn.Module, optimizer) -> DDPComm:
     ddp_model.register_comm_hook(None, comm.hook)
     optimizer.comm = comm
     return comm
-
-
-def refuse_without_comm(perturbation: str) -> None:
-    """Refuse to run a perturbation that needs each worker's own gradient in a process group of
-    several ranks without a communicator: .grad may be an average already (DDP), and then every
-    worker would extrapolate to the same point."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        raise RuntimeError(
-            f"perturbation={perturbation!r} needs each rank's local gradient, but this optimizer has no "
-            f"communicator in a process group of {dist.get_world_size()} ranks, so it cannot tell a local "
-            "gradient from one DistributedDataParallel has averaged. Under DDP call "
-            "extrap.register_ddp(ddp_model, optimizer) once after building both; without DDP pass "
-            "comm=extrap.engines.TorchDistComm() to average the gradients in step().")

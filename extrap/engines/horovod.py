@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .comm import OneWorker
 from .single import Execution, ModuleWorkers, SingleEngine
 
-__all__ = ["HorovodComm", "HorovodEngine", "import_horovod", "refuse_horovod_wrapper"]
+__all__ = ["HorovodComm", "HorovodEngine", "import_horovod"]
 
 
 def import_horovod():
@@ -23,16 +23,6 @@ def import_horovod():
     except ImportError as e:
         raise RuntimeError(f"the horovod engine needs Horovod: run `make install-horovod` ({e})") from None
     return hvd
-
-
-def refuse_horovod_wrapper(cls: type) -> None:
-    """Refuse ``hvd.DistributedOptimizer`` around an extrap optimizer (it subclasses the
-    optimizer's class): it averages gradients during backward, so every worker would keep the
-    average as its local gradient."""
-    if hasattr(cls, "_allreduce_grad_async"):  # horovod.torch.DistributedOptimizer's class
-        raise TypeError("hvd.DistributedOptimizer averages gradients during backward, so every worker "
-                        "would keep the average as its local gradient; do not wrap an extrap optimizer "
-                        "in it: give the optimizer comm=extrap.engines.HorovodComm() (the horovod engine)")
 
 
 class HorovodComm(OneWorker):
@@ -46,10 +36,10 @@ class HorovodComm(OneWorker):
         self.world_size = self._hvd.size()
         self.worker_ids = (self._hvd.rank(),)
 
-    def all_reduce_mean_(self, tensors: list[Tensor], kind: str = "gradients") -> None:
-        if self.world_size == 1 or not tensors:
-            return
-        self._hvd.grouped_allreduce_(tensors, op=self._hvd.Average, name=f"extrap.{kind}")
+    def average(self, tensors: list[Tensor], kind: str = "gradients") -> list[Tensor]:
+        if self.world_size > 1 and tensors:
+            self._hvd.grouped_allreduce_(tensors, op=self._hvd.Average, name=f"extrap.{kind}")
+        return list(tensors)
 
     def all_reduce_mean_scalars(self, values: Tensor) -> Tensor:
         """Mean of a small metrics tensor across ranks (not gradient traffic)."""

@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
-from .comm import VirtualComm
+from .comm import Points, VirtualComm
 from .single import Execution, SingleEngine, split_aux, to_channels_last
 
-__all__ = ["VirtualWorkers", "VirtualEngine", "stack_trees", "batched_by_default"]
+__all__ = ["VirtualWorkers", "VirtualEngine", "SharedPoints", "stack_trees", "batched_by_default"]
 
 SPLIT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # per model once split
 
@@ -42,6 +42,23 @@ def stack_trees(trees: list):
 def batched_by_default(device: torch.device) -> bool:
     """vmap on accelerators; the per-worker loop on a CPU, where it measures faster."""
     return torch.device(device).type != "cpu"
+
+
+class SharedPoints(Points):
+    """The points of K virtual workers that share one x_t: each parameter's ``[K, ...]`` tensor,
+    until ``split`` gives every worker its own model (then the parameters are where they compute)."""
+
+    def __init__(self, workers: "VirtualWorkers", points: dict[int, Tensor]):
+        self._workers, self._points = workers, points
+
+    def of(self, p: Tensor) -> Tensor:
+        return self._points.get(id(p), p) if self._workers.shared else p
+
+    def shared(self, params) -> list[tuple[Tensor, Tensor]]:
+        return [(p, self._points[id(p)]) for p in params if id(p) in self._points] if self._workers.shared else []
+
+    def split(self, optimizer) -> None:
+        self._workers.split(optimizer)
 
 
 class VirtualWorkers:
@@ -65,8 +82,7 @@ class VirtualWorkers:
         self._points = {n: self._stacked(p).requires_grad_(p.requires_grad) for n, p in self.params.items()}
         self.buffers = {n: self._stacked(b) for n, b in model.named_buffers()}
         # the comm holds the points of the model prepared last (a run after another on one engine)
-        self.comm.points_of = self._registered = {id(p): self._points[n] for n, p in self.params.items()}
-        self.comm.split = self.split
+        self.comm.points = self.store = SharedPoints(self, {id(p): self._points[n] for n, p in self.params.items()})
         self._eval = None
         self._losses: dict = {}  # loss_fn -> the workers' loss function (vmapped, compiled)
 
@@ -104,7 +120,6 @@ class VirtualWorkers:
             p.data = self._stacked(p)
             p.grad = self._points[n].grad  # gradients taken at the points (= x_t) stay this step's
         self._points = None
-        self.comm.points_of = None
 
     def train(self, mode: bool = True) -> "VirtualWorkers":
         self.template.train(mode)
@@ -119,7 +134,7 @@ class VirtualWorkers:
         of tensors with a leading worker axis) at its point, summed and backpropagated: worker
         k's slice of every point's ``.grad`` is the gradient of its own loss. Returns the K
         losses, or ``(losses, aux)`` with one aux per worker when ``loss_fn`` returns ``(loss, aux)``."""
-        if self.shared and self.comm.points_of is not self._registered:
+        if self.shared and self.comm.points is not self.store:
             raise RuntimeError("these workers' engine has prepared another model since: one engine "
                                "trains one model at a time")
         inputs, points = self.execution.layout(inputs, image_dims=5), self.points()
