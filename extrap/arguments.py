@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .engines.comm import Communicator
 
-__all__ = ["require", "check_optimizer_arguments"]
+__all__ = ["require", "check_optimizer_arguments", "sgd_kernel"]
 
 
 def require(checks: dict[str, tuple[object, bool, str]]) -> None:
@@ -34,3 +34,14 @@ def check_optimizer_arguments(**args) -> None:
     """Check ``ExtrapolatedSGD``/``ExtrapolatedAdam``'s numeric and typed arguments by name."""
     require({name: (value, _OPTIMIZER_RULES[name][0](value), _OPTIMIZER_RULES[name][1])
              for name, value in args.items()})
+
+
+def sgd_kernel(params: list, comm: Communicator, foreach: bool | None, fused: bool | None) -> tuple:
+    """``(foreach, fused)`` for torch's SGD: as given, or by default torch's one-pass kernel where it
+    has one, but not where a process holds K workers (their models may be [K, ...] tensors): its
+    vector body and scalar tail round differently, and would drift equal workers apart."""
+    if fused is not None or foreach is not None:
+        return foreach, fused
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    fused = len(comm.worker_ids) == 1 and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
+    return (None, True) if fused else (True, None)

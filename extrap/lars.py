@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .engines.comm import Communicator, scale_per_worker_, worker_norms
 
-__all__ = ["trust_factors", "adapted", "larc_", "trust_lookahead"]
+__all__ = ["trust_factors", "adapted", "larc_", "trust_lookahead", "lars_update"]
 
 
 def trust_factors(group: dict, layout: Communicator, xs: list[Tensor], ds: list[Tensor], rate: float) -> Tensor:
@@ -45,3 +45,19 @@ def trust_lookahead(group: dict, layout: Communicator, points: list[Tensor], ds:
     for i, d in zip(adapt, scaled):
         ds[i] = d
     return ds
+
+
+def lars_update(optimizer, layout: Communicator) -> None:
+    """LARS on ``.grad`` of the groups that ask for it (folding in weight decay, so the base step
+    must not add it), then the optimizer's torch step, without torch's hook wrapper (the extrap
+    ``step()`` runs the hooks once)."""
+    lars = [(g, g["weight_decay"]) for g in optimizer.param_groups if g.get("lars")]
+    for group, _ in lars:
+        larc_(group, layout)
+        group["weight_decay"] = 0.0
+    try:
+        base = type(optimizer).base_step
+        (base.__wrapped__ if getattr(base, "hooked", False) else base)(optimizer)
+    finally:
+        for group, wd in lars:
+            group["weight_decay"] = wd

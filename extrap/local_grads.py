@@ -71,3 +71,14 @@ class LocalGradients:
             fresh, self._fresh = self._fresh, set()
             return [self._captured[p] if p in fresh else p.grad for p in params], True
         return [p.grad for p in params], False
+
+    def _keep_local(self, params: list[Tensor], scale: float | None) -> tuple[list[Tensor], float]:
+        """g_t^k of each parameter, copied into its state's buffer (put in the state after torch's
+        step, which fills only empty state), and the loss scale it still carries."""
+        local = [self.state[p].get("local_grad") for p in params]
+        local = [torch.empty_like(p.grad) if t is None else t for t, p in zip(local, params)]
+        raw, at_backward = self._local_gradients(params)
+        torch._foreach_copy_(local, raw)
+        if scale is None:  # the loop ran GradScaler.unscale_ on .grad
+            return local, self._scaler_scale() if at_backward else 1.0
+        return local, scale

@@ -1,21 +1,16 @@
-"""Extrapolated SGD and Adam (Lin, Kong, Stich, Jaggi, ICML 2020) as a thin layer on
-``torch.optim.SGD`` and ``torch.optim.Adam``.
-
-The paper's Algorithm 1, for worker k at step t, and where each line lives::
+"""Extrapolated SGD and Adam (Lin, Kong, Stich, Jaggi, ICML 2020) on ``torch.optim.SGD`` and
+``torch.optim.Adam``. The paper's Algorithm 1, for worker k at step t, and where each line lives::
 
     x̃_t^k   = x_t − γ_t g_{t-1}^k          perturb(): save x_t, move by γ·d (d: ``extrap.perturbations``)
     g_t^k   = ∇f(x̃_t^k; ξ_t^k)             the caller's forward and backward, at x̃
-    x_t restored; g_t^k kept               step(): the copy back, then ``local_grad`` in the state
-    g_t     = mean_k g_t^k                  step(): ``comm.average``, once per step (DDP's own in backward)
-    x_{t+1} = SGD-Nesterov(x_t, g_t)        step(): LARS (``extrap.lars``) on ``.grad``, then torch's step
+    x_t restored; g_t^k kept               step(), with ``extrap.local_grads`` inside a user's loop
+    g_t     = mean_k g_t^k                  step(): ``comm.average`` (or DDP's own, in backward)
+    x_{t+1} = SGD-Nesterov(x_t, g_t)        step(): ``extrap.lars`` on ``.grad``, then torch's step
 
-With d ≡ 0 each optimizer is exactly its base. Adam (Algorithm 3) swaps the last line for torch's
-Adam and passes d through Adam's preconditioner. Where the workers are and how gradients are
-averaged is the communicator's business (``extrap.engines.comm``); where K workers share one x_t,
-x̃ is written to their ``Points`` instead of the parameters. Inside a user's loop the update uses
-the gradient the loop hands to ``step()`` (clipped, unscaled), while g_t^k is kept as backward left
-it and freed of the loss scale; a step GradScaler skips keeps x_t and g_{t-1}^k. The choices the
-paper leaves open are in ``docs/method.md``.
+With d ≡ 0 each is exactly its base optimizer; Adam (Algorithm 3) passes d through Adam's
+preconditioner. Workers and averaging are the communicator's business (``extrap.engines.comm``);
+where K workers share one x_t, x̃ is written to their ``Points``. ``docs/method.md`` explains the
+choices the paper leaves open.
 """
 
 from __future__ import annotations
@@ -25,9 +20,9 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .arguments import check_optimizer_arguments, require
+from .arguments import check_optimizer_arguments, require, sgd_kernel
 from .engines.comm import NO_POINTS, LocalComm, average_
-from .lars import larc_, trust_lookahead
+from .lars import lars_update, trust_lookahead
 from .local_grads import LocalGradients
 from .perturbations import DIRECTIONS, PERTURBATIONS, REGISTRY, Perturbation
 
@@ -35,16 +30,14 @@ __all__ = ["Perturbation", "PERTURBATIONS", "REGISTRY", "DIRECTIONS", "Extrapola
 
 
 def refuse_without_comm(perturbation: str) -> None:
-    """A perturbation that needs each worker's own gradient, in a process group of several ranks
-    without a communicator: .grad may be DDP's average already, and every worker would extrapolate alike."""
+    """No communicator among several ranks: .grad may be DDP's average, and all would extrapolate alike."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        raise RuntimeError(
-            f"perturbation={perturbation!r} needs each rank's local gradient, but this optimizer has no "
-            f"communicator in a process group of {dist.get_world_size()} ranks, so it cannot tell a local "
-            "gradient from one DistributedDataParallel has averaged. Under DDP call "
-            "extrap.register_ddp(ddp_model, optimizer) once after building both; without DDP pass "
-            "comm=extrap.engines.TorchDistComm() to average the gradients in step().")
+        raise RuntimeError(f"perturbation={perturbation!r} needs each rank's local gradient, but this optimizer has "
+                           f"no communicator in a process group of {dist.get_world_size()} ranks, so it cannot tell a "
+                           "local gradient from one DistributedDataParallel has averaged. Under DDP call "
+                           "extrap.register_ddp(ddp_model, optimizer) once after building both; without DDP pass "
+                           "comm=extrap.engines.TorchDistComm() to average the gradients in step().")
 
 
 class _Extrapolation(LocalGradients):
@@ -53,9 +46,8 @@ class _Extrapolation(LocalGradients):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if hasattr(cls, "_allreduce_grad_async"):  # horovod.torch.DistributedOptimizer's class around ours
-            raise TypeError("hvd.DistributedOptimizer averages gradients during backward, so every worker "
-                            "would keep the average as its local gradient; do not wrap an extrap optimizer "
-                            "in it: give the optimizer comm=extrap.engines.HorovodComm() (the horovod engine)")
+            raise TypeError("hvd.DistributedOptimizer averages gradients during backward, so every worker would "
+                            "keep the average as its local gradient; give the optimizer comm=extrap.engines.HorovodComm()")
 
     def __init__(self, params, perturbation, direction, comm, seed, group_keys, **torch_args):
         require({"perturbation": (perturbation, perturbation in PERTURBATIONS, "one of " + ", ".join(PERTURBATIONS)),
@@ -65,13 +57,10 @@ class _Extrapolation(LocalGradients):
         self.perturbation, self.kind = perturbation, REGISTRY[perturbation]
         self.direction, self.comm, self.seed, self._group_keys = direction, comm, seed, group_keys
         self.points = NO_POINTS if comm is None else comm.points  # the engine's store, taken once
-        self._x_t: list[Tensor] = []  # scratch, not state: x_t while the parameters are at x̃
-        self._perturbed: list[Tensor] | None = None  # the parameters perturb() moved
+        self._x_t, self._perturbed = [], None  # scratch, not state: x_t while the parameters it saves are at x̃
         self.auto_perturb = False  # extrap.attach: perturb() runs on the first training forward after a step
         super().__init__(params, **torch_args)
-        # GradScaler then calls step() even for a step it skips, saying so (found_inf) with the loss
-        # scale (grad_scale) while .grad is still scaled: step() keeps x_t and g^k on a skip
-        self._step_supports_amp_scaling = True
+        self._step_supports_amp_scaling = True  # GradScaler leaves skipping and unscaling to step()
 
     def add_param_group(self, param_group: dict) -> None:
         param_group.update({**self._group_keys, "peak_lr": 0.0, **param_group})  # keys torch does not know
@@ -84,25 +73,19 @@ class _Extrapolation(LocalGradients):
     perturbed = property(lambda self: self._perturbed is not None,
                          doc="True from perturb() to step() or restore(): the parameters are at x̃.")
 
-    def point(self, p: Tensor) -> Tensor:
-        """Where this process's workers compute for parameter ``p``: ``p`` itself, or their points."""
-        return self.points.of(p)
+    point = property(lambda self: self.points.of, doc="p -> where its workers compute: p, or their points.")
 
     def _params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
-        for _, q in self.points.shared(self._params()):
-            if q.grad is not None:
-                q.grad = None if set_to_none else q.grad.zero_()
+        self.points.zero_grad(self._params(), set_to_none)
 
     def gamma(self, group: dict) -> float:
-        """γ_t: the group's fixed ``gamma``, or by default gamma_factor · η_t · b/B, the rate that
-        linear scaling gives the local batch b (η_t / ``lr_scale``), following η_t's warmup and
-        decays. ``gamma_warmup=False`` (the earlier rule) ignores the warmup: the rate given at
-        construction times the decays since. The noises' and SAM's magnitude (σ, a, α, ρ) is the
-        rate given at construction, fixed."""
+        """γ_t: the group's fixed ``gamma``, or gamma_factor · η_t · b/B (η_t / ``lr_scale``: the local
+        batch's rate), following η_t's warmup and decays; ``gamma_warmup=False``: the given rate times
+        the decays since. The noises' and SAM's magnitude (σ, a, α, ρ) is the given rate, fixed."""
         if group["gamma"] is not None:
             return group["gamma"]
         rate = group["lr"]
@@ -112,10 +95,6 @@ class _Extrapolation(LocalGradients):
             group["peak_lr"] = max(group["peak_lr"], group["lr"])
             rate = group["initial_rate"] * group["lr"] / group["peak_lr"] if group["peak_lr"] > 0 else 0.0
         return group["gamma_factor"] * rate / group["lr_scale"]
-
-    def gammas(self) -> list[float]:
-        """γ_t of every parameter group, for the step about to be taken at the groups' ``lr``."""
-        return [self.gamma(g) for g in self.param_groups]
 
     def precondition(self, group: dict, params: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
         return directions  # ExtrapolatedAdam's passes d through Adam's preconditioner
@@ -142,7 +121,7 @@ class _Extrapolation(LocalGradients):
         shared = bool(self.points.shared(self._params()))
         self._perturbed = [] if shared else [p for _, ps in groups for p in ps]  # x_t to save
         if [t.shape for t in self._x_t] != [p.shape for p in self._perturbed]:
-            self._x_t = [torch.empty_like(p) for p in self._perturbed]
+            self._x_t = [torch.empty_like(p) for p in self._perturbed]  # reused from step to step
         if self._perturbed:
             torch._foreach_copy_(self._x_t, self._perturbed)
         for (group, ps), ds in zip(groups, self.kind.direction(self, groups)):
@@ -157,8 +136,7 @@ class _Extrapolation(LocalGradients):
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Put x_t back where ``perturb()`` moved the parameters, without an update (a loop that
-        skips ``step()``): the next ``perturb()`` goes to the same x̃. A no-op when not perturbed."""
+        """x_t back without an update (a loop that skips ``step()``); the next x̃ is the same one."""
         if self._perturbed:
             torch._foreach_copy_(self._perturbed, self._x_t)
         self._perturbed = None
@@ -184,20 +162,15 @@ class _Extrapolation(LocalGradients):
         if self.comm is None and (self.kind.keeps_local_grad or self.kind.closure):
             refuse_without_comm(self.perturbation)
         if shared and not average:
-            raise RuntimeError("step(average=False): the workers share one x_t; a local step needs "
-                               "their own models (PostLocalSGD splits them at its switch)")
+            raise RuntimeError("step(average=False): the workers share one x_t; a local step needs their own models")
         keep = self.kind.keeps_local_grad and bool(params)
         grad_scale = local_scale = 1.0 if scale is None else scale  # what .grad and g_t^k carry
         if shared:  # the workers' own gradients, as they are; their mean is x_t's
             local = [at[id(p)].grad for p in params]
             for p, mean in zip(params, self.comm.average(local)):
                 p.grad, at[id(p)].grad = mean, None
-        elif keep:  # into the state after torch's step, which fills only empty state
-            local = [self.state[p].get("local_grad") for p in params]
-            local = [torch.empty_like(p.grad) if t is None else t for t, p in zip(local, params)]
-            raw, at_backward = self._local_gradients(params)
-            torch._foreach_copy_(local, raw)
-            local_scale = self._scaler_scale() if scale is None and at_backward else local_scale
+        elif keep:
+            local, local_scale = self._keep_local(params, scale)
         grads = [p.grad for p in params]
         if grad_scale != 1.0 and grads:  # GradScaler left the unscaling to step()
             torch._foreach_mul_(grads, 1.0 / grad_scale)
@@ -210,26 +183,12 @@ class _Extrapolation(LocalGradients):
                 torch._foreach_zero_(local)
             elif not self.comm.averages_in_backward:  # (the DDP hook keeps the deviation itself)
                 torch._foreach_sub_(local, grads)
-        self._lars_and_update(LocalComm(0) if shared else self.layout)  # the update sees x_t once
+        lars_update(self, LocalComm(0) if shared else self.layout)  # the update sees x_t once
         if shared:  # every worker's point back at x_t (now x_{t+1}), gradient or not
             torch._foreach_copy_([q for _, q in shared], [p.expand_as(q) for p, q in shared])
         for p, t in zip(params, local) if keep else ():
             self.state[p]["local_grad"] = t
         return loss
-
-    def _lars_and_update(self, layout) -> None:
-        """LARS on ``.grad`` where asked (it folds in weight decay, so torch's step must not add it),
-        then torch's own step, without torch's hook wrapper: our step() runs the hooks once."""
-        lars = [(g, g["weight_decay"]) for g in self.param_groups if g.get("lars")]
-        for group, _ in lars:
-            larc_(group, layout)
-            group["weight_decay"] = 0.0
-        try:
-            base = type(self).base_step
-            (base.__wrapped__ if getattr(base, "hooked", False) else base)(self)
-        finally:
-            for group, wd in lars:
-                group["weight_decay"] = wd
 
 
 class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
@@ -240,10 +199,8 @@ class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
     γ_t = ``gamma_factor`` · η_t · b/B, following η_t's warmup and decays (``gamma()``;
     ``gamma_warmup=False``: held at the given rate through a warmup, the earlier rule).
     ``lars``/``trust``: apex's LARC; ``lars_lookahead``: the look-ahead takes LARC's trust ratio
-    too (each tensor's ‖γ·d‖ ≤ τ‖x‖). ``comm``: a communicator from
-    ``extrap.engines`` (``None``: ``.grad`` as it is). ``direction``: d = g_{t-1}^k or
-    g_{t-1}^k + β m_{t-1}. ``seed``: the noise streams'. ``foreach``/``fused`` go to torch.
-    """
+    too (‖γ·d‖ ≤ τ‖x‖ per tensor). ``comm``: a communicator (``extrap.engines``; ``None``: ``.grad``
+    as it is). ``direction``: d = g_{t-1}^k or g_{t-1}^k + β m_{t-1}. ``seed``: the noises'."""
 
     base_step = torch.optim.SGD.step
 
@@ -257,25 +214,18 @@ class ExtrapolatedSGD(_Extrapolation, torch.optim.SGD):
         if nesterov and momentum == 0:
             raise ValueError("nesterov: expected False when momentum is 0, got True")
         params = list(params)
-        if fused is None and foreach is None:  # torch's one-pass kernel where it has one, but not
-            # where a process holds K workers (their models may be [K, ...] tensors): its vector
-            # body and scalar tail round differently, and would drift apart equal workers
-            tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
-            fused = len((comm or LocalComm(0)).worker_ids) == 1 and all(
-                t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
-            foreach = None if fused else True
+        foreach, fused = sgd_kernel(params, comm or LocalComm(0), foreach, fused)
         super().__init__(params, perturbation, direction, comm, seed,
                          dict(gamma=gamma, gamma_factor=gamma_factor, lr_scale=lr_scale, gamma_warmup=bool(gamma_warmup),
                               lars=bool(lars), trust=float(trust), lars_lookahead=bool(lars_lookahead)),
                          lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                         foreach=foreach, fused=fused or None)
+                         foreach=foreach, fused=fused)
 
 
 class ExtrapolatedAdam(_Extrapolation, torch.optim.Adam):
-    r"""``torch.optim.Adam`` with each worker extrapolating through Adam's preconditioner (the
-    paper's Algorithm 3): x̃ = x_t − γ g_{t-1}^k / (√v̂_t + ε). ``precondition=False`` extrapolates
-    along the raw γ g_{t-1}^k. With γ = 0 (or ``perturbation="none"``) this is ``torch.optim.Adam``.
-    Other arguments as ``ExtrapolatedSGD``."""
+    r"""``torch.optim.Adam`` extrapolating through Adam's preconditioner (the paper's Algorithm 3):
+    x̃ = x_t − γ g_{t-1}^k / (√v̂_t + ε); ``precondition=False``: along the raw γ g_{t-1}^k. With γ = 0
+    it is ``torch.optim.Adam``. Other arguments as ``ExtrapolatedSGD``."""
 
     base_step = torch.optim.Adam.step
 

@@ -34,6 +34,12 @@ class Points:
     def split(self, optimizer) -> None:
         """Give each worker its own model from here on (post-local SGD's local phase); nothing here."""
 
+    def zero_grad(self, params, set_to_none: bool = True) -> None:
+        """Clear the points' gradients, as the optimizer's ``zero_grad`` clears the parameters'."""
+        for _, q in self.shared(params):
+            if q.grad is not None:
+                q.grad = None if set_to_none else q.grad.zero_()
+
 
 NO_POINTS = Points()
 
