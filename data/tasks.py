@@ -11,9 +11,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
 from extrap.batchnorm import reestimated_batch_norm
+from extrap.train import TaskBase
 
 from .augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Augment, step_seed
 from .cifar import load_cifar
@@ -44,17 +44,7 @@ def _steps_per_epoch(n: int, num_workers: int, local_batch: int, what: str) -> i
     return steps
 
 
-class _NoProbe:
-    def probe_batch(self):
-        raise NotImplementedError("the smoothness probe is for image classification (Figure 1b)")
-
-
-def _one_worker(batch):
-    """The single worker's batch from a batch stacked over one worker."""
-    return tree_map(lambda t: t[0], batch)
-
-
-class ClassificationTask:
+class ClassificationTask(TaskBase):
     """Shards, batches and evaluation over tensors already on ``device``.
 
     ``transform(images, workers, epoch, step)`` turns the raw training images of the workers
@@ -100,9 +90,6 @@ class ClassificationTask:
         x = self.transform(self.x_train.index_select(0, idx), workers, epoch, step)
         return x.view(len(workers), local_batch, *x.shape[1:]), self.y_train.index_select(0, idx).view(len(workers), -1)
 
-    def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
-        """Worker ``worker``'s ``step``-th batch of ``epoch`` from its own shard."""
-        return _one_worker(self.train_batches((worker,), epoch, step, local_batch, num_workers))
 
     def probe_batch(self, size: int = 256):
         return self.prepare(self.x_train[:size]), self.y_train[:size]
@@ -174,7 +161,7 @@ class CifarTask(ClassificationTask):
         return self.augment.normalize(images)
 
 
-class LanguageModelTask(_NoProbe):
+class LanguageModelTask(TaskBase):
     """WikiText-2 language modelling for ``extrap.train`` (Figure 2).
 
     Each worker reads its own contiguous stream of the training split, batchified to
@@ -234,9 +221,6 @@ class LanguageModelTask(_NoProbe):
             hidden = (torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device))
         return (x, hidden), y
 
-    def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
-        """Worker ``worker``'s window and hidden state."""
-        return _one_worker(self.train_batches((worker,), epoch, step, local_batch, num_workers))
 
     def loss(self, outputs, targets):
         logits, hidden = outputs
@@ -258,9 +242,9 @@ class LanguageModelTask(_NoProbe):
                 count += y.numel()
         return total / max(count, 1)
 
-    def subset_loss(self, module: nn.Module, tokens: int = 4000) -> Tensor:
+    def subset_loss(self, module: nn.Module, reestimate_bn: bool = False, tokens: int = 4000) -> Tensor:
         """The loss at x_t on the first ``tokens`` training tokens (10 columns), a device scalar:
-        the trace's training loss (``TrainConfig.log_every``)."""
+        the trace's training loss (``TrainConfig.log_every``); no BatchNorm to re-estimate."""
         if self._subset is None:
             self._subset = batchify(self.train_ids[:tokens], 10)
         return self._mean_loss(module, self._subset)
@@ -270,7 +254,7 @@ class LanguageModelTask(_NoProbe):
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
 
-class TranslationTask(_NoProbe):
+class TranslationTask(TaskBase):
     """Multi30k English→German for ``extrap.train`` (Figure 3).
 
     A worker's pairs are its shard (``epoch_shards``), bucketed by length and shuffled by
@@ -331,13 +315,11 @@ class TranslationTask(_NoProbe):
         tgt = self.tgt_table.index_select(0, idx)[:, :tgt_len[step]].view(len(workers), local_batch, -1)
         return (src, tgt[:, :, :-1]), tgt[:, :, 1:]
 
-    def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int):
-        """Worker ``worker``'s ``((src, tgt_in), tgt_out)``."""
-        return _one_worker(self.train_batches((worker,), epoch, step, local_batch, num_workers))
 
-    def subset_loss(self, module: nn.Module) -> Tensor:
+    def subset_loss(self, module: nn.Module, reestimate_bn: bool = False) -> Tensor:
         """The teacher-forced loss at x_t on the first ``subset_pairs`` training pairs (no
-        smoothing), a device scalar: the trace's training loss (``TrainConfig.log_every``)."""
+        smoothing), a device scalar: the trace's training loss (``TrainConfig.log_every``); no
+        BatchNorm to re-estimate."""
         src, tgt = self._subset
         with evaluating(module):
             logits = module((src, tgt[:, :-1]))

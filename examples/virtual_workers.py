@@ -45,7 +45,8 @@ def main():
             targets = torch.stack([sy[idx] for _, sy in shards])
             opt.zero_grad()
             opt.perturb()  # each worker to its own x̃
-            total += workers.forward_backward(nn.functional.cross_entropy, inputs, targets).sum()
+            losses, _ = workers.forward_backward(nn.functional.cross_entropy, inputs, targets)
+            total += losses.sum()
             opt.step()  # average over the K workers, then the update
         print(f"epoch {epoch + 1}: mean training loss {total.item() / (len(batches) * k):.4f}", flush=True)
 

@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_map
 from . import checkpoint as checkpoint_io
 from .arguments import require
 from .engines.comm import Communicator, scale_per_worker_, total_worker_norms
-from .engines import PRECISIONS, Execution
+from .engines import PRECISIONS, Engine, Execution, Workers
 from .local_sgd import PostLocalSGD
 from .optim import PERTURBATIONS, REGISTRY, ExtrapolatedAdam, ExtrapolatedSGD
 from .param_groups import weight_decay_groups
@@ -40,23 +40,19 @@ from .smoothness import SmoothnessProbe
 
 GAMMA_RULES = ("local-batch", "base-batch")
 
-__all__ = ["Task", "TrainConfig", "train", "setup", "train_one_epoch", "validate", "save_checkpoint",
+__all__ = ["Task", "TaskBase", "TrainConfig", "train", "setup", "train_one_epoch", "validate", "save_checkpoint",
            "restart_from_checkpoint", "build_optimizer"]
 
 
+@runtime_checkable
 class Task(Protocol):
-    """The data and the evaluation of one experiment.
-
-    Also, where they apply: ``probe_batch() -> (inputs, targets)`` for the smoothness probe;
-    ``after_step(aux)`` when ``loss`` returns ``(loss, aux)`` (e.g. an LSTM's next hidden state):
-    it receives {worker id: that worker's aux}; ``metric_higher`` (True when the metric improves
-    upwards); ``subset_loss(module) -> Tensor``: the training loss at x_t on a fixed small subset
-    of the training data, a device scalar, for the trace (``TrainConfig.log_every``).
-    """
+    """The data and the evaluation of one experiment; ``TaskBase`` supplies the optional members."""
 
     metric: str  # the key of the task's test metric in ``evaluate``'s dict
+    metric_higher: bool  # whether the metric improves upwards
 
-    def loss(self, outputs: Any, targets: Any) -> Tensor | tuple[Tensor, Any]: ...
+    def loss(self, outputs: Any, targets: Any) -> Tensor | tuple[Tensor, Any]:
+        """The loss of a batch; or ``(loss, aux)``, aux carried to ``after_step`` (an LSTM's next state)."""
 
     def steps_per_epoch(self, num_workers: int, local_batch: int) -> int: ...
 
@@ -68,6 +64,37 @@ class Task(Protocol):
 
     def evaluate(self, module: nn.Module) -> dict:
         """``train_loss`` and the task's metric, at x_t."""
+
+    def after_step(self, aux: dict) -> None:
+        """Where ``loss`` returns ``(loss, aux)``: {worker id: that worker's aux}, after each step."""
+
+    def subset_loss(self, module: nn.Module, reestimate_bn: bool = False) -> Tensor | None:
+        """The training loss at x_t on a fixed small subset, a device scalar, for the trace
+        (``TrainConfig.log_every``); with ``reestimate_bn``, BatchNorm statistics re-estimated at
+        x_t first. None where the task has no such subset."""
+
+    def probe_batch(self) -> tuple:
+        """``(inputs, targets)`` for the smoothness probe (``TrainConfig.probe_every``)."""
+
+
+class TaskBase:
+    """The defaults of a ``Task``'s optional members, and one worker's batch for scripts."""
+
+    metric_higher = True
+
+    def after_step(self, aux: dict) -> None:
+        return None
+
+    def subset_loss(self, module: nn.Module, reestimate_bn: bool = False) -> Tensor | None:
+        return None
+
+    def probe_batch(self) -> tuple:
+        raise NotImplementedError(f"{type(self).__name__} has no probe batch: the smoothness probe is "
+                                  "for image classification (Figure 1b)")
+
+    def train_batch(self, worker: int, epoch: int, step: int, local_batch: int, num_workers: int) -> tuple:
+        """One worker's batch ``(inputs, targets)`` of ``[b, ...]`` tensors (``train_batches`` of one)."""
+        return tree_map(lambda t: t[0], self.train_batches((worker,), epoch, step, local_batch, num_workers))
 
 
 @dataclass
@@ -193,10 +220,10 @@ class Run:
     """What ``setup`` builds and the pieces of ``train`` share."""
 
     cfg: TrainConfig
-    engine: Any
+    engine: Engine
     task: Task
-    workers: Any  # the engine's workers: forward_backward, parameters, points, eval_module, state_dict
-    optimizer: Any  # the extrap optimizer, or PostLocalSGD around it
+    workers: Workers
+    optimizer: ExtrapolatedSGD | ExtrapolatedAdam | PostLocalSGD
     schedule: Schedule
     steps_per_epoch: int
     peak_lr: float
@@ -213,7 +240,7 @@ class Run:
 def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[[str], None]) -> Run:
     """The model on the engine's workers, the scaled and warmed-up schedule, the optimizer."""
     k = engine.world_size
-    if cfg.clip_norm is not None and getattr(engine, "use_ddp", False):
+    if cfg.clip_norm is not None and engine.use_ddp:
         raise ValueError("clip_norm: each worker's gradient is clipped before averaging, but under DDP the "
                          "average is formed during backward; use the processes engine without ddp=True")
     if cfg.dtype != "float32":
@@ -241,7 +268,7 @@ def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[
 
 def _gamma_used(run: Run) -> float:
     """γ of the step just taken (of the first parameter group); 0 where nothing perturbs."""
-    opt = getattr(run.optimizer, "optimizer", run.optimizer)  # inside PostLocalSGD
+    opt = run.optimizer.optimizer if isinstance(run.optimizer, PostLocalSGD) else run.optimizer
     return opt.gamma(opt.param_groups[0]) if opt.kind.direction is not None else 0.0
 
 
@@ -252,12 +279,12 @@ def _trace_point(run: Run, step: int, batch_loss: Tensor, lr: float) -> dict:
     the forwards at x̃ gathered (``train_loss_subset``) and, where the model has BatchNorm, with
     statistics re-estimated at x_t (``train_loss_bn``); device tensors until the epoch ends."""
     point = {"step": step, "lr": lr, "gamma": _gamma_used(run), "batch_loss": batch_loss}
-    subset_loss = getattr(run.task, "subset_loss", None)
-    if subset_loss is not None:
-        module = run.workers.eval_module(0)
-        point["train_loss_subset"] = subset_loss(module)
+    module = run.workers.eval_module(0)
+    loss = run.task.subset_loss(module)
+    if loss is not None:
+        point["train_loss_subset"] = loss
         if has_batch_norm(module):
-            point["train_loss_bn"] = subset_loss(module, reestimate_bn=True)
+            point["train_loss_bn"] = run.task.subset_loss(module, reestimate_bn=True)
     return point
 
 
@@ -290,14 +317,12 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
 
         def closure():  # a gradient at x_t for extragradient and SAM
             optimizer.zero_grad()
-            out = workers.forward_backward(task.loss, inputs, targets)
-            return out[0] if isinstance(out, tuple) else out
+            return workers.forward_backward(task.loss, inputs, targets)[0]
 
         optimizer.zero_grad()
         optimizer.perturb(closure if fresh else None)
-        losses = workers.forward_backward(task.loss, inputs, targets)
-        if isinstance(losses, tuple):
-            losses, aux = losses
+        losses, aux = workers.forward_backward(task.loss, inputs, targets)
+        if aux is not None:
             task.after_step(dict(zip(engine.worker_ids, aux)))
         loss_sum += losses.sum()
         if cfg.clip_norm is not None:
@@ -329,7 +354,7 @@ def validate(run: Run, epoch: int, batch_loss: float, lr: float, elapsed: float)
 
 
 def _checkpoint_path(run: Run, prefix: str | Path) -> Path:
-    return Path(f"{prefix}.rank{getattr(run.engine, 'rank', 0)}.pt")
+    return Path(f"{prefix}.rank{run.engine.rank}.pt")
 
 
 def save_checkpoint(run: Run, prefix: str | Path, epoch: int, elapsed: float,
@@ -360,7 +385,7 @@ def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], N
     Ranks agree on its epoch, so one corrupt file (reported) makes all ranks step back together.
     """
     engine = run.engine
-    rank = getattr(engine, "rank", 0)
+    rank = engine.rank
     warn = lambda m: warnings.warn(f"rank {rank}: {m}", stacklevel=3)  # noqa: E731
     found = {state["epoch"]: (path, state)
              for path, state in checkpoint_io.load_latest(_checkpoint_path(run, prefix), warn=warn)}
@@ -439,7 +464,7 @@ def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[
                 on_eval(point)
             if bar is not None:
                 bar.set_postfix({key: f"{v:.4g}" for key, v in point.items()
-                                 if key in ("epoch", "train_loss", getattr(task, "metric", ""))})
+                                 if key in ("epoch", "train_loss", task.metric)})
         if checkpoint is not None and (last or _checkpoint_due(run, epoch, last_saved)):
             save_checkpoint(run, checkpoint, epoch + 1, time.perf_counter() - started, writer)
             last_saved = time.perf_counter()

@@ -116,7 +116,7 @@ def test_virtual_workers_keep_their_own_batchnorm_statistics():
     workers = engine.prepare(build_model("digits_cnn"))
     task = DigitsTask()
     x, y = engine.worker_batch(task.train_batches(engine.worker_ids, 0, 0, 16, 3))
-    losses = workers.forward_backward(task.loss, x, y)
+    losses, _ = workers.forward_backward(task.loss, x, y)
     assert losses.shape == (3,)
     mean = workers.buffers["features.1.running_mean"]
     assert not torch.allclose(mean[0], mean[1]) and not torch.allclose(mean[1], mean[2])
@@ -303,6 +303,6 @@ def test_one_engine_trains_one_model_at_a_time():
     first = engine.prepare(build_model("digits_cnn"))
     second = engine.prepare(build_model("digits_cnn"))
     x, y = engine.worker_batch(task.train_batches(engine.worker_ids, 0, 0, 8, 2))
-    assert second.forward_backward(task.loss, x, y).shape == (2,)
+    assert second.forward_backward(task.loss, x, y)[0].shape == (2,)
     with pytest.raises(RuntimeError, match="prepared another model since"):
         first.forward_backward(task.loss, x, y)

@@ -31,7 +31,7 @@ def losses_of(batched: bool, **options) -> tuple[list[float], object]:
 
     def recorded(*args):
         out = forward_backward(*args)
-        losses.append(out.mean().item())
+        losses.append(out[0].mean().item())
         return out
 
     run.workers.forward_backward = recorded

@@ -209,7 +209,7 @@ def worker_gradients_match_one_model(name, model, x, y, loss_fn, batched=True):
     """Worker k's gradient through the virtual engine equals a plain backward of worker k alone."""
     workers = make_engine("virtual", 2, batched=batched).prepare(model)
     workers.train()
-    losses = workers.forward_backward(loss_fn, x, y)
+    losses, _ = workers.forward_backward(loss_fn, x, y)
     assert losses.shape == (2,) and torch.isfinite(losses).all()
     for k in range(2):
         ref = copy.deepcopy(model).train()

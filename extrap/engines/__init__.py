@@ -24,6 +24,7 @@ from .ddp import DDPComm, register_ddp
 from .horovod import HorovodComm, HorovodEngine
 from .launch import DistInfo, init_distributed, under_launcher, world_info_from_env
 from .processes import ProcessEngine
+from .protocols import Engine, Workers
 from .single import PRECISIONS, Execution, ModuleWorkers, SingleEngine
 from .virtual import VirtualEngine, VirtualWorkers, batched_by_default
 
@@ -31,7 +32,7 @@ __all__ = [
     "ENGINES", "make_engine", "init_distributed", "world_info_from_env", "under_launcher",
     "DistInfo", "Communicator", "CommBase", "Points", "OneWorker", "average_", "worker_norms", "total_worker_norms",
     "scale_per_worker_", "LocalComm", "TorchDistComm", "DDPComm", "register_ddp", "VirtualComm", "CountingComm", "HorovodComm",
-    "SingleEngine", "ProcessEngine", "HorovodEngine", "VirtualEngine", "ModuleWorkers", "VirtualWorkers",
+    "Engine", "Workers", "SingleEngine", "ProcessEngine", "HorovodEngine", "VirtualEngine", "ModuleWorkers", "VirtualWorkers",
     "Execution", "PRECISIONS",
 ]
 

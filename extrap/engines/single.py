@@ -89,15 +89,15 @@ class ModuleWorkers:
         self.model.train(mode)
         return self
 
-    def forward_backward(self, loss_fn: Callable, inputs, targets):
-        """Loss of this worker's batch, backpropagated into ``.grad``; returns it as a [1] tensor.
+    def forward_backward(self, loss_fn: Callable, inputs, targets) -> tuple[Tensor, list | None]:
+        """Loss of this worker's batch, backpropagated into ``.grad``: ``(loss as a [1] tensor, aux)``.
 
         ``loss_fn(outputs, targets)`` may return ``(loss, aux)`` (e.g. an LSTM's next hidden
-        state); then ``(losses, [aux])`` is returned, one aux per worker as for virtual workers."""
+        state); aux is then ``[aux]``, one per worker as for virtual workers, else None."""
         with self.execution.autocast(self.model_device):
             loss, aux = split_aux(loss_fn(self.forward(self.execution.layout(inputs)), targets))
         loss.backward()
-        return loss.detach().reshape(1) if aux is None else (loss.detach().reshape(1), [aux])
+        return loss.detach().reshape(1), None if aux is None else [aux]
 
     @property
     def model_device(self) -> torch.device:
@@ -115,10 +115,11 @@ class ModuleWorkers:
 
 
 class SingleEngine:
-    """K = 1: plain single-device training."""
+    """K = 1: plain single-device training; the base of every engine (``extrap.engines.Engine``)."""
 
     kind = "single"
     launched = False  # True for engines whose workers are processes started by a launcher
+    use_ddp = False  # True where the model runs inside DistributedDataParallel
 
     def __init__(self, device: str | torch.device | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -137,11 +138,6 @@ class SingleEngine:
     def attach(self, optimizer) -> None:
         """Connect the optimizer to the engine's communication (the processes engine's DDP hook);
         call it before wrapping the optimizer in ``PostLocalSGD``. Nothing to do here."""
-
-    def stack(self, per_worker: list):
-        """This process's batch from the list of its workers' batches (here: one)."""
-        (batch,) = per_worker
-        return batch
 
     def worker_batch(self, stacked):
         """What this engine's workers take, from a batch stacked over the workers it holds

@@ -29,14 +29,9 @@ from torch.utils._pytree import tree_map
 from .comm import Points, VirtualComm
 from .single import Execution, SingleEngine, split_aux, to_channels_last
 
-__all__ = ["VirtualWorkers", "VirtualEngine", "SharedPoints", "stack_trees", "batched_by_default"]
+__all__ = ["VirtualWorkers", "VirtualEngine", "SharedPoints", "batched_by_default"]
 
 SPLIT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # per model once split
-
-
-def stack_trees(trees: list):
-    """Stack same-shaped pytrees of tensors leaf by leaf along a new leading axis."""
-    return tree_map(lambda *leaves: torch.stack(leaves), *trees)
 
 
 def batched_by_default(device: torch.device) -> bool:
@@ -129,11 +124,11 @@ class VirtualWorkers:
         out = functional_call(self.template, (params, buffers), (inputs,), tie_weights=False)
         return loss_fn(out, targets)
 
-    def forward_backward(self, loss_fn: Callable, inputs, targets):
+    def forward_backward(self, loss_fn: Callable, inputs, targets) -> tuple[Tensor, list | None]:
         """Each worker's loss on its own batch (``inputs[k]``; inputs and targets may be pytrees
         of tensors with a leading worker axis) at its point, summed and backpropagated: worker
-        k's slice of every point's ``.grad`` is the gradient of its own loss. Returns the K
-        losses, or ``(losses, aux)`` with one aux per worker when ``loss_fn`` returns ``(loss, aux)``."""
+        k's slice of every point's ``.grad`` is the gradient of its own loss. Returns ``(the K
+        losses, aux)``: one aux per worker where ``loss_fn`` returns ``(loss, aux)``, else None."""
         if self.shared and self.comm.points is not self.store:
             raise RuntimeError("these workers' engine has prepared another model since: one engine "
                                "trains one model at a time")
@@ -150,7 +145,7 @@ class VirtualWorkers:
                 losses = torch.stack([loss for loss, _ in outs])
                 aux = None if outs[0][1] is None else [a for _, a in outs]
         losses.sum().backward()
-        return losses.detach() if aux is None else (losses.detach(), aux)
+        return losses.detach(), aux
 
     @property
     def device(self) -> torch.device:
@@ -208,10 +203,6 @@ class VirtualEngine(SingleEngine):
     def prepare(self, model: nn.Module, execution: Execution = Execution()) -> VirtualWorkers:
         return VirtualWorkers(model.to(self.device), self.world_size, batched=self.batched, execution=execution,
                               comm=self.comm)
-
-    def stack(self, per_worker: list):
-        """Stack the K workers' batches (pytrees of tensors) along a new leading axis."""
-        return stack_trees(per_worker)
 
     def worker_batch(self, stacked):
         """The K workers take the stacked batch ``[K, b, ...]`` as it is."""
