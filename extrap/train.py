@@ -216,7 +216,7 @@ def build_optimizer(cfg: TrainConfig, groups, lr: float, workers: int, rate_scal
 
 
 @dataclass
-class Run:
+class Training:
     """What ``setup`` builds and the pieces of ``train`` share."""
 
     cfg: TrainConfig
@@ -237,7 +237,7 @@ class Run:
         return self.engine.world_size * self.cfg.local_batch
 
 
-def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[[str], None]) -> Run:
+def setup(cfg: TrainConfig, engine: Engine, model: nn.Module, task: Task, say: Callable[[str], None]) -> Training:
     """The model on the engine's workers, the scaled and warmed-up schedule, the optimizer."""
     k = engine.world_size
     if cfg.clip_norm is not None and engine.use_ddp:
@@ -263,16 +263,16 @@ def setup(cfg: TrainConfig, engine, model: nn.Module, task: Task, say: Callable[
                   else round(min(cfg.milestones, default=1.0) * total))
         optimizer = PostLocalSGD(optimizer, switch_step=switch, local_steps=cfg.local_steps)
     probe = SmoothnessProbe(task.loss, task.probe_batch(), cfg.probe_every) if cfg.probe_every else None
-    return Run(cfg, engine, task, workers, optimizer, schedule, steps_per_epoch, peak_lr, lr_scale, probe)
+    return Training(cfg, engine, task, workers, optimizer, schedule, steps_per_epoch, peak_lr, lr_scale, probe)
 
 
-def _gamma_used(run: Run) -> float:
+def _gamma_used(run: Training) -> float:
     """γ of the step just taken (of the first parameter group); 0 where nothing perturbs."""
     opt = run.optimizer.optimizer if isinstance(run.optimizer, PostLocalSGD) else run.optimizer
     return opt.gamma(opt.param_groups[0]) if opt.kind.direction is not None else 0.0
 
 
-def _trace_point(run: Run, step: int, batch_loss: Tensor, lr: float) -> dict:
+def _trace_point(run: Training, step: int, batch_loss: Tensor, lr: float) -> dict:
     """A trace point after ``step``: its ``lr`` and ``gamma``; ``batch_loss``, this process's
     workers' mean mini-batch loss at x̃ since the last point; where the task has ``subset_loss``,
     the loss at x_t (worker 0's model) on its fixed subset, with the running BatchNorm statistics
@@ -288,7 +288,7 @@ def _trace_point(run: Run, step: int, batch_loss: Tensor, lr: float) -> dict:
     return point
 
 
-def _read_trace(run: Run, points: list[dict]) -> list[dict]:
+def _read_trace(run: Training, points: list[dict]) -> list[dict]:
     """The epoch's trace points as numbers: mini-batch losses averaged over all workers."""
     out = []
     for p in points:
@@ -301,7 +301,7 @@ def _read_trace(run: Run, points: list[dict]) -> list[dict]:
     return out
 
 
-def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
+def train_one_epoch(run: Training, epoch: int, bar=None) -> tuple[float, float]:
     """One epoch of extrap steps; returns (mean mini-batch loss at the workers' x̃, last lr).
     Every ``log_every`` steps a point is added to ``run.trace`` (read from the device once, at
     the epoch's end)."""
@@ -342,7 +342,7 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> tuple[float, float]:
     return float(engine.mean_over_workers(loss_sum / n)), lr
 
 
-def validate(run: Run, epoch: int, batch_loss: float, lr: float, elapsed: float) -> dict:
+def validate(run: Training, epoch: int, batch_loss: float, lr: float, elapsed: float) -> dict:
     """The curve's point after ``epoch``: the task's evaluation at x_t (worker 0's model, which
     rank 0 evaluates for every rank)."""
     metrics = run.engine.from_main(lambda: run.task.evaluate(run.workers.eval_module(0)))
@@ -353,11 +353,11 @@ def validate(run: Run, epoch: int, batch_loss: float, lr: float, elapsed: float)
     return point
 
 
-def _checkpoint_path(run: Run, prefix: str | Path) -> Path:
+def _checkpoint_path(run: Training, prefix: str | Path) -> Path:
     return Path(f"{prefix}.rank{run.engine.rank}.pt")
 
 
-def save_checkpoint(run: Run, prefix: str | Path, epoch: int, elapsed: float,
+def save_checkpoint(run: Training, prefix: str | Path, epoch: int, elapsed: float,
                     writer: checkpoint_io.Writer | None = None) -> None:
     """This rank's workers, optimizer, RNG, curve and probe after ``epoch`` epochs; what its
     workers hold identically, once. ``writer``: write the file in the background."""
@@ -369,7 +369,7 @@ def save_checkpoint(run: Run, prefix: str | Path, epoch: int, elapsed: float,
     (writer or checkpoint_io).save(state, _checkpoint_path(run, prefix))
 
 
-def _checkpoint_due(run: Run, epoch: int, last_saved: float) -> bool:
+def _checkpoint_due(run: Training, epoch: int, last_saved: float) -> bool:
     """Whether to checkpoint after ``epoch``: every ``checkpoint_every`` epochs, or once
     ``checkpoint_minutes`` have passed on every rank's clock (so that all ranks agree)."""
     minutes = run.cfg.checkpoint_minutes
@@ -378,7 +378,7 @@ def _checkpoint_due(run: Run, epoch: int, last_saved: float) -> bool:
     return run.engine.min_over_ranks(int(time.perf_counter() - last_saved >= 60 * minutes)) == 1
 
 
-def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], None]) -> tuple[int, float]:
+def restart_from_checkpoint(run: Training, prefix: str | Path, say: Callable[[str], None]) -> tuple[int, float]:
     """Load the newest checkpoint every rank holds and can verify (current or previous); returns
     (epochs done, seconds spent), (0, 0.0) when there is none.
 
@@ -411,7 +411,7 @@ def restart_from_checkpoint(run: Run, prefix: str | Path, say: Callable[[str], N
     return epoch, state["elapsed"]
 
 
-def train(cfg: TrainConfig, engine, model: nn.Module, task: Task, log: Callable[[str], None] | None = None,
+def train(cfg: TrainConfig, engine: Engine, model: nn.Module, task: Task, log: Callable[[str], None] | None = None,
           on_eval: Callable[[dict], None] | None = None, checkpoint: str | Path | None = None,
           progress: bool = False, desc: str = "", on_trace: Callable[[dict], None] | None = None) -> dict:
     """Train ``model`` with ``cfg`` on ``engine``'s K workers; return the run's record.
