@@ -182,7 +182,7 @@ def _validate_placement(s: dict) -> None:
 
 def _common_scales() -> list[str]:
     """The scales every item's config has (a job per item is generated at the chosen one)."""
-    from reproduce.runner import SCALES, load_config
+    from reproduce.config import SCALES, load_config
 
     return [scale for scale in SCALES if all(scale in (load_config(item).get("scales") or {}) for item in ITEMS)]
 
@@ -218,7 +218,7 @@ def jobs(scale: str, per_cell: bool = False) -> list[dict]:
     at ``scale`` (the runner's own ``plan``, so every setting is checked as a run would check it):
     one job per (item, worker count), or with ``per_cell`` one per (item, variant, cell), so that
     a cluster runs an item's cells side by side (``cells`` None: all of them)."""
-    from reproduce.runner import parse_args, plan
+    from reproduce.config import parse_args, plan
 
     out = []
     for item in ITEMS:

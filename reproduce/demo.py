@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from extrap.engines import under_launcher
-from reproduce import DEMO, runner
+from reproduce import DEMO, config, runner
 
 DEFAULT_SCALE, DEFAULT_OUT = "laptop", "runs/demo"
 
@@ -95,10 +95,10 @@ def main(argv=None) -> int:
         argv = ["--no-progress", *argv]
     if under_launcher():  # a rank of the launch below (or of the user's own mpirun): run, no more
         return runner.main(DEMO, argv)
-    args = runner.parse_args(DEMO, argv)
+    args = config.parse_args(DEMO, argv)
     try:
-        workers = runner.plan(DEMO, args)[0].settings["workers"]
-    except runner.ConfigError as e:
+        workers = config.plan(DEMO, args)[0].settings["workers"]
+    except config.ConfigError as e:
         print(f"reproduce.{DEMO}: {e}", file=sys.stderr)
         return 2
     code = None

@@ -5,626 +5,30 @@ paper's tables and figures")::
                                [--workers K] [--only CELL[,CELL]] [--variants V[,V]] [--seeds N] [--data-dir DIR]
                                [--out DIR] [key=value ...]
 
-A config (``reproduce/configs/<item>.yaml``) holds ``common`` settings, one section per
-``scale``, the ``variants`` (the table's columns or the figure's panels) and the ``cells`` (the
-methods). A run's settings are resolved in that order — common < scale < variant < cell <
-``key=value`` on the command line — and checked before any work starts: a bad value exits with
-status 2 and one line naming the key.
-
-For every (variant, cell, seed) not yet finished in ``<out>/records.jsonl``, one training run:
-rank 0 writes its run directory ``<out>/<item>/<variant>/<cell>/seed<s>/`` (``provenance.json``:
-config, git commit and dirty flag, versions, engine, world size; ``metrics.jsonl``: one line per
-evaluation), every rank keeps its own checkpoint there, and rank 0 appends the finished record
-to ``records.jsonl``. Rerunning the same command resumes an interrupted cell and skips finished
-ones.
+``reproduce.config`` resolves and checks every run's settings before any work starts. For every
+(variant, cell, seed) not yet finished in ``<out>/records.jsonl``, one training run, in its own
+folder (``reproduce.rundir``). Rerunning the same command resumes an interrupted cell and skips
+finished ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import dataclasses
-import errno
-import functools
-import importlib
 import json
 import os
-import platform
-import re
-import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
 from extrap.checkpoint import CheckpointError
-from extrap.engines import ENGINES
-from reproduce import CONFIGS, DEMO, ITEMS, config_path, identity  # noqa: F401 (CONFIGS, ITEMS: the runner's item list)
-from results.records import presentation
-
-ROOT = Path(__file__).resolve().parent.parent
-SCALES = ("paper", "laptop", "smoke")
-TASKS = ("cifar", "wikitext2", "multi30k", "digits")
-# keys of a run besides extrap.train.TrainConfig's fields
-RUN_KEYS = {
-    "task": "one of " + ", ".join(TASKS),
-    "dataset": "cifar10 or cifar100 (task cifar)",
-    "data_subdir": "the dataset's folder under --data-dir",
-    "data_dir": "the datasets' root (--data-dir)",
-    "model": "a name for models.build_model",
-    "model_kwargs": "a mapping of keyword arguments for the model",
-    "task_kwargs": "a mapping of keyword arguments for the task",
-    "workers": "the number of workers K",
-    "engine": "auto, processes, horovod, virtual or single",
-    "seeds": "the number of seeds",
-    "label": "a human label for the cell",
-    "color": "the colour of the cell's curves (a matplotlib colour)",
-    "target_loss": "training-loss targets (a number or a list): results/ reports each method's steps to reach them (results.study)",
-    "tensorboard": "true: TensorBoard event files in each run's folder (--tensorboard; reproduce.tensorboard)",
-}
-
-
-DATA_DIR_ENV = "EXTRAP_DATA_DIR"  # the datasets' root where --data-dir is not given (default: the config's)
-DOWNLOAD_ENV = "EXTRAP_DOWNLOAD"  # 0: never fetch a missing dataset, say where to get it (the tests)
-
-
-class ConfigError(ValueError):
-    """A bad configuration or argument: reported as one line, exit status 2."""
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none), for a one-line report."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _train_fields() -> dict[str, dataclasses.Field]:
-    from extrap.train import TrainConfig
-
-    return {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-# -- the command line ------------------------------------------------------------------------------
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line, ``prog: message`` (exit status 2), like the runner's own."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog.split()[-1]}: {message} (see --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def parse_args(item: str | None, argv=None) -> argparse.Namespace:
-    # the item's script describes it (under ``python -m`` it runs as __main__: import it by name)
-    doc = OWN_ITEM_DOC if item is None else importlib.import_module(f"reproduce.{item}").__doc__
-    ap = _OneLineParser(prog="python -m reproduce" if item is None else f"python -m reproduce.{item}", description=doc,
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="key=value arguments override any setting of the config")
-    ap.add_argument("--scale", choices=SCALES, default="paper")
-    ap.add_argument("--engine", choices=ENGINES, default=None)
-    ap.add_argument("--workers", type=_positive_int, default=None, help="K (default: the config's)")
-    ap.add_argument("--only", default=None, help="cells to run, comma-separated (default: all)")
-    ap.add_argument("--variants", default=None,
-                    help="variants to run, comma-separated (default: the scale's run_variants, else all)")
-    ap.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 (default: the config's)")
-    ap.add_argument("--data-dir", default=None, help=f"the datasets' root (default: ${DATA_DIR_ENV}, else the config's: datasets/)")
-    ap.add_argument("--out", default=None, help="results folder (default: runs/<scale>)")
-    ap.add_argument("--config", default=None, metavar="FILE",
-                    help="your own item file, in the shipped configs' form (the item is named by its stem)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ap.add_argument("--cpu-ok", action="store_true", help="run the paper scale on a machine without a GPU all the same")
-    ap.add_argument("--tensorboard", action="store_true",
-                    help="TensorBoard event files in each run's folder (tensorboard --logdir OUT)")
-    ap.add_argument("overrides", nargs="*", metavar="key=value")
-    return ap.parse_intermixed_args(argv)  # overrides before, between or after the flags
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """``key=value`` strings to a dict, values read as YAML scalars (numbers, booleans, lists); a
-    dotted key reaches into a mapping (``task_kwargs.eval_train_samples=1000``)."""
-    out: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        path = key.split(".")
-        if not sep or not all(path):
-            raise ConfigError(f"{pair}: expected key=value")
-        try:
-            parsed = yaml.safe_load(value) if value else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{key}: cannot read {value!r} ({e.__class__.__name__})") from None
-        node = out
-        for i, part in enumerate(path[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {'.'.join(path[:i + 1])} is given a value of its own too")
-        last = path[-1]
-        if isinstance(node.get(last), dict):  # a mapping that dotted keys began: merge into it, or refuse
-            if not isinstance(parsed, dict):
-                raise ConfigError(f"{key}: given a value of its own and dotted keys too")
-            parsed = _merge(node[last], parsed)
-        node[last] = parsed
-    return out
-
-
-# what a newcomer may write for a setting, and the setting's name here
-ALIASES = {"lr": "base_lr", "learning_rate": "base_lr", "batch_size": "local_batch", "batch": "local_batch",
-           "wd": "weight_decay", "epoch": "epochs", "k": "workers", "gamma_multiplier": "gamma_factor"}
-
-
-def closest(key: str, known) -> str:
-    """`` (did you mean X?)`` for an unknown key: an alias, or the most similar known name."""
-    import difflib
-
-    known = list(known)
-    alias = ALIASES.get(key.lower())
-    match = alias if alias in known else next(iter(difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)), None)
-    return f" (did you mean {match}?)" if match else ""
-
-
-# -- configs ---------------------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    item: str
-    variant: str
-    cell: str
-    seed: int
-    settings: dict
-    shown: dict = dataclasses.field(default_factory=dict)  # how results/ shows it (``presentation``)
-    protocol: dict = dataclasses.field(default_factory=dict)  # a tuned study's stage, point, panel (reproduce.tuning)
-
-    @property
-    def key(self) -> tuple:
-        return (self.item, self.variant, self.cell, self.seed)
-
-
-def load_config(item: str) -> dict:
-    path = config_path(item)
-    try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:  # one line: where, and what
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    for section in ("about", "common", "scales", "variants", "cells"):
-        if not isinstance(cfg.get(section, {}), dict):
-            raise ConfigError(f"{section}: expected a mapping in {path.name}")
-    return cfg
-
-
-def check_settings(settings: dict, where: str) -> None:
-    """Unknown keys and bad values, named."""
-    fields = _train_fields()
-    if "seed" in settings:
-        raise ConfigError(f"seed: not a setting; --seeds N runs seeds 0..N-1 ({where})")
-    for key in settings:
-        if key not in fields and key not in RUN_KEYS:
-            raise ConfigError(f"{key}: unknown key{closest(key, [*fields, *RUN_KEYS])} ({where})")
-    from extrap.train import build_optimizer
-
-    for key, value in settings.items():
-        if key in fields and not _type_ok(fields[key].type, value):
-            raise ConfigError(f"{key}: expected {fields[key].type}, got {value!r} ({where})")
-    try:
-        cfg = train_config(settings)
-        # the optimizer checks its own ranges (momentum, betas, gamma, ...): try it on one tensor
-        build_optimizer(cfg, [torch.zeros(1, requires_grad=True)], cfg.base_lr, 1, 1.0, None)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{e} ({where})") from None
-    for key in ("workers", "seeds"):
-        value = settings.get(key, 1)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ConfigError(f"{key}: expected an integer >= 1, got {settings[key]!r} ({where})")
-    if not isinstance(settings.get("tensorboard", False), bool):
-        raise ConfigError(f"tensorboard: expected true or false, got {settings['tensorboard']!r} ({where})")
-    if settings.get("tensorboard"):
-        from reproduce.tensorboard import available
-
-        if not available():
-            raise ConfigError("tensorboard: the tensorboard package is not installed; pip install 'extrap[tensorboard]'")
-    for key in ("model_kwargs", "task_kwargs"):
-        if not isinstance(settings.get(key, {}), dict):
-            raise ConfigError(f"{key}: expected a mapping, got {settings[key]!r} ({where})")
-    accepted = _task_keywords(settings.get("task"))
-    for key in settings.get("task_kwargs", {}):
-        if accepted is not None and key not in accepted:
-            raise ConfigError(f"task_kwargs.{key}: unknown key for the {settings['task']} task"
-                              f"{closest(key, accepted)} ({where})")
-    target = settings.get("target_loss")
-    targets = target if isinstance(target, list) else [target]
-    if target is not None and not (targets and all(_type_ok("float", t) and 0 < t < float("inf") for t in targets)):
-        raise ConfigError(f"target_loss: expected a positive number or a list of them, got {target!r} ({where})")
-    if settings.get("task") not in TASKS:
-        raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {settings.get('task')!r} ({where})")
-    _check_task_and_model(settings, where)
-
-
-TASK_SET_BY_RUNNER = {"root", "device", "seed", "name", "num_layers", "hidden_size", "tensors"}
-
-
-def _task_class(task: str):
-    import data
-
-    return {"cifar": data.CifarTask, "wikitext2": data.LanguageModelTask, "multi30k": data.TranslationTask,
-            "digits": data.DigitsTask}[task]
-
-
-def _check_task_and_model(settings: dict, where: str) -> None:
-    """The task's keyword arguments against its signature, the dataset's name, and the model built
-    on the meta device (no memory, no data): before any output, not inside training."""
-    import inspect
-
-    from models import build_model
-
-    task = settings["task"]
-    for key in ("data_dir", "data_subdir"):
-        if key in settings and not isinstance(settings[key], str):
-            raise ConfigError(f"{key}: expected a folder name, got {settings[key]!r} ({where})")
-    if task == "cifar" and settings.get("dataset", "cifar10") not in ("cifar10", "cifar100"):
-        raise ConfigError(f"dataset: expected cifar10 or cifar100, got {settings.get('dataset')!r} ({where})")
-    cls = _task_class(task)
-    params = inspect.signature(cls).parameters
-    for key, value in settings.get("task_kwargs", {}).items():
-        if key not in params or key in TASK_SET_BY_RUNNER:
-            known = ", ".join(k for k in params if k not in TASK_SET_BY_RUNNER) or "none"
-            raise ConfigError(f"task_kwargs: {cls.__name__} takes no {key!r} (it takes {known}) ({where})")
-        annotation = str(params[key].annotation)
-        least = 0 if key == "eval_train_samples" else 1  # 0 (or None): every training image
-        if not _type_ok(annotation, value) or (annotation.startswith("int") and value is not None and value < least) \
-                or (key == "label_smoothing" and not 0 <= value < 1):
-            raise ConfigError(f"task_kwargs: {key} expected {f'an integer >= {least}' if annotation.startswith('int') else annotation}"
-                              f"{' or None' if 'None' in annotation else ''}, got {value!r} ({where})")
-    if settings.get("probe_every") and task not in ("cifar", "digits"):
-        raise ConfigError(f"probe_every: the smoothness probe needs a classification task (cifar, digits), "
-                          f"not {task} ({where})")
-    shapes = {"cifar": {"num_classes": 100 if settings.get("dataset") == "cifar100" else 10},
-              "wikitext2": {"vocab_size": 100}, "multi30k": {"src_vocab": 100, "tgt_vocab": 100}, "digits": {}}[task]
-    try:
-        with torch.device("meta"):
-            build_model(settings.get("model"), **{**shapes, **settings.get("model_kwargs", {})})
-    except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:  # e.g. a negative size
-        message = first_line(e)
-        prefix = "" if message.startswith("model:") else "model_kwargs: "
-        raise ConfigError(f"{prefix}{message} ({where})") from None
-
-
-def _type_ok(annotation: str, value) -> bool:
-    """Does ``value`` fit a TrainConfig field's annotation (``float``, ``int | None``, ...)?"""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {"float": number, "int": isinstance(value, int) and not isinstance(value, bool),
-          "bool": isinstance(value, bool), "str": isinstance(value, str), "None": value is None}
-    options = [a.strip() for a in annotation.split("|")]
-    return any(ok.get(a, isinstance(value, (list, tuple)) if a.startswith("tuple") else True)
-               for a in options)
-
-
-def _merge(*layers: dict) -> dict:
-    """The layers' settings, later ones first; mappings merge key by key, at any depth."""
-    out: dict = {}
-    for layer in layers:
-        for key, value in (layer or {}).items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = _merge(out[key], value)
-            else:
-                out[key] = copy.deepcopy(value)
-    return out
-
-
-def plan(item: str, args: argparse.Namespace) -> list[Run]:
-    """Every (variant, cell, seed) of the item at this scale, with its resolved settings."""
-    cfg = load_config(item)
-    scale = cfg.get("scales", {}).get(args.scale)
-    if not isinstance(scale, dict):
-        raise ConfigError(f"scale: {item} has no {args.scale!r} section")
-    scale = dict(scale)
-    variant_overrides = scale.pop("variants", {}) or {}
-    cell_overrides = scale.pop("cells", {}) or {}
-    run_variants = scale.pop("run_variants", None)  # a scale may run only some variants
-    run_cells = scale.pop("run_cells", None)  # ... and only some cells
-    scale.pop("tuning", None)  # the tuning protocol's grids (reproduce.tuning), not a run's setting
-    cli = parse_overrides(args.overrides)
-    for flag, key in (("workers", "workers"), ("seeds", "seeds"), ("engine", "engine"), ("data_dir", "data_dir")):
-        if getattr(args, flag) is not None:
-            cli[key] = getattr(args, flag)
-    if getattr(args, "data_dir", None) is None and os.environ.get(DATA_DIR_ENV):  # the tests' and CI's data
-        cli["data_dir"] = os.environ[DATA_DIR_ENV]
-    if getattr(args, "tensorboard", False):
-        cli["tensorboard"] = True
-    variants = cfg.get("variants") or {"default": {}}
-    chosen = getattr(args, "variants", None)
-    if chosen is not None:
-        run_variants = [v.strip() for v in chosen.split(",") if v.strip()]
-        known = list(dict.fromkeys([*variants, *variant_overrides]))
-        unknown = [v for v in run_variants if v not in known]
-        if unknown or not run_variants:
-            raise ConfigError(f"--variants: unknown variant {unknown[0] if unknown else chosen!r}; "
-                              f"{item} has {', '.join(known)}")
-    if run_variants is not None:
-        variants = {v: variants.get(v, {}) for v in run_variants}
-    cells = cfg.get("cells") or {}
-    if run_cells is not None:
-        unknown = [c for c in run_cells if c not in cells]
-        if unknown:
-            raise ConfigError(f"run_cells: {item}'s {args.scale} scale names unknown cell {unknown[0]!r}")
-        cells = {c: cells[c] for c in run_cells}
-    only = None if args.only is None else [c.strip() for c in args.only.split(",") if c.strip()]
-    if only is not None:
-        unknown = [c for c in only if c not in cells]
-        if unknown or not only:
-            raise ConfigError(f"--only: unknown cell {unknown[0] if unknown else args.only!r}; "
-                              f"{item} has {', '.join(cells)}")
-    runs = []
-    for variant, v_settings in variants.items():
-        for cell, c_settings in cells.items():
-            if only is not None and cell not in only:
-                continue
-            settings = _merge(cfg.get("common"), scale, v_settings, variant_overrides.get(variant),
-                              c_settings, cell_overrides.get(cell), cli)
-            check_settings(settings, f"{item} {variant}/{cell}")
-            for seed in range(settings.get("seeds", 1)):
-                runs.append(Run(item, variant, cell, seed, {**settings, "seed": seed},
-                                presentation(cfg, list(variants), variant, cell)))
-    return runs
-
-
-# -- provenance and records --------------------------------------------------------------------------
-
-def git_info() -> dict:
-    """The checkout's commit and dirty flag when this process first asked, which is when it had
-    imported the code it runs (a long item's later runs keep it though HEAD moves on); in an
-    image without git or .git (k8s/Dockerfile), the commit it was built from
-    (``EXTRAP_GIT_COMMIT``) and ``dirty`` None."""
-    return dict(_git_info_at_start())
-
-
-@functools.cache
-def _git_info_at_start() -> dict:
-    def git(*a):
-        try:
-            r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": os.environ.get("EXTRAP_GIT_COMMIT") or None, "dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def versions() -> dict:
-    import numpy
-
-    import extrap
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "extrap": extrap.__version__, "platform": platform.platform(),
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
-
-
-def finished_runs(records: Path) -> dict[tuple, dict]:
-    """(item, variant, cell, seed) -> settings of the completed and diverged records (the last of
-    each key); lines that do not parse are skipped."""
-    done: dict[tuple, dict] = {}
-    if records.exists():
-        try:
-            lines = records.read_bytes().splitlines()
-        except OSError as e:
-            raise ConfigError(f"--out: cannot read {records} ({e.strerror or e})") from None
-        for line in lines:
-            try:
-                r = json.loads(line)
-                if r.get("status") in ("completed", "diverged"):
-                    done[(r["item"], r["variant"], r["cell"], r["seed"])] = r.get("config")
-            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-                continue
-    return done
-
-
-FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # a write that cannot happen: one line, exit 1
-
-
-def differences(old: dict, new: dict, limit: int = 3) -> str:
-    """``base_lr: 2.0 there, 0.01 here; epochs: ...`` for the first ``limit`` keys that differ."""
-    old, new = identity(old), identity(new)
-    keys = [k for k in sorted(set(old) | set(new), key=str) if (k in old, old.get(k)) != (k in new, new.get(k))]
-    shown = lambda d, k: repr(d[k]) if k in d else "not set"  # noqa: E731
-    text = "; ".join(f"{k}: {shown(old, k)} there, {shown(new, k)} here" for k in keys[:limit])
-    return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def check_identities(runs: list["Run"], out: Path, done: dict[tuple, dict]) -> None:
-    """A run already finished, or begun (a checkpoint), in ``out`` with other settings is refused:
-    a rerun never skips or continues a run that computed something else."""
-    for run in runs:
-        where = f"{run.variant}/{run.cell} seed {run.seed}"
-        if run.key in done and done[run.key] is not None and identity(done[run.key]) != identity(run.settings):
-            raise ConfigError(f"{where}: {out / 'records.jsonl'} holds it with other settings "
-                              f"({differences(done[run.key], run.settings)}); use another --out, or remove "
-                              f"that record and {run_dir(out, run)} to rerun it")
-        directory = run_dir(out, run)
-        if run.key in done or not any(directory.glob("checkpoint.rank*.pt*")):  # .prev too
-            continue
-        try:
-            begun = json.loads((directory / "provenance.json").read_text(encoding="utf-8")).get("config")
-        except (OSError, ValueError, AttributeError, RecursionError):
-            begun = None  # no readable provenance: nothing to compare (the checkpoint is checked on load)
-        if isinstance(begun, dict) and identity(begun) != identity(run.settings):
-            raise ConfigError(f"{where}: {directory} holds an interrupted run with other settings "
-                              f"({differences(begun, run.settings)}); use another --out, or remove that "
-                              f"folder to start it afresh")
-
-
-def append_line(path: Path, obj: dict) -> None:
-    """One JSON line appended to ``path`` whole or not at all: on its own line (a newline first
-    when the file ends in a partial line), written until done, then fsync; a short write (a full
-    disk) truncates the file back and raises OSError."""
-    data = (json.dumps(obj) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data
-        written = 0
-        try:
-            while written < len(data):
-                n = os.write(fd, data[written:])
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                written += n
-            os.fsync(fd)
-        except OSError as e:
-            os.ftruncate(fd, size)  # no partial record left behind
-            raise OSError(e.errno, e.strerror, str(path)) from None
-    finally:
-        os.close(fd)
-
-
-def append_evaluation(path: Path, point: dict) -> None:
-    """``point`` appended to a run's ``metrics.jsonl``; the lines from its step on, which a run
-    resumed from an earlier checkpoint evaluates again, are dropped first (never a duplicate)."""
-    if path.exists():
-        lines = path.read_bytes().splitlines()
-        keep = []
-        for line in lines:
-            try:
-                if json.loads(line)["step"] < point["step"]:
-                    keep.append(line)
-            except (ValueError, KeyError, TypeError, RecursionError):
-                continue  # a partial line from an interrupted write
-        if len(keep) < len(lines):
-            path.write_bytes(b"".join(line + b"\n" for line in keep))
-    append_line(path, point)
-
-
-def run_dir(out: Path, run: "Run") -> Path:
-    return out / run.item / run.variant / run.cell / f"seed{run.seed}"
-
-
-class OutLock:
-    """An exclusive lock on ``<out>/.lock`` for the whole invocation: a second run into the same
-    folder is refused at once instead of duplicating records or racing on checkpoints. Where the
-    filesystem has no locks (some NFS or Lustre mounts), a warning, and the run goes on unlocked."""
-
-    def __init__(self, out: Path):
-        self.path, self.fd = out / ".lock", None
-
-    def __enter__(self):
-        import fcntl
-
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise ConfigError(f"--out: cannot make {self.path} ({e.strerror or e})") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                print(f"warning: {self.path}: no lock on this filesystem ({e.strerror or e}); make sure no "
-                      f"other run writes into {self.path.parent}", file=sys.stderr, flush=True)
-                return self
-            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(self.fd)
-            self.fd = None
-            raise ConfigError(f"--out: {self.path.parent} is in use by another run ({holder}); wait for it, "
-                              f"or use another --out") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
-        return self
-
-    def discard(self) -> None:
-        """Remove the lock file while still holding it (a refused run that made the folder)."""
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-
-
-# -- one run ---------------------------------------------------------------------------------------
-
-def _task_keywords(name) -> list[str] | None:
-    """The keywords ``task_kwargs`` may give the task ``name`` (None: not a task here)."""
-    import inspect
-
-    import data
-
-    task = {"cifar": data.CifarTask, "digits": data.DigitsTask, "wikitext2": data.LanguageModelTask,
-            "multi30k": data.TranslationTask}.get(name)
-    if task is None:
-        return None
-    given = {"root", "name", "device", "seed", "num_layers", "hidden_size", "tensors"}  # build_task's own
-    return [p for p in inspect.signature(task).parameters if p not in given]
-
-
-def build_task(settings: dict, device):
-    """The task object and the model's task-dependent keyword arguments."""
-    import data
-
-    root = Path(settings.get("data_dir", ".")) / settings.get("data_subdir", "")
-    kwargs = dict(settings.get("task_kwargs", {}))
-    name = settings["task"]
-    if name == "cifar":
-        task = data.CifarTask(root, settings.get("dataset", "cifar10"), device=device, seed=settings["seed"], **kwargs)
-        return task, {"num_classes": task.num_classes}
-    if name == "digits":
-        return data.DigitsTask(device=device, seed=settings["seed"]), {}
-    if name == "wikitext2":
-        mk = settings.get("model_kwargs", {})
-        task = data.LanguageModelTask(root, num_layers=mk.get("num_layers", 2),
-                                      hidden_size=mk.get("hidden_size", 650), device=device, **kwargs)
-        return task, {"vocab_size": task.vocab_size}
-    task = data.TranslationTask(root, device=device, seed=settings["seed"], **kwargs)
-    return task, {"src_vocab": task.src_vocab_size, "tgt_vocab": task.tgt_vocab_size}
-
-
-class DataError(ConfigError):
-    """A dataset that cannot serve a run (a missing, corrupt or too small file): one line, exit 2."""
-
-
-def load_task(settings: dict, device):
-    """``build_task``, with its data errors (a missing, corrupt, empty or too small file, each
-    named) as one ``DataError``, and the workers' batches checked against the training data
-    (each task's ``steps_per_epoch`` refuses a batch the data cannot fill)."""
-    try:
-        task, model_kwargs = build_task(settings, device)
-        workers, local_batch = settings.get("workers", 1), settings.get("local_batch", 32)
-        task.steps_per_epoch(workers, local_batch)  # raises when the data hold no full step
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(first_line(e)) from None
-    return task, model_kwargs
-
-
-def train_config(settings: dict):
-    from extrap.train import TrainConfig
-
-    fields = _train_fields()
-    values = {k: v for k, v in settings.items() if k in fields}
-    for key in ("milestones", "betas"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return TrainConfig(**values)
-
+from reproduce import ITEMS
+from reproduce.config import (ConfigError, DataError, Run, first_line, load_config, load_task, own_item, paper_on_cpu,
+                              parse_args, plan, prepare_data, check_data_paths, train_config)
+from reproduce.rundir import (FULL_DISK, OutLock, append_evaluation, append_line, check_identities, check_out,
+                              finished_runs, git_info, run_dir, versions)
 
 def execute(run: Run, engine, out: Path, progress: bool, ready=lambda: None) -> dict:
     """One run: its data loaded and checked, then ``ready()``, its folder, and training."""
@@ -672,6 +76,7 @@ def execute(run: Run, engine, out: Path, progress: bool, ready=lambda: None) -> 
     return record
 
 
+
 def main(item: str, argv=None) -> int:
     """Run ``item``'s plan; 0 when done, 2 for a bad configuration or argument, 130 when
     interrupted (Ctrl-C: the same command resumes from the last checkpoint)."""
@@ -684,6 +89,7 @@ def main(item: str, argv=None) -> int:
         return 130
 
 
+
 def _main(item: str | None, argv=None) -> int:
     git_info()  # the commit of the code this process imported, for every record it writes
     args = parse_args(item, argv)
@@ -691,7 +97,7 @@ def _main(item: str | None, argv=None) -> int:
     say = _refusal(item or "reproduce")
     try:
         if args.config is not None:
-            item = _own_item(args.config)
+            item = own_item(args.config)
             say = _refusal(item)
         elif item is None:
             raise ConfigError("--config FILE: expected your item file (or run an item's own script, "
@@ -701,9 +107,9 @@ def _main(item: str | None, argv=None) -> int:
             raise ConfigError(f"--only: no run selected for {item}")
         if args.scale == "paper" and not args.cpu_ok and not torch.cuda.is_available():
             raise ConfigError(paper_on_cpu(runs))
-        _check_out(out)  # before anything is fetched
-        _prepare_data(runs)
-        _check_data_paths(runs)
+        check_out(out)  # before anything is fetched
+        prepare_data(runs)
+        check_data_paths(runs)
     except ConfigError as e:
         return say(e)
     try:
@@ -736,26 +142,6 @@ def _main(item: str | None, argv=None) -> int:
     return code
 
 
-OWN_ITEM_DOC = """Run your own item: a config file in the form of reproduce/configs/*.yaml (about, common,
-scales, variants, cells), checked as the shipped ones are; its records name the item by the file's
-stem. With ``target_loss`` set, ``python -m results OUT`` then writes its study: steps to each
-target and the area under the loss curve, per cell and seed (``results.study``)."""
-
-
-def _own_item(path: str) -> str:
-    """A user's item file (``--config``) registered as its item; refused in one line when it is
-    missing or its stem is not a usable item name."""
-    from reproduce import use_config
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config: {path}: no such file")
-    if not re.fullmatch(r"[A-Za-z0-9][\w-]*", file.stem) or file.stem == DEMO:
-        raise ConfigError(f"--config: {path}: name the file after the item (letters, digits, - and _), e.g. my_study.yaml")
-    if file.stem in ITEMS:
-        raise ConfigError(f"--config: {path}: {file.stem} is one of the paper's items; give your file another name")
-    return use_config(file)
-
 
 def _tune_and_confirm(item: str, args: argparse.Namespace, runs: list[Run], out: Path, say) -> int:
     """A scale with a ``tuning`` section: the paper's tuning protocol, then confirmation
@@ -773,6 +159,7 @@ def _tune_and_confirm(item: str, args: argparse.Namespace, runs: list[Run], out:
         return say(e)
 
 
+
 def _refusal(item: str):
     """A refusal printer: the main rank's line only (every rank of a launch refuses alike); returns 2."""
     def say(error) -> int:
@@ -786,6 +173,7 @@ def _refusal(item: str):
             print(f"reproduce.{item}: {error}", file=sys.stderr)
         return 2
     return say
+
 
 
 def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, done: dict) -> int:
@@ -863,6 +251,7 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
     return 0
 
 
+
 def _end(item: str, engine, run: Run, code: int, text: str, own: bool = False) -> int:
     """Say ``text`` about ``run`` in one line (the main rank, under a launcher, unless it is this
     rank's ``own`` trouble, such as its checkpoint) and end with status ``code``: returned, or at
@@ -873,6 +262,7 @@ def _end(item: str, engine, run: Run, code: int, text: str, own: bool = False) -
     if engine.launched:
         os._exit(code)
     return code
+
 
 
 def _abort_rank(item: str, engine, run: Run, error: Exception) -> None:
@@ -888,73 +278,3 @@ def _abort_rank(item: str, engine, run: Run, error: Exception) -> None:
           f"(rerun the same command to resume from the last checkpoint)", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)
-
-
-# what one epoch passes through the model, per task (the paper's training sets)
-EPOCH_SIZE = {"cifar": (50_000, "images"), "wikitext2": (2_088_628, "tokens"), "multi30k": (29_000, "sentence pairs"),
-              "digits": (1_437, "images")}
-RESNET20_CPU = 740  # img/s, ResNet-20 training on 2 CPU cores (docs/performance.md, item 4: 737)
-
-
-def paper_on_cpu(runs: list[Run]) -> str:
-    """The refusal of the paper scale on a machine without a GPU: what it would cost, and the
-    scales that ask the same questions smaller."""
-    passes: dict[str, float] = {}
-    for r in runs:
-        size, unit = EPOCH_SIZE.get(r.settings.get("task"), (0, "examples"))
-        passes[unit] = passes.get(unit, 0) + size * r.settings.get("epochs", 1)
-    amount = ", ".join(f"{n / 1e6:,.0f} million {unit}" for unit, n in passes.items())
-    days = passes.get("images", 0) / RESNET20_CPU / 86400
-    pace = (f" (even at the {RESNET20_CPU} img/s ResNet-20 trains at on 2 CPU cores, {days:,.0f} days)"
-            if days >= 1 else "")
-    return (f"--scale paper: {len(runs)} runs, {amount} through the model{pace}, and no GPU here; --scale smoke "
-            "asks the same in minutes (--scale laptop, where an item has it: hours), or add --cpu-ok to start anyway")
-
-
-def _prepare_data(runs: list[Run]) -> None:
-    """Each dataset the runs read is in its folder, or fetched there with its checksum
-    (``data.prepare``); offline, one line says what to download and where to put it."""
-    from data.prepare import ensure_dataset
-
-    fetch = os.environ.get(DOWNLOAD_ENV, "1") != "0"
-    seen = set()
-    for run in runs:
-        s = run.settings
-        key = (s.get("task"), s.get("dataset"), s.get("data_dir"), s.get("data_subdir"))
-        if s.get("task") == "digits" or key in seen:
-            continue
-        seen.add(key)
-        if not fetch and not Path(s.get("data_dir") or ".").is_dir():
-            continue  # nothing to look in and nothing to fetch: _check_data_paths names the folder
-        try:
-            ensure_dataset(s, fetch=fetch)
-        except (FileNotFoundError, ValueError) as e:
-            raise DataError(first_line(e)) from None
-
-
-def _check_data_paths(runs: list[Run]) -> None:
-    """The data folders exist and can be read, before any work."""
-    for root in {Path(r.settings.get("data_dir", ".")) / r.settings.get("data_subdir", "") for r in runs
-                 if r.settings["task"] != "digits"}:
-        if not root.is_dir():
-            raise ConfigError(f"--data-dir: {root} is not a directory (see docs/reproducing.md: Datasets)")
-        if not os.access(root, os.R_OK | os.X_OK):
-            raise ConfigError(f"--data-dir: {root} is not readable")
-
-
-def _check_out(out: Path) -> None:
-    """The output folder can be made and written, before any work."""
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise ConfigError(f"--out: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out: {probe} is not writable")
-    for missing in [out, *out.parents]:  # the folders to be made: none may be a dangling link
-        if missing == probe:
-            break
-        if missing.is_symlink():
-            raise ConfigError(f"--out: {missing} is a symbolic link to {os.readlink(missing)}, which does not exist")
-    try:  # root passes os.access everywhere, and /proc or /sys refuse a new folder anyway: try one
-        tempfile.TemporaryDirectory(dir=probe, prefix=".extrap-probe-").cleanup()
-    except OSError as e:
-        raise ConfigError(f"--out: cannot make a folder in {probe} ({e.strerror or type(e).__name__})") from None

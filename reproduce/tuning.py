@@ -171,7 +171,7 @@ def _neighbours(values: list, at, n: int = 1) -> list:
 def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> int:
     """Tune, then confirm, every (panel, method) of ``runs`` (the plan's runs on the confirmation
     seeds). ``execute_runs(runs)`` runs what is not finished and returns an exit status."""
-    from reproduce.runner import check_settings, load_config, plan
+    from reproduce.config import check_settings, load_config, plan
     from results.records import load_records
     from results.study import choose
 
@@ -182,12 +182,12 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
     try:
         tuning = read_tuning(scale.get("tuning"), list(cfg.get("cells") or {}))
     except TuningError as e:
-        from reproduce.runner import ConfigError
+        from reproduce.config import ConfigError
 
         raise ConfigError(str(e)) from None
     overlap = set(tuning["seeds"]) & {r.seed for r in runs}
     if overlap:
-        from reproduce.runner import ConfigError
+        from reproduce.config import ConfigError
 
         raise ConfigError(f"tuning.seeds: {sorted(overlap)} are also confirmation seeds (0 .. seeds − 1)")
     needed = set(cells) | {tuning["grids"][c]["around"] for c in cells if c in tuning["grids"]}

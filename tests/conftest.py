@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # every run the tests start reads the project's data slices beside the checkout, where they are,
-# and never fetches a dataset (reproduce.runner: EXTRAP_DATA_DIR, EXTRAP_DOWNLOAD)
+# and never fetches a dataset (reproduce.config: EXTRAP_DATA_DIR, EXTRAP_DOWNLOAD)
 if SHARED_DATA.is_dir():
     os.environ.setdefault("EXTRAP_DATA_DIR", str(SHARED_DATA))
 os.environ.setdefault("EXTRAP_DOWNLOAD", "0")

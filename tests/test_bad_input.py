@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 import reproduce
 from extrap import PERTURBATIONS
-from reproduce import runner
+from reproduce import config, runner
 
 ITEM = "table1"
-KNOWN = set(runner.RUN_KEYS) | set(runner._train_fields())
+KNOWN = set(config.RUN_KEYS) | set(config._train_fields())
 
 
 def call(argv: list[str], out: Path) -> tuple[int, str, str]:
@@ -105,10 +105,10 @@ def test_unknown_keys(tmp_path_factory, key):
     st.tuples(st.just("--data-dir"), st.text(string.ascii_lowercase, min_size=1, max_size=8).map(
         lambda s: f"/nonexistent/{s}")),
     st.tuples(st.just("--scale"), st.text(string.ascii_lowercase, min_size=1, max_size=8).filter(
-        lambda s: s not in runner.SCALES)),
+        lambda s: s not in config.SCALES)),
     st.tuples(st.just("--engine"), st.sampled_from(["gpu", "mpi", "ddp", "threads"])),
     st.tuples(st.just("--only"), st.text(string.ascii_lowercase, min_size=1, max_size=10).filter(
-        lambda s: s not in runner.load_config(ITEM)["cells"])),
+        lambda s: s not in config.load_config(ITEM)["cells"])),
 ))
 def test_bad_command_line_values(tmp_path_factory, flag_value):
     flag, value = flag_value

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import ROOT, launcher_env
-from reproduce import runner
+from reproduce import rundir
 from results import load_records
 
 
@@ -78,7 +78,7 @@ def test_seed_is_not_a_setting(tmp_path):
 def test_a_record_after_a_partial_line_starts_its_own_line(tmp_path):
     records = tmp_path / "records.jsonl"
     records.write_text('{"item": "demo", "variant": "default", "cell": "sgd", "seed": 0, "status": "compl')
-    runner.append_line(records, {"item": "demo", "variant": "default", "cell": "sgd", "seed": 1, "status": "completed"})
+    rundir.append_line(records, {"item": "demo", "variant": "default", "cell": "sgd", "seed": 1, "status": "completed"})
     lines = records.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["seed"] == 1
     assert [r["seed"] for r in load_records(records)] == [1]  # the partial line is skipped, with a warning
@@ -87,12 +87,12 @@ def test_a_record_after_a_partial_line_starts_its_own_line(tmp_path):
 FULL_DISK = textwrap.dedent("""
     import resource, signal, sys
     from pathlib import Path
-    from reproduce import runner
+    from reproduce import rundir
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
     path, limit = Path(sys.argv[1]), int(sys.argv[2])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     try:
-        runner.append_line(path, {"item": "demo", "cell": "sgd", "seed": 1, "trace": "x" * 4000})
+        rundir.append_line(path, {"item": "demo", "cell": "sgd", "seed": 1, "trace": "x" * 4000})
     except OSError as e:
         print("OSError", e.errno)
 """)
@@ -111,7 +111,7 @@ def test_a_full_disk_during_an_append_leaves_the_file_as_it_was(tmp_path):
 RUNNER_ON_A_FULL_DISK = textwrap.dedent("""
     import resource, signal, sys
     from unittest import mock
-    from reproduce import runner
+    from reproduce import rundir, runner
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))  # room for everything but the record
     big = {"status": "completed", "final": {}, "trace": "x" * 50000}
@@ -257,8 +257,8 @@ def test_a_data_error_names_its_file_in_one_line_and_writes_nothing(tmp_path, ca
 def test_a_resumed_run_never_duplicates_an_evaluation(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     for step in (10, 20, 30):
-        runner.append_evaluation(metrics, {"step": step, "loss": step})
-    runner.append_evaluation(metrics, {"step": 20, "loss": -1})  # resumed from the checkpoint at step 10
+        rundir.append_evaluation(metrics, {"step": step, "loss": step})
+    rundir.append_evaluation(metrics, {"step": 20, "loss": -1})  # resumed from the checkpoint at step 10
     assert [json.loads(line) for line in metrics.read_text().splitlines()] == [{"step": 10, "loss": 10},
                                                                                {"step": 20, "loss": -1}]
 
@@ -323,7 +323,7 @@ def test_a_filesystem_without_locks_warns_and_runs(tmp_path, capsys):
     from unittest import mock
 
     with mock.patch("fcntl.flock", side_effect=OSError(errno.ENOLCK, "No locks available")):
-        with runner.OutLock(tmp_path):
+        with rundir.OutLock(tmp_path):
             pass
     assert "no lock on this filesystem" in capsys.readouterr().err
 
@@ -338,7 +338,7 @@ def test_a_model_size_torch_refuses_is_one_line(tmp_path):
 def test_records_name_the_commit_the_process_started_with(monkeypatch):
     """A long item's later runs keep the commit of the code the process imported, though HEAD
     moves on while it runs."""
-    from reproduce import runner
+    from reproduce import rundir
 
     heads = iter(["a" * 40, "b" * 40])
     calls = []
@@ -348,11 +348,11 @@ def test_records_name_the_commit_the_process_started_with(monkeypatch):
         out = next(heads) if cmd[1] == "rev-parse" else ""
         return subprocess.CompletedProcess(cmd, 0, stdout=out + "\n", stderr="")
 
-    runner._git_info_at_start.cache_clear()
-    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    rundir._git_info_at_start.cache_clear()
+    monkeypatch.setattr(rundir.subprocess, "run", fake_run)
     try:
-        first = runner.git_info()
+        first = rundir.git_info()
         first["commit"] = "changed by a caller"
-        assert runner.git_info() == {"commit": "a" * 40, "dirty": False} and len(calls) == 2
+        assert rundir.git_info() == {"commit": "a" * 40, "dirty": False} and len(calls) == 2
     finally:
-        runner._git_info_at_start.cache_clear()
+        rundir._git_info_at_start.cache_clear()

@@ -187,14 +187,14 @@ def test_strict_pod_validation_catches_mistakes():
 # -- what the jobs run agrees with the experiments --------------------------------------------------
 
 def item_workers(item: str) -> set[int]:
-    from reproduce.runner import parse_args, plan
+    from reproduce.config import parse_args, plan
 
     return {r.settings["workers"] for r in plan(item, parse_args(item, ["--scale", SETTINGS["scale"]]))}
 
 
 @pytest.mark.parametrize("name", MPIJOBS)
 def test_mpijob_runs_its_item_with_the_configs_workers(name):
-    from reproduce.runner import parse_args
+    from reproduce.config import parse_args
 
     doc = load(f"mpijobs/{name}")
     spec = doc["spec"]
@@ -483,7 +483,7 @@ def test_per_cell_jobs_elsewhere_leave_the_committed_manifests_alone(tmp_path, m
         assert item == "table1" and args[args.index("--scale") + 1] == "smoke"
         assert args[args.index("--out") + 1] == f"/data/runs/smoke/{stem(path.name)}"  # its own folder
         seen.add((variant, cell))
-    from reproduce.runner import parse_args, plan
+    from reproduce.config import parse_args, plan
 
     assert seen == {(r.variant, r.cell) for r in plan("table1", parse_args("table1", ["--scale", "smoke"]))}
     assert len(list(out.glob("pytorchjobs/table1-*.yaml"))) == 14

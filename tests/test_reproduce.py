@@ -155,13 +155,13 @@ def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, args, message):
 
 
 def test_a_dotted_override_reaches_into_a_mapping_and_keeps_its_other_keys():
-    from reproduce.runner import parse_args, parse_overrides, plan
+    from reproduce.config import parse_args, parse_overrides, plan
 
     assert parse_overrides(["task_kwargs.max_train_images=512", "a.b.c=[1, 2]", "x=y"]) == {
         "task_kwargs": {"max_train_images": 512}, "a": {"b": {"c": [1, 2]}}, "x": "y"}
     # in either order, a mapping and dotted keys into it merge; a scalar and dotted keys do not
     assert parse_overrides(["t.a=1", "t={b: 2}"]) == parse_overrides(["t={b: 2}", "t.a=1"]) == {"t": {"a": 1, "b": 2}}
-    from reproduce.runner import ConfigError, closest
+    from reproduce.config import ConfigError, closest
 
     for pairs in (["t.a=1", "t=5"], ["t=5", "t.a=1"]):
         with pytest.raises(ConfigError, match="a value of its own"):
@@ -176,7 +176,7 @@ def test_a_dotted_override_reaches_into_a_mapping_and_keeps_its_other_keys():
 @needs_data
 def test_a_smoke_run_draws_curves_of_at_least_10_points():
     """Every item's smoke runs, as configured, log at least 10 trace points (the figures' curves)."""
-    from reproduce.runner import ITEMS, load_task, parse_args, plan
+    from reproduce.config import ITEMS, load_task, parse_args, plan
 
     for name in ITEMS:
         for r in plan(name, parse_args(name, ["--scale", "smoke", "--data-dir", str(SHARED_DATA)])):
@@ -190,7 +190,7 @@ def test_a_smoke_run_draws_curves_of_at_least_10_points():
 
 def test_overrides_may_come_before_between_and_after_the_flags():
     """As `make reproduce-<item> ARGS=...` appends them to the Makefile's own flags."""
-    from reproduce.runner import parse_args
+    from reproduce.config import parse_args
 
     args = parse_args("figure1", ["epochs=1", "--scale", "smoke", "momentum=0.5", "--only", "sgd",
                                   "task_kwargs={max_train_images: 512}"])
@@ -199,7 +199,7 @@ def test_overrides_may_come_before_between_and_after_the_flags():
 
 
 def test_every_item_resolves_at_both_scales():
-    from reproduce.runner import ITEMS, load_config, parse_args, plan
+    from reproduce.config import ITEMS, load_config, parse_args, plan
 
     assert {"table1", "table2", "table3", "figure1", "figure2", "figure3", "figure4", "figure7"} <= set(ITEMS)
     for name in ITEMS:
@@ -254,7 +254,8 @@ def test_laptop_configs_run_a_few_steps_and_collate_as_a_study(tmp_path, name, m
     import yaml
 
     import reproduce
-    from reproduce.runner import load_config, main
+    from reproduce.config import load_config
+    from reproduce.runner import main
 
     cfg = _one_point_grids(load_config(name))
     scale = cfg["scales"]["laptop"]
@@ -288,7 +289,7 @@ def test_laptop_configs_run_a_few_steps_and_collate_as_a_study(tmp_path, name, m
 
 
 def test_the_items_are_the_configs_and_each_script_describes_itself():
-    from reproduce.runner import CONFIGS, ITEMS
+    from reproduce import CONFIGS, ITEMS
 
     assert set(ITEMS) == {p.stem for p in CONFIGS.glob("*.yaml")} >= {"table1", "figure4"}
     planned = run(["make", "-n", "reproduce-all"]).stdout  # the Makefile's items are the same
@@ -299,7 +300,7 @@ def test_the_items_are_the_configs_and_each_script_describes_itself():
 
 def test_every_run_carries_how_its_config_shows_it():
     """Labels, order, colours and the item's about: copied from the config into every run's record."""
-    from reproduce.runner import load_config, parse_args, plan
+    from reproduce.config import load_config, parse_args, plan
 
     runs = plan("table1", parse_args("table1", ["--scale", "smoke"]))
     cells = list(load_config("table1")["cells"])

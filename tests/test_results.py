@@ -14,7 +14,7 @@ import pytest
 
 import results
 from conftest import ROOT, launcher_env
-from reproduce import runner
+from reproduce import config, runner
 from results.figures import _series, method_colors
 from results.records import presentation
 
@@ -22,11 +22,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def shown(item, variant, cell) -> dict:
-    """What the runner copies into a record from the item's config (``runner.presentation``); a
+    """What the runner copies into a record from the item's config (``config.presentation``); a
     cell or variant the config lacks gets no label or place of its own."""
     if item not in runner.ITEMS:
         return {}
-    cfg = runner.load_config(item)
+    cfg = config.load_config(item)
     return presentation(cfg, [*(cfg.get("variants") or {"default": {}}), variant], variant, cell)
 
 
@@ -229,7 +229,7 @@ def test_figure4_reads_the_budget_from_the_runs_config_not_the_variant_name():
 def test_an_epochs_override_for_figure4_is_the_budget_the_figure_draws(tmp_path, monkeypatch):
     """``epochs=5`` on figure4's command line: the runner's settings carry it, and the figure puts
     the runs at 5 epochs whatever their variant is called."""
-    runs = runner.plan("figure4", runner.parse_args("figure4", ["--scale", "smoke", "--only", "sgd", "epochs=5"]))
+    runs = config.plan("figure4", config.parse_args("figure4", ["--scale", "smoke", "--only", "sgd", "epochs=5"]))
     assert runs and all(r.settings["epochs"] == 5 for r in runs) and any(r.variant != "epochs=5" for r in runs)
     write_records(tmp_path, [{**record("figure4", r.variant, r.cell, r.seed, 80.0), **r.shown, "config": r.settings}
                              for r in runs])
@@ -336,7 +336,7 @@ def test_a_label_and_a_cell_order_changed_in_the_config_reach_the_table_and_the_
     configs.mkdir()
     (configs / "figure1.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
     monkeypatch.setattr(reproduce, "CONFIGS", configs)  # where the runner reads the item's config
-    runs = runner.plan("figure1", runner.parse_args("figure1", ["--scale", "laptop", "--only", "sgd,extrap-sgd"]))
+    runs = config.plan("figure1", config.parse_args("figure1", ["--scale", "laptop", "--only", "sgd,extrap-sgd"]))
     assert {r.cell for r in runs} == {"sgd", "extrap-sgd"} and all(r.settings["target_loss"] for r in runs)
     losses = [2.2, 1.9, 1.6, 1.4]
     trace = [{"step": 2 * (i + 1), "batch_loss": x, "train_loss_subset": x} for i, x in enumerate(losses)]

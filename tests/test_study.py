@@ -15,7 +15,7 @@ import results
 from results.records import presentation
 from results.figures import write_study_figure
 from results.study import build_study, interval, steps_to_target, study_items
-from reproduce import runner
+from reproduce import config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T_975 = {2: 12.706204736, 3: 4.302652730, 5: 2.776445105}  # Student t quantiles (0.975, n-1) from tables
@@ -23,7 +23,7 @@ T_975 = {2: 12.706204736, 3: 4.302652730, 5: 2.776445105}  # Student t quantiles
 
 def record(cell, variant, seed, losses, base_lr, status="completed", target=1.0, every=2, probe=None, top1=50.0):
     """A figure1 record at one rate whose trace has ``losses`` at steps every, 2·every, ..."""
-    cfg = runner.load_config("figure1")  # its cells, with a rate grid's variant labels
+    cfg = config.load_config("figure1")  # its cells, with a rate grid's variant labels
     cfg["about"]["variant_labels"] = {f"lr{r}": f"η_base = {r}" for r in (0.1, 0.2, 0.4)}
     variants = ["lr0.1", "lr0.2", "lr0.4"]
     return {"item": "figure1", "variant": variant, "cell": cell, **presentation(cfg, variants, variant, cell),

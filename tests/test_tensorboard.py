@@ -20,11 +20,11 @@ CONFIG = {
 
 @pytest.fixture
 def item(tmp_path, monkeypatch):
-    import reproduce.runner as runner
+    import reproduce.config as config
 
     path = tmp_path / "tb.yaml"
     path.write_text(yaml.safe_dump(CONFIG))
-    monkeypatch.setattr(runner, "config_path", lambda name: path)
+    monkeypatch.setattr(config, "config_path", lambda name: path)
     return "figure1"  # its script; the config is the one above
 
 

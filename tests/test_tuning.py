@@ -23,11 +23,11 @@ CONFIG = {
 
 @pytest.fixture
 def item(tmp_path, monkeypatch):
-    import reproduce.runner as runner
+    import reproduce.config as config
 
     path = tmp_path / "tuned.yaml"
     path.write_text(yaml.safe_dump(CONFIG))
-    monkeypatch.setattr(runner, "config_path", lambda name: path)
+    monkeypatch.setattr(config, "config_path", lambda name: path)
     return "figure1"  # its script and --help; the config is the one above
 
 
@@ -118,13 +118,13 @@ def test_an_unordered_axis_gets_its_missing_values_on_the_line():
 
 
 def test_a_bad_tuning_section_is_one_line(item, tmp_path, capsys, monkeypatch):
-    import reproduce.runner as runner
+    import reproduce.config as config
 
     bad = json.loads(json.dumps(CONFIG))
     bad["scales"]["laptop"]["tuning"]["grids"]["extrap-sgd"]["around"] = "nothing"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    monkeypatch.setattr(runner, "config_path", lambda name: path)
+    monkeypatch.setattr(config, "config_path", lambda name: path)
     assert _run(item, tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "tuning.grids.extrap-sgd.around" in err and len(err.strip().splitlines()) == 1

@@ -41,16 +41,19 @@ def batched_by_default(device: torch.device) -> bool:
 
 class SharedPoints(Points):
     """The points of K virtual workers that share one x_t: each parameter's ``[K, ...]`` tensor,
-    until ``split`` gives every worker its own model (then the parameters are where they compute)."""
+    until ``split`` gives every worker its own model (then the parameters are where they compute,
+    and the points are freed)."""
 
-    def __init__(self, workers: "VirtualWorkers", points: dict[int, Tensor]):
-        self._workers, self._points = workers, points
+    def __init__(self, workers: "VirtualWorkers", names: dict[int, str]):
+        self._workers, self._names = workers, names  # id of a parameter -> its name
 
     def of(self, p: Tensor) -> Tensor:
-        return self._points.get(id(p), p) if self._workers.shared else p
+        points = self._workers._points
+        return points[self._names[id(p)]] if points is not None and id(p) in self._names else p
 
     def shared(self, params) -> list[tuple[Tensor, Tensor]]:
-        return [(p, self._points[id(p)]) for p in params if id(p) in self._points] if self._workers.shared else []
+        points = self._workers._points
+        return [] if points is None else [(p, points[self._names[id(p)]]) for p in params if id(p) in self._names]
 
     def split(self, optimizer) -> None:
         self._workers.split(optimizer)
@@ -77,7 +80,7 @@ class VirtualWorkers:
         self._points = {n: self._stacked(p).requires_grad_(p.requires_grad) for n, p in self.params.items()}
         self.buffers = {n: self._stacked(b) for n, b in model.named_buffers()}
         # the comm holds the points of the model prepared last (a run after another on one engine)
-        self.comm.points = self.store = SharedPoints(self, {id(p): self._points[n] for n, p in self.params.items()})
+        self.comm.points = self.store = SharedPoints(self, {id(p): n for n, p in self.params.items()})
         self._eval = None
         self._losses: dict = {}  # loss_fn -> the workers' loss function (vmapped, compiled)
 
