@@ -5,9 +5,9 @@ paper's tables and figures")::
                                [--workers K] [--only CELL[,CELL]] [--variants V[,V]] [--seeds N] [--data-dir DIR]
                                [--out DIR] [key=value ...]
 
-A config (``reproduce/configs/<item>.yaml``) holds ``common`` settings, one section per
-``scale``, the ``variants`` (the table's columns or the figure's panels) and the ``cells`` (the
-methods). A run's settings are resolved in that order — common < scale < variant < cell <
+A config (``reproduce/configs/<item>.yaml``) holds how its item is shown (``about``, and the
+``figures`` its records draw: ``results.specs``), ``common`` settings, one section per ``scale``,
+the ``variants`` (the table's columns or the figure's panels) and the ``cells`` (the methods). A run's settings are resolved in that order — common < scale < variant < cell <
 ``key=value`` on the command line — and checked before any work starts: a bad value exits with
 status 2 and one line naming the key.
 
@@ -45,6 +45,7 @@ from extrap.checkpoint import CheckpointError
 from extrap.engines import ENGINES
 from reproduce import CONFIGS, DEMO, ITEMS, config_path, identity  # noqa: F401 (CONFIGS, ITEMS: the runner's item list)
 from results.records import presentation
+from results.specs import read_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALES = ("paper", "laptop", "smoke")
@@ -204,9 +205,13 @@ def load_config(item: str) -> dict:
         raise ConfigError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for section in ("about", "common", "scales", "variants", "cells"):
+    for section in ("about", "figures", "common", "scales", "variants", "cells"):
         if not isinstance(cfg.get(section, {}), dict):
             raise ConfigError(f"{section}: expected a mapping in {path.name}")
+    try:
+        read_figures(cfg)  # what results/ draws from the item's records
+    except ValueError as e:
+        raise ConfigError(f"{e} ({path.name})") from None
     return cfg
 
 
