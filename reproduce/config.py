@@ -1,8 +1,8 @@
 """A run's settings: the command line, the item's config, and the checks that run before any work.
 
-A config (``reproduce/configs/<item>.yaml``) holds ``common`` settings, one section per
-``scale``, the ``variants`` (the table's columns or the figure's panels) and the ``cells`` (the
-methods). ``plan`` resolves each run's settings in that order — common < scale < variant < cell
+A config (``reproduce/configs/<item>.yaml``) holds how its item is shown (``about``, and the
+``figures`` its records draw: ``results.specs``), ``common`` settings, one section per ``scale``,
+the ``variants`` (the table's columns or the figure's panels) and the ``cells`` (the methods). ``plan`` resolves each run's settings in that order — common < scale < variant < cell
 < ``key=value`` on the command line — and checks them: a bad value is a ``ConfigError``, one
 line naming the key (exit status 2).
 """
@@ -24,6 +24,7 @@ import yaml
 from extrap.engines import ENGINES
 from reproduce import DEMO, ITEMS, config_path
 from results.records import presentation
+from results.specs import read_figures
 
 SCALES = ("paper", "laptop", "smoke")
 
@@ -194,9 +195,13 @@ def load_config(item: str) -> dict:
         raise ConfigError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for section in ("about", "common", "scales", "variants", "cells"):
+    for section in ("about", "figures", "common", "scales", "variants", "cells"):
         if not isinstance(cfg.get(section, {}), dict):
             raise ConfigError(f"{section}: expected a mapping in {path.name}")
+    try:
+        read_figures(cfg)  # what results/ draws from the item's records
+    except ValueError as e:
+        raise ConfigError(f"{e} ({path.name})") from None
     return cfg
 
 

@@ -31,11 +31,9 @@ import itertools
 import json
 import math
 
-__all__ = ["TuningError", "read_tuning", "point_name", "point_label", "next_points", "run_protocol"]
+from results.protocol import point_label, point_name  # how the collator names a point too
 
-SHORT = {"base_lr": "lr", "trust": "trust", "gamma_factor": "gf", "lars_lookahead": "la", "momentum": "m"}
-LABELS = {"base_lr": "η_base", "trust": "τ", "gamma_factor": "γ factor", "lars_lookahead": "look-ahead trust",
-          "momentum": "β"}
+__all__ = ["TuningError", "read_tuning", "point_name", "point_label", "next_points", "run_protocol"]
 
 
 class TuningError(ValueError):
@@ -83,20 +81,6 @@ def read_tuning(section, cells: list[str]) -> dict:
     if not any(g["around"] is None for g in out.values()):
         raise TuningError("tuning.grids: expected at least one cell tuned on its own grid")
     return {"seeds": list(seeds), "extend": extend, "grids": out}
-
-
-def _text(v) -> str:
-    return ("on" if v else "off") if isinstance(v, bool) else f"{v:g}"
-
-
-def point_name(point: dict) -> str:
-    """A grid point as a variant name (a folder name): ``lr0.05-trust0.02-gf0.5-la1``."""
-    return "-".join(f"{SHORT.get(k, k)}{int(v) if isinstance(v, bool) else f'{v:g}'}" for k, v in point.items())
-
-
-def point_label(point: dict) -> str:
-    """A grid point for people: ``η_base 0.05, τ 0.02, γ factor 0.5, look-ahead trust on``."""
-    return ", ".join(f"{LABELS.get(k, k)} {_text(v)}" for k, v in point.items())
 
 
 def _key(point: dict) -> str:

@@ -9,7 +9,8 @@ or from Python::
     print(table.to_markdown())
     results.write_all("runs/table1")                     # -> list of the paths written
 
-It imports no torch: collating needs the records and, for figures, matplotlib (Agg canvas only).
+The figures are those the items' configs declare (``figures:``, ``results.specs``). It imports
+no torch: collating needs the records and, for figures, matplotlib (Agg canvas only).
 """
 
 from .collate import RECORDS_FILE, records_files, write_all
@@ -21,7 +22,8 @@ __all__ = ["load_records", "build_table", "write_all", "Table", "Cell", "methods
 
 
 def write_figure(records, item, path, colors=None):
-    """Draw ``item`` (figure1 … figure5, figure7) into the PNG ``path``; see ``results.figures``."""
+    """Draw the figure ``item`` (figure1, figure5, ...) that one of the records' items declares in
+    its config into the PNG ``path``; see ``results.specs`` and ``results.figures``."""
     from .figures import write_figure as draw  # matplotlib is imported only when a figure is drawn
 
     return draw(records, item, path, colors)

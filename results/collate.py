@@ -6,12 +6,9 @@ from pathlib import Path
 
 from .protocol import build_tuned_study, is_tuned
 from .records import load_records
+from .specs import declared_figures
 from .study import build_study, study_items
 from .tables import build_table, table_items
-
-FIGURE_ITEMS = ("figure1", "figure2", "figure3", "figure4", "figure5", "figure7")
-# figures drawn from another item's records (the appendix's Figure 5: Table 1's curves)
-FIGURE_SOURCE = {"figure5": "table1"}
 
 __all__ = ["write_all", "records_files", "RECORDS_FILE"]
 
@@ -27,13 +24,13 @@ def records_files(directory) -> list[Path]:
 
 
 def write_all(directory) -> list[Path]:
-    """Read ``directory/records.jsonl`` (and ``directory/*/records.jsonl``) and write, for each
-    paper item present, ``tableN.{md,tex,csv}`` or ``figureN.png`` into ``directory``, and for
-    an item run as a study (``results.study``) ``<item>.study.{md,csv,png}``; return the paths
+    """Read ``directory/records.jsonl`` (and ``directory/*/records.jsonl``) and write into
+    ``directory``, for each item present: ``tableN.{md,tex,csv}`` where its config's ``about``
+    lays out a table, ``<item>.study.{md,csv,png}`` where it ran as a study (``results.study``),
+    and ``<name>.png`` for each figure its config declares (``results.specs``); return the paths
     written.
 
-    Items whose records name no table layout and that are not figures (the demo's, say) are
-    ignored. Raises
+    Items whose records name no table layout, no study and no figure are ignored. Raises
     FileNotFoundError when there is no records file.
     """
     directory = Path(directory)
@@ -63,12 +60,12 @@ def write_all(directory) -> list[Path]:
             written += figures.write_tuned_figures(study, records, directory)
         else:
             written.append(figures.write_study_figure(records, item, directory / f"{item}.study.png"))
-    figures = [item for item in FIGURE_ITEMS if FIGURE_SOURCE.get(item, item) in present]
-    if figures:
-        from .figures import method_colors, write_figure  # matplotlib only when there is a figure to draw
+    declared = declared_figures(records)  # the figures the items' configs declare (Table 1's: Figure 5)
+    if declared:
+        from .figures import draw_figure, method_colors  # matplotlib only when there is a figure to draw
 
-        sources = {FIGURE_SOURCE.get(item, item) for item in figures}
+        sources = {item for item, _ in declared.values()}
         colors = method_colors([r for r in records if r["item"] in sources])
-        for item in figures:
-            written.append(write_figure(records, item, directory / f"{item}.png", colors))
+        for name, (item, spec) in declared.items():
+            written.append(draw_figure(records, item, spec, directory / f"{name}.png", colors))
     return written

@@ -1,15 +1,19 @@
-"""Figures 1–5 and 7 from the records' curves.
+"""The figures the items' configs declare (``results.specs``), drawn from the records, and the
+studies' figures.
 
-Curves are drawn against training steps and averaged over the seeds that completed, point by
-point, with a shaded band of ± one standard deviation over seeds when there is more than one.
-Where the records carry a trace (``TrainConfig.log_every``), the training losses come from it:
-the loss at x_t on the task's fixed training subset and the mini-batch loss at the workers' x̃,
-every N steps; otherwise from the evaluations. A study's figure (``write_study_figure``, see
-``results.study``) draws each method at its tuned learning rate, with the target.
-A method none of whose seeds completed is drawn dotted from its diverged/failed runs and says so
-in the legend. Labels, the order of methods, their colours and the figure's title and setting
-come from the records (their item config's); a method whose config gives no colour gets a spare
-one (``method_colors``).
+A config's ``figures:`` names each figure, the drawer that draws it and its panels: which of the
+records' values, with which labels. The drawers here are generic: ``curves`` (panels side by side,
+curves against training steps), ``curves_by_batch`` (the same, a column per global batch) and
+``final_vs_setting`` (the final metric against a run setting, a line per method). Curves are
+averaged over the seeds that completed, point by point, with a shaded band of ± one standard
+deviation over seeds when there is more than one. A method none of whose seeds completed is drawn
+dotted from its diverged/failed runs and says so in the legend. Labels, the order of methods,
+their colours and the figure's title and setting come from the records (their item config's); a
+method whose config gives no colour gets a spare one (``method_colors``).
+
+A study's figure (``write_study_figure``, see ``results.study``) draws each method at its tuned
+learning rate, with the target; a tuned study's (``write_tuned_figures``, see
+``results.protocol``) the confirmation runs and the sensitivity to γ.
 
 Drawing goes through ``matplotlib.figure.Figure`` and the Agg canvas directly — never pyplot — so
 no GUI backend is touched, no global figure state is left behind, and a caller's own pyplot
@@ -18,6 +22,7 @@ backend (a notebook's, say) is not switched.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import textwrap
@@ -28,13 +33,14 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .protocol import point_label
 from .records import about_of, int_field, methods_of, unique_ints, variant_of, variants_of
+from .specs import PLACEHOLDER, FigureSpec, Panel, Series, declared_figures
 from .study import LOSS, build_study, loss_key, study_records
-from .collate import FIGURE_ITEMS
 from .tables import collect_cells
 
-__all__ = ["FIGURE_ITEMS", "method_colors", "write_figure", "figure1", "figure2", "figure3", "figure4", "figure5", "figure7",
-           "write_study_figure", "write_tuned_figures"]
+__all__ = ["method_colors", "write_figure", "draw_figure", "curves", "curves_by_batch", "final_vs_setting",
+           "setting_of", "write_study_figure", "write_tuned_figures"]
 
 
 _SPARE = matplotlib.colormaps["tab10"].colors
@@ -137,24 +143,39 @@ def _split(records: list[dict]) -> str:
     return next((r["eval_split"] for r in records if isinstance(r.get("eval_split"), str)), "evaluation")
 
 
+def _fill(text: str, **values: str) -> str:
+    """A declared text with its placeholders (``results.specs.PLACEHOLDERS``) filled from ``values``."""
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=120)
 
 
-def _per_method_panels(records, axes, panels, colors) -> None:
-    """Draw each (variant, method) on each of ``axes``, panel i plotting ``panels[i]`` =
-    (y key, x key, record list it is in: "curve" or "smoothness")."""
+def _holds(records: list[dict], series: Series) -> bool:
+    """Whether the records' ``series.source`` lists hold ``series.key`` anywhere."""
+    return any(isinstance(r.get(series.source), list)
+               and any(isinstance(p, dict) and series.key in p for p in r[series.source]) for r in records)
+
+
+def _chosen(records: list[dict], panel: Panel) -> Series:
+    """The panel's series the records hold first (the trace's loss where traced, say); else its last."""
+    return next((s for s in panel.series[:-1] if _holds(records, s)), panel.series[-1])
+
+
+def _per_method_panels(records, axes, series: list[Series], colors) -> None:
+    """Draw each (variant, method) on each of ``axes``, panel i plotting ``series[i]`` against steps."""
     groups, variants = _groups(records)
     _, method_labels = methods_of(records)
     _, variant_labels = variants_of(records)
     styles = {v: _LINESTYLES[i % len(_LINESTYLES)] for i, v in enumerate(variants)}
     for (variant, cell), rs in groups.items():
         label = method_labels[cell] + (f" [{variant_labels[variant]}]" if len(variants) > 1 else "")
-        for i, (ax, (key, x, source)) in enumerate(zip(axes, panels)):
-            series = _series(rs, key, x=x, source=source)
-            if series is not None:
-                _draw(ax, series, colors[cell], label, styles[variant])
+        for i, (ax, wanted) in enumerate(zip(axes, series)):
+            drawn = _series(rs, wanted.key, source=wanted.source)
+            if drawn is not None:
+                _draw(ax, drawn, colors[cell], label, styles[variant])
             elif i == 0:  # say in the legend that the method ran but left nothing to draw
                 statuses = ", ".join(f"{n} {s}" for s, n in Counter(r.get("status", "?") for r in rs).items())
                 ax.plot([], [], color=colors[cell], linestyle=":", label=f"{label} ({statuses}, no curve)")
@@ -163,150 +184,108 @@ def _per_method_panels(records, axes, panels, colors) -> None:
 _BAND = "mean over seeds, band = ± 1 std"
 
 
-def _traced(records: list[dict], key: str) -> bool:
-    """Whether the records' traces (``log_every``) hold ``key``."""
-    return any(isinstance(r.get("trace"), list) and any(isinstance(p, dict) and key in p for p in r["trace"])
-               for r in records)
+def _finish_panels(axes, records: list[dict], panels, series: list[Series], **values: str) -> None:
+    """Label each of ``axes`` as its panel and the series drawn there say."""
+    values = {"split": _split(records), **values}
+    for ax, panel, s in zip(axes, panels, series):
+        _finish(ax, "step", _fill(s.label, **values), _fill(s.title or panel.title, **values), log_y=panel.log_y)
 
 
-def _training_loss_panel(records: list[dict], title: str) -> tuple:
-    """The training loss at x_t against steps: the trace's fixed-subset loss where recorded,
-    else the evaluations' ``train_loss``."""
-    if _traced(records, "train_loss_subset"):
-        return ("train_loss_subset", "step", "trace", "step", "training loss at $x_t$ (fixed training subset)",
-                title, True)
-    return ("train_loss", "step", "curve", "step", "training loss at $x_t$", title, True)
-
-
-def _batch_loss_panel(records: list[dict], title: str) -> tuple:
-    """The mini-batch loss at the workers' x̃ against steps (trace, else per epoch)."""
-    source = "trace" if _traced(records, "batch_loss") else "curve"
-    return ("batch_loss", "step", source, "step", r"mini-batch loss at the workers' $\tilde{x}$", title, True)
-
-
-def _curve_panels(records: list[dict], path: Path, colors: dict, panels: list[tuple], title: str) -> None:
-    """Two side-by-side panels of per-method curves. Each panel is (y key, x key, record list —
-    "curve" or "smoothness" —, x label, y label, title, log y)."""
-    fig = Figure(figsize=(13, 4.8), layout="constrained")
-    axes = fig.subplots(1, len(panels))
-    _per_method_panels(records, axes, [p[:3] for p in panels], colors)
-    for ax, (_, _, _, xlabel, ylabel, panel_title, log_y) in zip(axes, panels):
-        _finish(ax, xlabel, ylabel, panel_title, log_y=log_y)
-    fig.suptitle(textwrap.fill(title, 150, break_on_hyphens=False))
+def curves(item: str, records: list[dict], spec: FigureSpec, path: Path, colors: dict) -> None:
+    """The panels side by side, each a line per (variant, method) against steps."""
+    series = [_chosen(records, p) for p in spec.panels]
+    fig = Figure(figsize=(6.5 * len(series), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(series), squeeze=False)[0]
+    _per_method_panels(records, axes, series, colors)
+    _finish_panels(axes, records, spec.panels, series)
+    title = _fill(spec.title, title=_title(records, item), batches=_batches(records))
+    fig.suptitle(textwrap.fill(f"{title}: {_BAND}", 150, break_on_hyphens=False))
     _save(fig, path)
-
-
-def figure1(records: list[dict], path: Path, colors: dict) -> None:
-    """(a) training loss at x_t vs step of every method; (b) the smoothness probe vs step."""
-    _curve_panels(records, path, colors, [
-        _training_loss_panel(records, "(a) training loss"),
-        ("smoothness", "step", "smoothness", "step",
-         r"$\|\nabla f(x_{t+1}) - \nabla f(x_t)\| \,/\, \|x_{t+1} - x_t\|$",
-         "(b) local smoothness along the trajectory", False),
-    ], f"{_title(records, 'figure1')}, {_batches(records)}: {_BAND}")
-
-
-def figure2(records: list[dict], path: Path, colors: dict) -> None:
-    """Validation perplexity and training loss vs step of each method (2-layer LSTM)."""
-    _curve_panels(records, path, colors, [
-        ("val_ppl", "step", "curve", "step", f"{_split(records)}-split perplexity (lower is better)",
-         f"(a) {_split(records)}-split perplexity", True),
-        _training_loss_panel(records, "(b) training loss") if _traced(records, "train_loss_subset")
-        else _batch_loss_panel(records, "(b) mini-batch loss"),
-    ], f"{_title(records, 'figure2')}, {_batches(records)}: {_BAND}")
 
 
 def _global_batch(records: list[dict]) -> int | None:
     return next((b for r in records if (b := int_field(r, "global_batch")) is not None), None)
 
 
-def figure3(records: list[dict], path: Path, colors: dict) -> None:
-    """Per global batch (a column each): BLEU vs step above, training loss vs step below."""
+def curves_by_batch(item: str, records: list[dict], spec: FigureSpec, path: Path, colors: dict) -> None:
+    """A column per variant, sorted by its global batch, with the panels one above the other."""
     variants = list(dict.fromkeys(variant_of(r) for r in records))
     by_variant = {v: [r for r in records if variant_of(r) == v] for v in variants}
     batch = {v: _global_batch(rs) for v, rs in by_variant.items()}
     variants.sort(key=lambda v: (batch[v] is None, batch[v] or 0, v))
-    fig = Figure(figsize=(5.5 * len(variants) + 1, 8), layout="constrained")
-    axes = fig.subplots(2, len(variants), squeeze=False, sharex="col")
+    rows = len(spec.panels)
+    fig = Figure(figsize=(5.5 * len(variants) + 1, 4 * rows), layout="constrained")
+    axes = fig.subplots(rows, len(variants), squeeze=False, sharex="col")
     for j, v in enumerate(variants):
         rs = by_variant[v]
-        loss = _training_loss_panel(rs, "")
-        _per_method_panels(rs, [axes[0][j], axes[1][j]], [("bleu", "step", "curve"), loss[:3]], colors)
+        series = [_chosen(rs, p) for p in spec.panels]
+        column = [axes[i][j] for i in range(rows)]
+        _per_method_panels(rs, column, series, colors)
         name = f"B = {batch[v]}" if batch[v] is not None else (v or "(no variant)")
-        _finish(axes[0][j], "step", f"{_split(rs)}-split BLEU", f"{name}: BLEU")
-        _finish(axes[1][j], "step", loss[4], f"{name}: training loss", log_y=True)
-    title = f"{_title(records, 'figure3')}: {_BAND}"
-    fig.suptitle(textwrap.fill(title, int(11 * fig.get_figwidth()), break_on_hyphens=False))
+        _finish_panels(column, rs, spec.panels, series, column=name)
+    title = _fill(spec.title, title=_title(records, item), batches=_batches(records))
+    fig.suptitle(textwrap.fill(f"{title}: {_BAND}", int(11 * fig.get_figwidth()), break_on_hyphens=False))
     _save(fig, path)
 
 
-def _budget(record: dict) -> int | None:
-    """Figure 4's epoch budget: the epochs the run was configured with (its record's config)."""
+def setting_of(record: dict, key: str) -> int | float | None:
+    """The run's setting ``key`` as its record's config holds it (what the run was configured
+    with, whatever its variant is called); None when absent or not a number."""
     config = record.get("config")
-    epochs = config.get("epochs") if isinstance(config, dict) else None
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    value = config.get(key) if isinstance(config, dict) else None
+    return value if _number(value) else None
 
 
-def figure4(records: list[dict], path: Path, colors: dict) -> None:
-    """The final metric (the config's, test top-1: mean ± std over seeds) against the epoch
-    budget, a line per method."""
-    records = [r for r in records if _budget(r) is not None]
-    metric = about_of(records).get("metric") or {}
-    key, what = metric.get("key", "test_top1"), metric.get("label", "final test top-1 accuracy (%)")
-    cells = collect_cells(records, key, key=lambda r: (r["cell"], _budget(r)))
+def final_vs_setting(item: str, records: list[dict], spec: FigureSpec, path: Path, colors: dict) -> None:
+    """The final metric (mean ± std over seeds) against a run setting (Figure 4: the epoch
+    budget), a line per method."""
+    (panel,), metric = spec.panels, about_of(records).get("metric") or {}
+    (series,) = panel.series
+    key = series.key or metric.get("key")
+    what = series.label or metric.get("label", key)
+    records = [r for r in records if setting_of(r, panel.x_setting) is not None]
+    cells = collect_cells(records, key, key=lambda r: (r["cell"], setting_of(r, panel.x_setting)))
     methods, labels = methods_of(records)
     fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     ax = fig.subplots()
-    budgets = sorted({b for _, b in cells})
+    xs = sorted({x for _, x in cells})
     for cell in methods:
-        points = [(b, cells[(cell, b)]) for b in budgets if (cell, b) in cells and cells[(cell, b)].n]
+        points = [(x, cells[(cell, x)]) for x in xs if (cell, x) in cells and cells[(cell, x)].n]
         if not points:
             continue
         lost = sum(c.n_diverged + c.n_failed for (m, _), c in cells.items() if m == cell)
         label = labels[cell] + (f" ({lost} seeds diverged/failed)" if lost else "")
-        ax.errorbar([b for b, _ in points], [c.mean for _, c in points], yerr=[c.std or 0.0 for _, c in points],
+        ax.errorbar([x for x, _ in points], [c.mean for _, c in points], yerr=[c.std or 0.0 for _, c in points],
                     color=colors[cell], marker="o", capsize=3, linewidth=1.6, label=label)
-    if budgets:
-        ax.set_xticks(budgets)
-    _finish(ax, "training budget (epochs)", what, f"{what} vs training budget, mean ± std over seeds")
-    title = f"{_title(records, 'figure4')}, {_batches(records)}"
+    if xs:
+        ax.set_xticks(xs)
+    _finish(ax, panel.x_label, what, _fill(panel.title, metric=what))
+    title = _fill(spec.title, title=_title(records, item), batches=_batches(records))
     fig.suptitle(textwrap.fill(title, 80, break_on_hyphens=False))  # a narrow figure
     _save(fig, path)
 
 
-def _loss_and_accuracy(records: list[dict], path: Path, colors: dict, title: str) -> None:
-    _curve_panels(records, path, colors, [
-        _training_loss_panel(records, "(a) training loss"),
-        ("test_top1", "step", "curve", "step", f"{_split(records)}-split top-1 (%)", "(b) accuracy", False),
-    ], f"{title}, {_batches(records)}: {_BAND}")
+_DRAW = {"curves": curves, "curves_by_batch": curves_by_batch, "final_vs_setting": final_vs_setting}
 
 
-def figure5(records: list[dict], path: Path, colors: dict) -> None:
-    """The appendix's Figure 5: Table 1's runs over time — training loss and test top-1 vs step."""
-    _loss_and_accuracy(records, path, colors, f"Figure 5 — the curves of {_title(records, 'table1')}")
-
-
-def figure7(records: list[dict], path: Path, colors: dict) -> None:
-    """The appendix's Figure 7: extrap-SGD without momentum against mini-batch SGD with it, early
-    in training — training loss at x_t and test top-1 vs step."""
-    _loss_and_accuracy(records, path, colors, _title(records, "figure7"))
-
-
-_DRAW = {"figure1": figure1, "figure2": figure2, "figure3": figure3, "figure4": figure4, "figure5": figure5,
-         "figure7": figure7}
-from .collate import FIGURE_SOURCE as SOURCE_ITEM  # noqa: E402  (figure5 draws table1's records)
+def draw_figure(records: list[dict], item: str, spec: FigureSpec, path, colors: dict | None = None) -> Path:
+    """Draw ``spec``, a figure ``item``'s config declares, from ``item``'s records into the PNG ``path``."""
+    records = [r for r in records if r.get("item") == item]
+    colors = colors or method_colors(records)
+    path = Path(path)
+    _DRAW[spec.draw](item, records, spec, path, colors)
+    return path
 
 
 def write_figure(records: list[dict], item: str, path, colors: dict | None = None) -> Path:
-    """Draw ``item`` (figure1 … figure5, figure7) from the records of that item (figure5: table1's) into
-    the PNG ``path``."""
-    if item not in _DRAW:
-        raise ValueError(f"item: expected one of {', '.join(FIGURE_ITEMS)}, got {item!r}")
-    records = [r for r in records if r.get("item") == SOURCE_ITEM.get(item, item)]
-    colors = colors or method_colors(records)
-    path = Path(path)
-    _DRAW[item](records, path, colors)
-    return path
+    """Draw the figure ``item`` (figure1, figure5, ...), which the config of one of the records'
+    items declares (figure5: table1's), from that item's records into the PNG ``path``."""
+    declared = declared_figures(records)
+    if item not in declared:
+        raise ValueError(f"item: {item!r} is no figure the records' items declare (they declare "
+                         f"{', '.join(declared) or 'none'})")
+    source, spec = declared[item]
+    return draw_figure(records, source, spec, path, colors)
 
 
 def write_study_figure(records: list[dict], item: str, path) -> Path:
@@ -404,10 +383,6 @@ def write_tuned_figures(study, records: list[dict], directory) -> list[Path]:
 
 def _gamma_sensitivity(study, colors) -> Figure | None:
     """Steps to the middle target and mean loss area against gamma_factor over the tuning seeds."""
-    import json
-
-    from reproduce.tuning import point_label  # noqa: PLC0415
-
     varied = [(panel, cell, points) for (panel, cell), points in study.tuning.items()
               if len({json.loads(k).get("gamma_factor") for k in points} - {None}) > 1]
     if not varied:

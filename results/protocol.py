@@ -13,7 +13,8 @@ of the run) and ``panel`` (the config variant: a batch size, say). From them:
   first method's, paired by seed (the seeds share the initial model and the data order).
 
 The loss is the training loss at x_t on a fixed training subset with BatchNorm statistics
-re-estimated at x_t (``train_loss_bn``), where the runs measured it.
+re-estimated at x_t (``train_loss_bn``), where the runs measured it. A grid point is named here
+for a folder (``point_name``) and for people (``point_label``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,27 @@ import math
 from dataclasses import dataclass, field
 
 from .records import about_of, methods_of, variant_of
-from .study import choose, finite, interval, interval_text, loss_area, loss_key, steps_to_target, targets_of
+from .study import choose, finite, interval_text, loss_area, loss_key, steps_to_target, targets_of
 
-__all__ = ["TunedStudy", "build_tuned_study", "is_tuned"]
+__all__ = ["TunedStudy", "build_tuned_study", "is_tuned", "point_name", "point_label"]
+
+SHORT = {"base_lr": "lr", "trust": "trust", "gamma_factor": "gf", "lars_lookahead": "la", "momentum": "m"}
+LABELS = {"base_lr": "η_base", "trust": "τ", "gamma_factor": "γ factor", "lars_lookahead": "look-ahead trust",
+          "momentum": "β"}
+
+
+def _text(v) -> str:
+    return ("on" if v else "off") if isinstance(v, bool) else f"{v:g}"
+
+
+def point_name(point: dict) -> str:
+    """A grid point as a variant name (a folder name): ``lr0.05-trust0.02-gf0.5-la1``."""
+    return "-".join(f"{SHORT.get(k, k)}{int(v) if isinstance(v, bool) else f'{v:g}'}" for k, v in point.items())
+
+
+def point_label(point: dict) -> str:
+    """A grid point for people: ``η_base 0.05, τ 0.02, γ factor 0.5, look-ahead trust on``."""
+    return ", ".join(f"{LABELS.get(k, k)} {_text(v)}" for k, v in point.items())
 
 
 def is_tuned(records: list[dict]) -> bool:
@@ -197,8 +216,6 @@ class TunedStudy:
 def _label(key: str | None) -> str:
     if key is None:
         return "—"
-    from reproduce.tuning import point_label  # noqa: PLC0415
-
     return point_label(json.loads(key)) or "as configured"
 
 

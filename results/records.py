@@ -9,7 +9,10 @@ the last record of each key.
 How a record is shown comes from the record itself: the runner copies its item config's labels,
 order, colours and ``about`` (title, setting, metric, layout) into it (``presentation``), so
 ``results/`` keeps no table of labels or orders of its own. Records written before they carried
-these get them from their item's config in ``reproduce/configs/`` when they are read.
+these get them from their item's config (``results.configs``) when they are read.
+
+``identity`` says when two runs are the same run: the runner refuses to resume or skip a run
+whose identity changed, and a study compares its arms by it.
 """
 
 from __future__ import annotations
@@ -17,14 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
-from reproduce import config_path
+from .configs import read_config
 
 __all__ = ["load_records", "presentation", "methods_of", "variants_of", "about_of", "metric_of", "variant_of",
-           "record_key", "int_field", "unique_ints"]
+           "record_key", "int_field", "unique_ints", "identity", "IDENTITY_EXCLUDES"]
 
 
 def presentation(cfg: dict, variants: list[str], variant: str, cell: str) -> dict:
@@ -43,23 +45,14 @@ def presentation(cfg: dict, variants: list[str], variant: str, cell: str) -> dic
     return shown
 
 
-def _config(item: str, cache: dict) -> dict | None:
-    """The item's config from reproduce/configs/ (None when there is none, or it is unreadable)."""
-    if item not in cache:
-        import yaml  # noqa: PLC0415 (only for records that predate their presentation)
-
-        try:
-            cache[item] = yaml.safe_load(config_path(item).read_text(encoding="utf-8"))
-        except (OSError, ValueError, yaml.YAMLError):
-            cache[item] = None
-    return cache[item] if isinstance(cache[item], dict) else None
-
-
 def _with_presentation(record: dict, cache: dict) -> dict:
-    """A record that predates ``about`` gets its item config's presentation (when there is one)."""
-    if "about" in record or not re.fullmatch(r"[\w-]+", record["item"]):
+    """A record that predates ``about`` gets its item config's presentation (when there is one);
+    ``cache`` holds the configs read so far, by item."""
+    if "about" in record:
         return record
-    if (cfg := _config(record["item"], cache)) is None:
+    if record["item"] not in cache:
+        cache[record["item"]] = read_config(record["item"])
+    if (cfg := cache[record["item"]]) is None:
         return record
     variants = list(cfg.get("variants") or {"default": {}})
     return {**presentation(cfg, variants, variant_of(record), record["cell"]), **record}
@@ -187,3 +180,29 @@ def about_of(records: list[dict]) -> dict:
     """How the item is shown (its config's ``about``: title, setting, metric, rows), from its
     records; empty when they carry none."""
     return next((r["about"] for r in records if isinstance(r.get("about"), dict)), {})
+
+
+# what does not change what a run computes: how it is shown, how many seeds its item runs, where
+# the data lie, which engine runs it (they agree: tests/test_engines.py), its checkpoint rhythm
+IDENTITY_EXCLUDES = ("label", "color", "seeds", "data_dir", "engine", "target_loss", "checkpoint_every",
+                     "checkpoint_minutes", "tensorboard")
+
+
+def identity(settings) -> dict:
+    """What makes two runs the same run: their resolved settings, less how they are shown. The
+    runner refuses to resume or skip a run whose identity changed; the study compares arms by it."""
+    if not isinstance(settings, dict):
+        return {}
+    return {k: _canonical(v) for k, v in settings.items() if k not in IDENTITY_EXCLUDES}
+
+
+def _canonical(value):
+    """A setting as identity compares it: floats to 12 significant digits, so that a rate reached
+    by arithmetic (0.1 · 0.1 / 0.05 = 0.20000000000000004) is the rate written 0.2."""
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value

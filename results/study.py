@@ -29,11 +29,8 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from reproduce import identity
-
-from .records import about_of, methods_of, variant_of, variants_of
+from .records import about_of, identity, methods_of, variant_of, variants_of
 from .tables import fixed
 
 __all__ = ["Arm", "Study", "build_study", "study_items", "study_records", "steps_to_target", "interval", "LOSS",

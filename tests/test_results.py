@@ -219,8 +219,11 @@ def test_curves_average_completed_seeds_with_a_std_band():
 
 
 def test_figure4_reads_the_budget_from_the_runs_config_not_the_variant_name():
-    from results.figures import _budget
+    from functools import partial
 
+    from results.figures import setting_of
+
+    _budget = partial(setting_of, key="epochs")  # figure4's x, as its config declares it
     overridden = record("figure4", "epochs=150", "sgd", 0, 80.0, config={"seed": 0, "epochs": 5})  # epochs=5 given
     assert _budget(overridden) == 5
     assert _budget(record("figure4", "epochs=150", "sgd", 0, 80.0)) is None  # no config epochs: not drawn
@@ -250,6 +253,34 @@ def test_all_four_figures_are_pngs(tmp_path):
         assert data[:8] == PNG_SIGNATURE and len(data) > 20_000, path
         image = imread(path)
         assert image.shape[0] > 400 and image.shape[1] > 800 and image.std() > 0.05, path
+
+
+def test_the_figures_are_those_the_configs_declare(tmp_path, monkeypatch):
+    """A figure declared in an item's config is drawn from that item's records as declared; one
+    the runner cannot read is refused in one line naming the key, and the collator leaves it out."""
+    import yaml
+
+    import reproduce
+    from results import configs
+
+    cfg = runner.load_config("table2")
+    cfg["figures"] = {"figure9": {"draw": "curves", "title": "{title}", "panels": [
+        {"title": "accuracy", "y": {"key": "test_top1", "from": "curve", "label": "{split}-split top-1"}}]}}
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "table2.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setattr(configs, "CONFIGS", folder)  # where results reads the items' configs
+    monkeypatch.setattr(reproduce, "CONFIGS", folder)  # and the runner
+    write_records(tmp_path, [record("table2", "cifar10", "sgd", 0, 90.0, curve=curve(4, 2.0, "test_top1", lambda e: 80 + e))])
+    labels = capture_figures(monkeypatch, lambda fig: [(ax.get_title(), ax.get_ylabel()) for ax in fig.axes])
+    assert [p.name for p in results.write_all(tmp_path)] == ["table2.md", "table2.tex", "table2.csv", "figure9.png"]
+    assert labels["figure9.png"] == [("accuracy", "evaluation-split top-1")]
+
+    cfg["figures"]["figure9"]["panels"][0]["title"] = "{column}: accuracy"  # a placeholder curves does not fill
+    (folder / "table2.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(runner.ConfigError, match=r"^figures\.figure9\.panels\[0\]\.title: \{column\}"):
+        runner.load_config("table2")
+    assert [p.name for p in results.write_all(tmp_path)] == ["table2.md", "table2.tex", "table2.csv"]
 
 
 def test_command_line(tmp_path):
