@@ -45,7 +45,7 @@ IMAGE    = $(if $(wildcard $(PY)),$(shell $(call q,$(PY)) -m k8s.generate --imag
 help:
 	@printf '%s\n' "make demo     the main job: SGD vs extrap-SGD vs SmoothOut on digits, 4 MPI workers (-> "$(call q,$(DEMO_OUT))")" \
 	  "make test     the test suite" \
-	  "make bench    measure extrap's costs side by side -> docs/bench.{md,json} (BENCH_ARGS=--tiny)" \
+	  "make bench    run every benchmark in bench/, side by side -> docs/bench.{md,json} (BENCH_ARGS=--tiny)" \
 	  "make docs     the documentation as a site -> site/ (MkDocs, strict: a dead link fails)" \
 	  "make install  create "$(call q,$(VENV))" with torch ("$(call q,$(TORCH))"), Open MPI + mpi4py, and this project" \
 	  "make install-horovod   build Horovod 0.28.1 into "$(call q,$(VENV))" (~3 min) for ENGINE=horovod" \
@@ -98,7 +98,7 @@ docs: install
 
 BENCH_ARGS ?=
 bench: install
-	$(call q,$(PY)) scripts/exec_with_args.py $(call q,$(PY)) -m reproduce.bench --out docs -- $(call q,$(BENCH_ARGS))
+	$(call q,$(PY)) scripts/exec_with_args.py $(call q,$(PY)) -m bench --out docs -- $(call q,$(BENCH_ARGS))
 
 clean:
 	rm -rf $(call q,$(VENV)) runs site .pytest_cache

@@ -12,6 +12,12 @@ one (``extrap.checkpoint``). What a process's workers hold identically is stored
 file is written in the background while training goes on. ``train`` resumes from the newest
 checkpoint that every rank can verify, so rerunning an interrupted run continues it and ends
 with the same record.
+
+Each phase runs inside a ``torch.profiler.record_function`` range — ``extrap.prepare`` and
+``extrap.build_optimizer`` once in ``setup``; per step ``extrap.data``, ``extrap.perturb``,
+``extrap.forward_backward``, ``extrap.step``; ``extrap.evaluation`` and ``extrap.checkpoint`` —
+so a ``torch.profiler.profile`` of a run shows where its time goes (``bench/train_loop.py``).
+Without an active profiler a range costs a few microseconds (a step takes milliseconds).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 from torch.utils._pytree import tree_map
 
 from . import checkpoint as checkpoint_io
@@ -245,7 +252,8 @@ def setup(cfg: TrainConfig, engine: Engine, model: nn.Module, task: Task, say: C
                          "average is formed during backward; use the processes engine without ddp=True")
     if cfg.dtype != "float32":
         _use_dtype(model, getattr(torch, cfg.dtype))
-    workers = engine.prepare(model, Execution(cfg.precision, cfg.channels_last, cfg.compile))
+    with record_function("extrap.prepare"):
+        workers = engine.prepare(model, Execution(cfg.precision, cfg.channels_last, cfg.compile))
     global_batch = k * cfg.local_batch
     peak_lr, lr_scale = scaled_lr(cfg.base_lr, global_batch, cfg.base_batch, cfg.lr_scaling)
     steps_per_epoch = task.steps_per_epoch(k, cfg.local_batch)
@@ -256,8 +264,9 @@ def setup(cfg: TrainConfig, engine: Engine, model: nn.Module, task: Task, say: C
                         warmup_steps=max(warmup, int(cfg.schedule == "inverse-sqrt")),
                         milestones=tuple(cfg.milestones))
     groups = weight_decay_groups(model, cfg.weight_decay, workers.named_parameters(), log=say)
-    optimizer = build_optimizer(cfg, groups, peak_lr, k, lr_scale, engine.comm)
-    engine.attach(optimizer)
+    with record_function("extrap.build_optimizer"):
+        optimizer = build_optimizer(cfg, groups, peak_lr, k, lr_scale, engine.comm)
+        engine.attach(optimizer)
     if cfg.post_local:
         switch = (round(cfg.switch_epoch * steps_per_epoch) if cfg.switch_epoch is not None
                   else round(min(cfg.milestones, default=1.0) * total))
@@ -313,21 +322,25 @@ def train_one_epoch(run: Training, epoch: int, bar=None) -> tuple[float, float]:
     for i in range(run.steps_per_epoch):
         step = epoch * run.steps_per_epoch + i
         lr = run.schedule.apply(optimizer, step)  # γ_t follows: the optimizer's gamma()
-        inputs, targets = engine.worker_batch(task.train_batches(engine.worker_ids, epoch, i, cfg.local_batch, k))
+        with record_function("extrap.data"):
+            inputs, targets = engine.worker_batch(task.train_batches(engine.worker_ids, epoch, i, cfg.local_batch, k))
 
         def closure():  # a gradient at x_t for extragradient and SAM
             optimizer.zero_grad()
             return workers.forward_backward(task.loss, inputs, targets)[0]
 
         optimizer.zero_grad()
-        optimizer.perturb(closure if fresh else None)
-        losses, aux = workers.forward_backward(task.loss, inputs, targets)
+        with record_function("extrap.perturb"):
+            optimizer.perturb(closure if fresh else None)
+        with record_function("extrap.forward_backward"):
+            losses, aux = workers.forward_backward(task.loss, inputs, targets)
         if aux is not None:
             task.after_step(dict(zip(engine.worker_ids, aux)))
         loss_sum += losses.sum()
         if cfg.clip_norm is not None:
             clip_local_grads_(list(workers.points().values()), cfg.clip_norm, engine.comm)
-        optimizer.step()
+        with record_function("extrap.step"):
+            optimizer.step()
         if run.probe is not None and run.probe.due(step + 1):
             run.probe.observe(step + 1, workers.eval_module(0))
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
@@ -345,7 +358,8 @@ def train_one_epoch(run: Training, epoch: int, bar=None) -> tuple[float, float]:
 def validate(run: Training, epoch: int, batch_loss: float, lr: float, elapsed: float) -> dict:
     """The curve's point after ``epoch``: the task's evaluation at x_t (worker 0's model, which
     rank 0 evaluates for every rank)."""
-    metrics = run.engine.from_main(lambda: run.task.evaluate(run.workers.eval_module(0)))
+    with record_function("extrap.evaluation"):
+        metrics = run.engine.from_main(lambda: run.task.evaluate(run.workers.eval_module(0)))
     point = {"epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch, "lr": lr,
              "batch_loss": batch_loss, **metrics}
     point.setdefault("train_loss", batch_loss)
@@ -466,7 +480,8 @@ def train(cfg: TrainConfig, engine: Engine, model: nn.Module, task: Task, log: C
                 bar.set_postfix({key: f"{v:.4g}" for key, v in point.items()
                                  if key in ("epoch", "train_loss", task.metric)})
         if checkpoint is not None and (last or _checkpoint_due(run, epoch, last_saved)):
-            save_checkpoint(run, checkpoint, epoch + 1, time.perf_counter() - started, writer)
+            with record_function("extrap.checkpoint"):
+                save_checkpoint(run, checkpoint, epoch + 1, time.perf_counter() - started, writer)
             last_saved = time.perf_counter()
     writer.wait()
     if bar is not None:

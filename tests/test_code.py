@@ -5,7 +5,7 @@ import ast
 
 from conftest import ROOT
 
-PACKAGES = ("extrap", "data", "models", "reproduce", "results", "k8s")
+PACKAGES = ("extrap", "data", "models", "reproduce", "results", "k8s", "bench")
 
 
 def project_files(suffixes=(".py",)):

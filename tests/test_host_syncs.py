@@ -1,7 +1,7 @@
 """No host–device synchronisation inside a training step in steady state, trace points
 (``log_every``) included.
 
-``extrap.host_syncs.HostSyncCounter`` counts every read of a tensor's value by the host (``.item()``,
+``bench.host_syncs.HostSyncCounter`` counts every read of a tensor's value by the host (``.item()``,
 ``bool``/``float``/``int`` of a tensor, device-to-host copies, data-dependent output sizes,
 ``tolist``/``numpy``). On the CPU none of them waits for anything, but each would on a GPU, so
 counting them here holds the GPU path to zero. The tasks read fabricated files in their own
@@ -13,8 +13,8 @@ import random
 import pytest
 import torch
 
+from bench.host_syncs import HostSyncCounter
 from extrap.engines import make_engine
-from extrap.host_syncs import HostSyncCounter
 from extrap.train import TrainConfig, setup, train_one_epoch
 from models import build_model
 

@@ -125,8 +125,12 @@ def test_transformer_loss_falls_and_bleu_is_positive_on_multi30k():
 
 
 def test_data_path_outpaces_the_model():
-    from data.throughput import measure
+    """Both rates from the same process, in alternating rounds of fixed counts: their ratio."""
+    from bench.data_throughput import measure
 
-    r = measure(SHARED_DATA / "cifar10-subset", "cpu", batch=128, seconds=0.5)
+    rounds, data_calls = 3, 20
+    r = measure(SHARED_DATA / "cifar10-subset", "cpu", batch=128, rounds=rounds, data_calls=data_calls)
     print(f"data path {r['data_img_s']:,.0f} img/s vs ResNet-20 step {r['model_img_s']:,.0f} img/s")
+    # one batch for the model's input, then a warm-up call and the rounds of each
+    assert r["batches"] == {"data": 1 + (1 + rounds) * data_calls, "model": 1 + rounds}
     assert r["ratio"] > 10

@@ -33,7 +33,7 @@ __all__ = [
     "DistInfo", "Communicator", "CommBase", "Points", "OneWorker", "average_", "worker_norms", "total_worker_norms",
     "scale_per_worker_", "LocalComm", "TorchDistComm", "DDPComm", "register_ddp", "VirtualComm", "CountingComm", "HorovodComm",
     "Engine", "Workers", "SingleEngine", "ProcessEngine", "HorovodEngine", "VirtualEngine", "ModuleWorkers", "VirtualWorkers",
-    "Execution", "PRECISIONS",
+    "Execution", "PRECISIONS", "batched_by_default",
 ]
 
 ENGINES = ("auto", "processes", "horovod", "virtual", "single")

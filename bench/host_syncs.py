@@ -16,7 +16,8 @@ the counts holds the GPU path to the same standard. ``counts`` is a ``collection
 ``total`` its sum. ``HostSyncCounter(optimizer)`` leaves out reads of the optimizer's ``step``
 counters, which torch keeps on the host by design (unless ``capturable`` or ``fused``): reading
 them never waits for the device. The modes slow every operation down, so use the counter in tests and in
-short measurements, not while training for real.
+short measurements, not while training for real: ``tests/test_host_syncs.py`` and
+``python -m bench.train_loop --host-reads``.
 """
 
 from __future__ import annotations
