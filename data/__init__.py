@@ -10,7 +10,10 @@ from .multi30k import bleu, bucket_batches, collate, load_multi30k, pad_batch, p
 from .sharding import shard_indices
 from .wikitext import batchify, get_batch, load_wikitext, worker_stream
 
-__all__ = ["DigitsTask", "load_digits_split", "shard_indices", "ClassificationTask", "CifarTask", "LanguageModelTask", "TranslationTask",
+# the tasks a config may name (``task:``), each built from a run's settings (``from_settings``)
+TASKS = {task.name: task for task in (CifarTask, LanguageModelTask, TranslationTask, DigitsTask)}
+
+__all__ = ["TASKS", "DigitsTask", "load_digits_split", "shard_indices", "ClassificationTask", "CifarTask", "LanguageModelTask", "TranslationTask",
            "load_cifar", "cifar_classes",
            "Augment", "random_crop_flip", "step_seed", "worker_generator",
            "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",

@@ -27,6 +27,15 @@ def load_digits_split(test_fraction: float = 0.2, seed: int = 0):
 class DigitsTask(ClassificationTask):
     """Classification on digits for ``extrap.train``: the whole set on ``device``, no augmentation."""
 
+    name = "digits"
+    reads_data = False  # embedded in scikit-learn
+    epoch_size = (1_437, "images")
+    set_from_settings = frozenset({"device", "seed"})
+
+    @classmethod
+    def from_settings(cls, settings: dict, device) -> "DigitsTask":
+        return cls(device=device, seed=settings["seed"], **settings.get("task_kwargs", {}))
+
     def __init__(self, device="cpu", seed: int = 0):
         x_tr, y_tr, x_te, y_te = load_digits_split(seed=0)
         device = torch.device(device)

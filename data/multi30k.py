@@ -181,18 +181,29 @@ def read_pairs(root, split: str, src: str = "en", tgt: str = "de") -> tuple[list
     return src_lines, tgt_lines
 
 
+def ensure_multi30k(root, fetch: bool) -> Path:
+    """The folder of Multi30k's files under ``root`` (it, or its ``multi30k/``): there, or fetched
+    (``fetch``, ``MULTI30K_FILES``); otherwise a ``FileNotFoundError`` says what to put where."""
+    root = Path(root)
+    folder = root / "multi30k" if (root / "multi30k").is_dir() else root
+    if any(any(folder.glob(f"{split}.*")) for split in SPLITS):
+        return folder
+    parent = root.parent if root.name == "multi30k" else root
+    where = f"put {', '.join(MULTI30K_FILES)} from {MULTI30K_RAW} into {parent / 'multi30k'}"
+    if not fetch:
+        raise FileNotFoundError(f"Multi30k is not in {folder}: {where}")
+    try:
+        download_files(MULTI30K_FILES, parent, "multi30k")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Multi30k is not in {folder} and {e}: {where}") from None
+    return parent / "multi30k"
+
+
 def load_multi30k(root, splits=SPLITS, src: str = "en", tgt: str = "de", download: bool = False) -> dict:
     """{split: (source lines, target lines)} for ``splits``. With ``download`` and none of the
     dataset's files under ``root``, the official files are fetched first (``MULTI30K_FILES``)."""
-    root = Path(root)
-    folder = root / "multi30k" if (root / "multi30k").is_dir() else root
-    if download and not any(any(folder.glob(f"{split}.*")) for split in SPLITS):
-        parent = root.parent if root.name == "multi30k" else root
-        try:
-            download_files(MULTI30K_FILES, parent, "multi30k")
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"Multi30k not found under {root} and {err}; put "
-                                    f"{', '.join(MULTI30K_FILES)} from {MULTI30K_RAW} into {parent / 'multi30k'}") from err
+    if download:
+        ensure_multi30k(root, fetch=True)
     return {s: read_pairs(root, s, src, tgt) for s in splits}
 
 

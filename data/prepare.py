@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .cifar import CIFAR_SPECS, locate_cifar, unpickle_arrays
+from .multi30k import ensure_multi30k
+from .wikitext import ensure_wikitext
 
 __all__ = ["SUBSET", "dataset_root", "ensure_dataset", "write_cifar10_subset"]
 
@@ -81,45 +83,11 @@ def ensure_dataset(settings: dict, fetch: bool = True) -> None:
             spec = CIFAR_SPECS[settings.get("dataset", "cifar10")]
             locate_cifar(root, spec, spec["train"] + spec["test"], fetch)
         elif task == "wikitext2":
-            _ensure_wikitext(root, fetch)
+            ensure_wikitext(root, fetch)
         elif task == "multi30k":
-            _ensure_multi30k(root, fetch)
+            ensure_multi30k(root, fetch)
     except FileNotFoundError as e:
         raise FileNotFoundError(" ".join(str(e).split())) from None
-
-
-def _ensure_wikitext(root: Path, fetch: bool) -> None:
-    from .download import download_and_extract
-    from .wikitext import WIKITEXT2
-
-    folder = root / "wikitext-2" if (root / "wikitext-2").is_dir() else root
-    if any(folder.glob("wiki.*.tokens")):
-        return
-    parent = root.parent if root.name == WIKITEXT2["folder"] else root
-    where = (f"download {WIKITEXT2['url']} (md5 {WIKITEXT2['md5']}) and extract its wikitext-2/ into {parent}")
-    if not fetch:
-        raise FileNotFoundError(f"WikiText-2 is not in {folder}: {where}")
-    try:
-        download_and_extract(WIKITEXT2["url"], parent, WIKITEXT2["md5"], WIKITEXT2["folder"])
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"WikiText-2 is not in {folder} and {e}: {where}") from None
-
-
-def _ensure_multi30k(root: Path, fetch: bool) -> None:
-    from .download import download_files
-    from .multi30k import MULTI30K_RAW, MULTI30K_FILES, SPLITS
-
-    folder = root / "multi30k" if (root / "multi30k").is_dir() else root
-    if any(any(folder.glob(f"{split}.*")) for split in SPLITS):
-        return
-    parent = root.parent if root.name == "multi30k" else root
-    where = f"put {', '.join(MULTI30K_FILES)} from {MULTI30K_RAW} into {parent / 'multi30k'}"
-    if not fetch:
-        raise FileNotFoundError(f"Multi30k is not in {folder}: {where}")
-    try:
-        download_files(MULTI30K_FILES, parent, "multi30k")
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"Multi30k is not in {folder} and {e}: {where}") from None
 
 
 def _ensure_subset(root: Path, fetch: bool) -> None:

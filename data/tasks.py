@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -57,6 +58,7 @@ class ClassificationTask(TaskBase):
     """
 
     metric = "test_top1"
+    smoothness_probe = True
     eval_split = "test"  # the split the metric is measured on
 
     def __init__(self, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, seed: int = 0,
@@ -133,6 +135,10 @@ class CifarTask(ClassificationTask):
     ``device``, random crop 32 (pad 4) + flip + normalisation on that device, seeded per
     (seed, worker, epoch, step) so processes, virtual workers and resumed runs see the same crops."""
 
+    name = "cifar"
+    epoch_size = (50_000, "images")
+    set_from_settings = frozenset({"root", "name", "device", "seed", "tensors"})
+
     def __init__(self, root, name: str = "cifar10", device="cpu", seed: int = 0, download: bool = False,
                  eval_train_samples: int | None = 10_000, tensors: tuple[Tensor, ...] | None = None,
                  max_train_images: int | None = None):
@@ -150,6 +156,19 @@ class CifarTask(ClassificationTask):
         self.augment = Augment(mean, std)
         self.num_classes = 10 if name == "cifar10" else 100
         self._generators: dict[int, torch.Generator] = {}
+
+    @classmethod
+    def from_settings(cls, settings: dict, device) -> "CifarTask":
+        root = Path(settings.get("data_dir", ".")) / settings.get("data_subdir", "")
+        return cls(root, settings.get("dataset", "cifar10"), device=device, seed=settings["seed"],
+                   **settings.get("task_kwargs", {}))
+
+    def model_kwargs(self) -> dict:
+        return {"num_classes": self.num_classes}
+
+    @classmethod
+    def stand_in_model_kwargs(cls, settings: dict) -> dict:
+        return {"num_classes": 100 if settings.get("dataset") == "cifar100" else 10}
 
     def transform(self, images, workers, epoch, step):
         gens = [self._generators.setdefault(w, torch.Generator(device=images.device)) for w in workers]
@@ -171,8 +190,11 @@ class LanguageModelTask(TaskBase):
     split it is: the shared slice trains on ``valid`` and evaluates on ``test``).
     """
 
+    name = "wikitext2"
     metric = "val_ppl"
     metric_higher = False
+    epoch_size = (2_088_628, "tokens")
+    set_from_settings = frozenset({"root", "device", "num_layers", "hidden_size"})
 
     def __init__(self, root, num_layers: int, hidden_size: int, device="cpu", bptt: int = 35,
                  vocab_split: str = "train", train_split: str = "train", eval_split: str = "valid",
@@ -192,6 +214,20 @@ class LanguageModelTask(TaskBase):
         self._streams: dict = {}
         self._hidden: dict = {}
         self._subset: Tensor | None = None
+
+    @classmethod
+    def from_settings(cls, settings: dict, device) -> "LanguageModelTask":
+        root = Path(settings.get("data_dir", ".")) / settings.get("data_subdir", "")
+        model = settings.get("model_kwargs", {})
+        return cls(root, num_layers=model.get("num_layers", 2), hidden_size=model.get("hidden_size", 650),
+                   device=device, **settings.get("task_kwargs", {}))
+
+    def model_kwargs(self) -> dict:
+        return {"vocab_size": self.vocab_size}
+
+    @classmethod
+    def stand_in_model_kwargs(cls, settings: dict) -> dict:
+        return {"vocab_size": 100}
 
     def _stream(self, worker: int, num_workers: int, local_batch: int) -> Tensor:
         key = (worker, num_workers, local_batch)
@@ -266,8 +302,10 @@ class TranslationTask(TaskBase):
     of ``eval_split``, plus the teacher-forced ``val_loss``.
     """
 
+    name = "multi30k"
     metric = "bleu"
     metric_higher = True
+    epoch_size = (29_000, "sentence pairs")
 
     def __init__(self, root, device="cpu", seed: int = 0, min_freq: int = 2, eval_split: str = "val",
                  eval_samples: int | None = None, label_smoothing: float = 0.1, decode_max_len: int = 60,
@@ -289,6 +327,13 @@ class TranslationTask(TaskBase):
         n = min(subset_pairs, len(self.src))  # the trace's subset, trimmed to its longest pair
         self._subset = (self.src_table[:n, :int(self.lengths[:n].max())],
                         self.tgt_table[:n, :int(self.tgt_lengths[:n].max())])
+
+    def model_kwargs(self) -> dict:
+        return {"src_vocab": self.src_vocab_size, "tgt_vocab": self.tgt_vocab_size}
+
+    @classmethod
+    def stand_in_model_kwargs(cls, settings: dict) -> dict:
+        return {"src_vocab": 100, "tgt_vocab": 100}
 
     def steps_per_epoch(self, num_workers: int, local_batch: int) -> int:
         return _steps_per_epoch(len(self.src), num_workers, local_batch, "training pairs")

@@ -98,6 +98,32 @@ def _split_path(folder: Path, split: str) -> Path:
     return folder / f"wiki.{split}.tokens"
 
 
+def wikitext_folder(root) -> Path:
+    """The folder with the ``wiki.*.tokens`` files: ``root``, or its ``wikitext-2/``."""
+    root = Path(root)
+    if not any(root.glob("wiki.*.tokens")) and (root / WIKITEXT2["folder"]).is_dir():
+        return root / WIKITEXT2["folder"]
+    return root
+
+
+def ensure_wikitext(root, fetch: bool) -> Path:
+    """The folder of WikiText-2's files under ``root``: there, or fetched (``fetch``) with its
+    checksum; otherwise a ``FileNotFoundError`` says what to download and where to put it."""
+    root = Path(root)
+    folder = wikitext_folder(root)
+    if any(folder.glob("wiki.*.tokens")):
+        return folder
+    parent = root.parent if root.name == WIKITEXT2["folder"] else root
+    where = (f"download {WIKITEXT2['url']} (md5 {WIKITEXT2['md5']}) and extract its wikitext-2/"
+             f" (wiki.{{train,valid,test}}.tokens) into {parent}")
+    if not fetch:
+        raise FileNotFoundError(f"WikiText-2 is not in {folder}: {where}")
+    try:
+        return download_and_extract(WIKITEXT2["url"], parent, WIKITEXT2["md5"], WIKITEXT2["folder"])
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"WikiText-2 is not in {folder} and {e}: {where}") from None
+
+
 def load_wikitext(root, vocab_split: str = "train", splits=SPLITS, download: bool = False) -> WikiText:
     """Read ``splits`` from ``root`` (the folder with the ``wiki.*.tokens`` files, or its parent
     holding ``wikitext-2/``), with the vocabulary built from ``vocab_split``. With ``download``
@@ -111,16 +137,7 @@ def load_wikitext(root, vocab_split: str = "train", splits=SPLITS, download: boo
     for s in (vocab_split, *splits):
         if s not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {s!r}")
-    folder = root
-    if not any(root.glob("wiki.*.tokens")) and (root / "wikitext-2").is_dir():
-        folder = root / "wikitext-2"
-    if download and not any(folder.glob("wiki.*.tokens")):
-        parent = root.parent if root.name == WIKITEXT2["folder"] else root
-        try:
-            folder = download_and_extract(WIKITEXT2["url"], parent, WIKITEXT2["md5"], WIKITEXT2["folder"])
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"WikiText-2 not found under {root} and {err}; extract {WIKITEXT2['url']} "
-                                    f"into {parent} (wikitext-2/wiki.{{train,valid,test}}.tokens)") from err
+    folder = ensure_wikitext(root, fetch=True) if download else wikitext_folder(root)
     wanted = list(dict.fromkeys([vocab_split, *splits]))
     missing = [s for s in wanted if not _split_path(folder, s).exists()]  # a folder in its place: read_tokens says so
     if missing:

@@ -35,7 +35,7 @@ from torch.profiler import record_function
 from torch.utils._pytree import tree_map
 
 from . import checkpoint as checkpoint_io
-from .arguments import require
+from .arguments import check_optimizer_arguments, require
 from .engines.comm import Communicator, scale_per_worker_, total_worker_norms
 from .engines import PRECISIONS, Engine, Execution, Workers
 from .local_sgd import PostLocalSGD
@@ -85,9 +85,38 @@ class Task(Protocol):
 
 
 class TaskBase:
-    """The defaults of a ``Task``'s optional members, and one worker's batch for scripts."""
+    """The defaults of a ``Task``'s optional members, one worker's batch for scripts, and how a
+    task is built from a run's settings (``from_settings``, ``model_kwargs``), which a registry of
+    tasks by ``name`` serves (``data.TASKS``)."""
 
+    name = ""  # the task's name in configs
     metric_higher = True
+    smoothness_probe = False  # whether probe_batch serves the smoothness probe
+    reads_data = True  # whether it reads a dataset folder (``data_dir``/``data_subdir``)
+    epoch_size = (0, "examples")  # what one epoch passes through the model at the paper's scale
+    set_from_settings = frozenset({"root", "device", "seed"})  # keywords from_settings gives itself
+
+    @classmethod
+    def from_settings(cls, settings: dict, device) -> "TaskBase":
+        """The task of a run's resolved settings (``task_kwargs`` passed on as keywords)."""
+        return cls(Path(settings.get("data_dir", ".")) / settings.get("data_subdir", ""), device=device,
+                   seed=settings["seed"], **settings.get("task_kwargs", {}))
+
+    @classmethod
+    def keywords(cls) -> list[str]:
+        """The keywords a config's ``task_kwargs`` may give it."""
+        import inspect
+
+        return [k for k in inspect.signature(cls).parameters if k not in cls.set_from_settings]
+
+    def model_kwargs(self) -> dict:
+        """The model's keyword arguments that follow from the data (classes, vocabulary sizes)."""
+        return {}
+
+    @classmethod
+    def stand_in_model_kwargs(cls, settings: dict) -> dict:
+        """``model_kwargs`` before any data is read, to check a config's model on the meta device."""
+        return {}
 
     def after_step(self, aux: dict) -> None:
         return None
@@ -186,6 +215,12 @@ class TrainConfig:
             "precision": (self.precision in PRECISIONS and (self.precision == "float32" or self.dtype == "float32"),
                           f"one of {', '.join(PRECISIONS)} (bf16 with dtype float32)"),
         }.items()})
+        # the optimizer's own ranges, as its constructor checks them (build_optimizer)
+        check_optimizer_arguments(gamma=self.gamma, seed=self.seed, **(
+            dict(betas=tuple(self.betas), eps=self.eps) if self.optimizer == "adam" else
+            dict(momentum=self.momentum, trust=self.trust)))
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: expected False when momentum is 0, got True")
 
 
 def _increasing_fractions(values) -> bool:

@@ -13,6 +13,7 @@ import argparse
 import copy
 import dataclasses
 import importlib
+import inspect
 import os
 import re
 from dataclasses import dataclass
@@ -21,15 +22,13 @@ from pathlib import Path
 import torch
 import yaml
 
+from data import TASKS
 from extrap.engines import ENGINES
 from reproduce import DEMO, ITEMS, config_path
 from results.records import presentation
 from results.specs import read_figures
 
 SCALES = ("paper", "laptop", "smoke")
-
-
-TASKS = ("cifar", "wikitext2", "multi30k", "digits")
 
 
 # keys of a run besides extrap.train.TrainConfig's fields
@@ -57,10 +56,8 @@ DATA_DIR_ENV = "EXTRAP_DATA_DIR"  # the datasets' root where --data-dir is not g
 DOWNLOAD_ENV = "EXTRAP_DOWNLOAD"  # 0: never fetch a missing dataset, say where to get it (the tests)
 
 
-
 class ConfigError(ValueError):
     """A bad configuration or argument: reported as one line, exit status 2."""
-
 
 
 def first_line(error: BaseException) -> str:
@@ -69,12 +66,10 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-
 def _train_fields() -> dict[str, dataclasses.Field]:
     from extrap.train import TrainConfig
 
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
-
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -82,7 +77,6 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog.split()[-1]}: {message} (see --help)\n")
-
 
 
 def _positive_int(text: str) -> int:
@@ -93,7 +87,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
-
 
 
 def parse_args(item: str | None, argv=None) -> argparse.Namespace:
@@ -119,7 +112,6 @@ def parse_args(item: str | None, argv=None) -> argparse.Namespace:
                     help="TensorBoard event files in each run's folder (tensorboard --logdir OUT)")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     return ap.parse_intermixed_args(argv)  # overrides before, between or after the flags
-
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -154,7 +146,6 @@ ALIASES = {"lr": "base_lr", "learning_rate": "base_lr", "batch_size": "local_bat
            "wd": "weight_decay", "epoch": "epochs", "k": "workers", "gamma_multiplier": "gamma_factor"}
 
 
-
 def closest(key: str, known) -> str:
     """`` (did you mean X?)`` for an unknown key: an alias, or the most similar known name."""
     import difflib
@@ -163,7 +154,6 @@ def closest(key: str, known) -> str:
     alias = ALIASES.get(key.lower())
     match = alias if alias in known else next(iter(difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)), None)
     return f" (did you mean {match}?)" if match else ""
-
 
 
 @dataclass
@@ -179,7 +169,6 @@ class Run:
     @property
     def key(self) -> tuple:
         return (self.item, self.variant, self.cell, self.seed)
-
 
 
 def load_config(item: str) -> dict:
@@ -205,7 +194,6 @@ def load_config(item: str) -> dict:
     return cfg
 
 
-
 def check_settings(settings: dict, where: str) -> None:
     """Unknown keys and bad values, named."""
     fields = _train_fields()
@@ -214,15 +202,11 @@ def check_settings(settings: dict, where: str) -> None:
     for key in settings:
         if key not in fields and key not in RUN_KEYS:
             raise ConfigError(f"{key}: unknown key{closest(key, [*fields, *RUN_KEYS])} ({where})")
-    from extrap.train import build_optimizer
-
     for key, value in settings.items():
         if key in fields and not _type_ok(fields[key].type, value):
             raise ConfigError(f"{key}: expected {fields[key].type}, got {value!r} ({where})")
     try:
-        cfg = train_config(settings)
-        # the optimizer checks its own ranges (momentum, betas, gamma, ...): try it on one tensor
-        build_optimizer(cfg, [torch.zeros(1, requires_grad=True)], cfg.base_lr, 1, 1.0, None)
+        train_config(settings)  # TrainConfig checks every range, the optimizer's included
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{e} ({where})") from None
     for key in ("workers", "seeds"):
@@ -239,7 +223,7 @@ def check_settings(settings: dict, where: str) -> None:
     for key in ("model_kwargs", "task_kwargs"):
         if not isinstance(settings.get(key, {}), dict):
             raise ConfigError(f"{key}: expected a mapping, got {settings[key]!r} ({where})")
-    accepted = _task_keywords(settings.get("task"))
+    accepted = TASKS[settings["task"]].keywords() if settings.get("task") in TASKS else None
     for key in settings.get("task_kwargs", {}):
         if accepted is not None and key not in accepted:
             raise ConfigError(f"task_kwargs.{key}: unknown key for the {settings['task']} task"
@@ -253,23 +237,9 @@ def check_settings(settings: dict, where: str) -> None:
     _check_task_and_model(settings, where)
 
 
-TASK_SET_BY_RUNNER = {"root", "device", "seed", "name", "num_layers", "hidden_size", "tensors"}
-
-
-
-def _task_class(task: str):
-    import data
-
-    return {"cifar": data.CifarTask, "wikitext2": data.LanguageModelTask, "multi30k": data.TranslationTask,
-            "digits": data.DigitsTask}[task]
-
-
-
 def _check_task_and_model(settings: dict, where: str) -> None:
     """The task's keyword arguments against its signature, the dataset's name, and the model built
     on the meta device (no memory, no data): before any output, not inside training."""
-    import inspect
-
     from models import build_model
 
     task = settings["task"]
@@ -278,31 +248,29 @@ def _check_task_and_model(settings: dict, where: str) -> None:
             raise ConfigError(f"{key}: expected a folder name, got {settings[key]!r} ({where})")
     if task == "cifar" and settings.get("dataset", "cifar10") not in ("cifar10", "cifar100"):
         raise ConfigError(f"dataset: expected cifar10 or cifar100, got {settings.get('dataset')!r} ({where})")
-    cls = _task_class(task)
-    params = inspect.signature(cls).parameters
+    cls = TASKS[task]
+    params, keywords = inspect.signature(cls).parameters, cls.keywords()
     for key, value in settings.get("task_kwargs", {}).items():
-        if key not in params or key in TASK_SET_BY_RUNNER:
-            known = ", ".join(k for k in params if k not in TASK_SET_BY_RUNNER) or "none"
-            raise ConfigError(f"task_kwargs: {cls.__name__} takes no {key!r} (it takes {known}) ({where})")
+        if key not in keywords:
+            raise ConfigError(f"task_kwargs: {cls.__name__} takes no {key!r} (it takes {', '.join(keywords) or 'none'}) "
+                              f"({where})")
         annotation = str(params[key].annotation)
         least = 0 if key == "eval_train_samples" else 1  # 0 (or None): every training image
         if not _type_ok(annotation, value) or (annotation.startswith("int") and value is not None and value < least) \
                 or (key == "label_smoothing" and not 0 <= value < 1):
             raise ConfigError(f"task_kwargs: {key} expected {f'an integer >= {least}' if annotation.startswith('int') else annotation}"
                               f"{' or None' if 'None' in annotation else ''}, got {value!r} ({where})")
-    if settings.get("probe_every") and task not in ("cifar", "digits"):
-        raise ConfigError(f"probe_every: the smoothness probe needs a classification task (cifar, digits), "
+    if settings.get("probe_every") and not cls.smoothness_probe:
+        probing = ", ".join(name for name, t in TASKS.items() if t.smoothness_probe)
+        raise ConfigError(f"probe_every: the smoothness probe needs a classification task ({probing}), "
                           f"not {task} ({where})")
-    shapes = {"cifar": {"num_classes": 100 if settings.get("dataset") == "cifar100" else 10},
-              "wikitext2": {"vocab_size": 100}, "multi30k": {"src_vocab": 100, "tgt_vocab": 100}, "digits": {}}[task]
     try:
         with torch.device("meta"):
-            build_model(settings.get("model"), **{**shapes, **settings.get("model_kwargs", {})})
+            build_model(settings.get("model"), **{**cls.stand_in_model_kwargs(settings), **settings.get("model_kwargs", {})})
     except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:  # e.g. a negative size
         message = first_line(e)
         prefix = "" if message.startswith("model:") else "model_kwargs: "
         raise ConfigError(f"{prefix}{message} ({where})") from None
-
 
 
 def _type_ok(annotation: str, value) -> bool:
@@ -315,7 +283,6 @@ def _type_ok(annotation: str, value) -> bool:
                for a in options)
 
 
-
 def _merge(*layers: dict) -> dict:
     """The layers' settings, later ones first; mappings merge key by key, at any depth."""
     out: dict = {}
@@ -326,7 +293,6 @@ def _merge(*layers: dict) -> dict:
             else:
                 out[key] = copy.deepcopy(value)
     return out
-
 
 
 def plan(item: str, args: argparse.Namespace) -> list[Run]:
@@ -386,61 +352,22 @@ def plan(item: str, args: argparse.Namespace) -> list[Run]:
     return runs
 
 
-
-def _task_keywords(name) -> list[str] | None:
-    """The keywords ``task_kwargs`` may give the task ``name`` (None: not a task here)."""
-    import inspect
-
-    import data
-
-    task = {"cifar": data.CifarTask, "digits": data.DigitsTask, "wikitext2": data.LanguageModelTask,
-            "multi30k": data.TranslationTask}.get(name)
-    if task is None:
-        return None
-    given = {"root", "name", "device", "seed", "num_layers", "hidden_size", "tensors"}  # build_task's own
-    return [p for p in inspect.signature(task).parameters if p not in given]
-
-
-
-def build_task(settings: dict, device):
-    """The task object and the model's task-dependent keyword arguments."""
-    import data
-
-    root = Path(settings.get("data_dir", ".")) / settings.get("data_subdir", "")
-    kwargs = dict(settings.get("task_kwargs", {}))
-    name = settings["task"]
-    if name == "cifar":
-        task = data.CifarTask(root, settings.get("dataset", "cifar10"), device=device, seed=settings["seed"], **kwargs)
-        return task, {"num_classes": task.num_classes}
-    if name == "digits":
-        return data.DigitsTask(device=device, seed=settings["seed"]), {}
-    if name == "wikitext2":
-        mk = settings.get("model_kwargs", {})
-        task = data.LanguageModelTask(root, num_layers=mk.get("num_layers", 2),
-                                      hidden_size=mk.get("hidden_size", 650), device=device, **kwargs)
-        return task, {"vocab_size": task.vocab_size}
-    task = data.TranslationTask(root, device=device, seed=settings["seed"], **kwargs)
-    return task, {"src_vocab": task.src_vocab_size, "tgt_vocab": task.tgt_vocab_size}
-
-
-
 class DataError(ConfigError):
     """A dataset that cannot serve a run (a missing, corrupt or too small file): one line, exit 2."""
 
 
-
 def load_task(settings: dict, device):
-    """``build_task``, with its data errors (a missing, corrupt, empty or too small file, each
+    """The run's task (``data.TASKS``: ``from_settings``) and the model's keyword arguments that
+    follow from its data, with its data errors (a missing, corrupt, empty or too small file, each
     named) as one ``DataError``, and the workers' batches checked against the training data
     (each task's ``steps_per_epoch`` refuses a batch the data cannot fill)."""
     try:
-        task, model_kwargs = build_task(settings, device)
+        task = TASKS[settings["task"]].from_settings(settings, device)
         workers, local_batch = settings.get("workers", 1), settings.get("local_batch", 32)
         task.steps_per_epoch(workers, local_batch)  # raises when the data hold no full step
     except (ValueError, OSError, EOFError) as e:
         raise DataError(first_line(e)) from None
-    return task, model_kwargs
-
+    return task, task.model_kwargs()
 
 
 def train_config(settings: dict):
@@ -460,7 +387,6 @@ stem. With ``target_loss`` set, ``python -m results OUT`` then writes its study:
 target and the area under the loss curve, per cell and seed (``results.study``)."""
 
 
-
 def own_item(path: str) -> str:
     """A user's item file (``--config``) registered as its item; refused in one line when it is
     missing or its stem is not a usable item name."""
@@ -476,13 +402,7 @@ def own_item(path: str) -> str:
     return use_config(file)
 
 
-# what one epoch passes through the model, per task (the paper's training sets)
-EPOCH_SIZE = {"cifar": (50_000, "images"), "wikitext2": (2_088_628, "tokens"), "multi30k": (29_000, "sentence pairs"),
-              "digits": (1_437, "images")}
-
-
 RESNET20_CPU = 740  # img/s, ResNet-20 training on 2 CPU cores (docs/performance.md, item 4: 737)
-
 
 
 def paper_on_cpu(runs: list[Run]) -> str:
@@ -490,7 +410,7 @@ def paper_on_cpu(runs: list[Run]) -> str:
     scales that ask the same questions smaller."""
     passes: dict[str, float] = {}
     for r in runs:
-        size, unit = EPOCH_SIZE.get(r.settings.get("task"), (0, "examples"))
+        size, unit = TASKS[r.settings["task"]].epoch_size  # the paper's training sets
         passes[unit] = passes.get(unit, 0) + size * r.settings.get("epochs", 1)
     amount = ", ".join(f"{n / 1e6:,.0f} million {unit}" for unit, n in passes.items())
     days = passes.get("images", 0) / RESNET20_CPU / 86400
@@ -498,7 +418,6 @@ def paper_on_cpu(runs: list[Run]) -> str:
             if days >= 1 else "")
     return (f"--scale paper: {len(runs)} runs, {amount} through the model{pace}, and no GPU here; --scale smoke "
             "asks the same in minutes (--scale laptop, where an item has it: hours), or add --cpu-ok to start anyway")
-
 
 
 def prepare_data(runs: list[Run]) -> None:
@@ -511,7 +430,7 @@ def prepare_data(runs: list[Run]) -> None:
     for run in runs:
         s = run.settings
         key = (s.get("task"), s.get("dataset"), s.get("data_dir"), s.get("data_subdir"))
-        if s.get("task") == "digits" or key in seen:
+        if not TASKS[s["task"]].reads_data or key in seen:
             continue
         seen.add(key)
         if not fetch and not Path(s.get("data_dir") or ".").is_dir():
@@ -522,11 +441,10 @@ def prepare_data(runs: list[Run]) -> None:
             raise DataError(first_line(e)) from None
 
 
-
 def check_data_paths(runs: list[Run]) -> None:
     """The data folders exist and can be read, before any work."""
     for root in {Path(r.settings.get("data_dir", ".")) / r.settings.get("data_subdir", "") for r in runs
-                 if r.settings["task"] != "digits"}:
+                 if TASKS[r.settings["task"]].reads_data}:
         if not root.is_dir():
             raise ConfigError(f"--data-dir: {root} is not a directory (see docs/reproducing.md: Datasets)")
         if not os.access(root, os.R_OK | os.X_OK):

@@ -35,7 +35,6 @@ def git_info() -> dict:
     return dict(_git_info_at_start())
 
 
-
 @functools.cache
 def _git_info_at_start() -> dict:
     def git(*a):
@@ -52,7 +51,6 @@ def _git_info_at_start() -> dict:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-
 def versions() -> dict:
     import numpy
 
@@ -61,7 +59,6 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
             "extrap": extrap.__version__, "platform": platform.platform(),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
-
 
 
 def finished_runs(records: Path) -> dict[tuple, dict]:
@@ -86,7 +83,6 @@ def finished_runs(records: Path) -> dict[tuple, dict]:
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # a write that cannot happen: one line, exit 1
 
 
-
 def differences(old: dict, new: dict, limit: int = 3) -> str:
     """``base_lr: 2.0 there, 0.01 here; epochs: ...`` for the first ``limit`` keys that differ."""
     old, new = identity(old), identity(new)
@@ -94,7 +90,6 @@ def differences(old: dict, new: dict, limit: int = 3) -> str:
     shown = lambda d, k: repr(d[k]) if k in d else "not set"  # noqa: E731
     text = "; ".join(f"{k}: {shown(old, k)} there, {shown(new, k)} here" for k in keys[:limit])
     return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
-
 
 
 def check_identities(runs: list["Run"], out: Path, done: dict[tuple, dict]) -> None:
@@ -117,7 +112,6 @@ def check_identities(runs: list["Run"], out: Path, done: dict[tuple, dict]) -> N
             raise ConfigError(f"{where}: {directory} holds an interrupted run with other settings "
                               f"({differences(begun, run.settings)}); use another --out, or remove that "
                               f"folder to start it afresh")
-
 
 
 def append_line(path: Path, obj: dict) -> None:
@@ -145,7 +139,6 @@ def append_line(path: Path, obj: dict) -> None:
         os.close(fd)
 
 
-
 def append_evaluation(path: Path, point: dict) -> None:
     """``point`` appended to a run's ``metrics.jsonl``; the lines from its step on, which a run
     resumed from an earlier checkpoint evaluates again, are dropped first (never a duplicate)."""
@@ -163,10 +156,8 @@ def append_evaluation(path: Path, point: dict) -> None:
     append_line(path, point)
 
 
-
 def run_dir(out: Path, run: "Run") -> Path:
     return out / run.item / run.variant / run.cell / f"seed{run.seed}"
-
 
 
 class OutLock:
@@ -208,7 +199,6 @@ class OutLock:
     def __exit__(self, *exc):
         if self.fd is not None:
             os.close(self.fd)  # releases the lock
-
 
 
 def check_out(out: Path) -> None:

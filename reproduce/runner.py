@@ -76,7 +76,6 @@ def execute(run: Run, engine, out: Path, progress: bool, ready=lambda: None) -> 
     return record
 
 
-
 def main(item: str, argv=None) -> int:
     """Run ``item``'s plan; 0 when done, 2 for a bad configuration or argument, 130 when
     interrupted (Ctrl-C: the same command resumes from the last checkpoint)."""
@@ -87,7 +86,6 @@ def main(item: str, argv=None) -> int:
             print(file=sys.stderr)  # off a progress bar's line
         _refusal(item)("interrupted; the same command resumes from the last checkpoint")
         return 130
-
 
 
 def _main(item: str | None, argv=None) -> int:
@@ -142,7 +140,6 @@ def _main(item: str | None, argv=None) -> int:
     return code
 
 
-
 def _tune_and_confirm(item: str, args: argparse.Namespace, runs: list[Run], out: Path, say) -> int:
     """A scale with a ``tuning`` section: the paper's tuning protocol, then confirmation
     (``reproduce.tuning``); every stage through ``_run_all``, skipping what is finished."""
@@ -159,7 +156,6 @@ def _tune_and_confirm(item: str, args: argparse.Namespace, runs: list[Run], out:
         return say(e)
 
 
-
 def _refusal(item: str):
     """A refusal printer: the main rank's line only (every rank of a launch refuses alike); returns 2."""
     def say(error) -> int:
@@ -173,7 +169,6 @@ def _refusal(item: str):
             print(f"reproduce.{item}: {error}", file=sys.stderr)
         return 2
     return say
-
 
 
 def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, done: dict) -> int:
@@ -251,7 +246,6 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
     return 0
 
 
-
 def _end(item: str, engine, run: Run, code: int, text: str, own: bool = False) -> int:
     """Say ``text`` about ``run`` in one line (the main rank, under a launcher, unless it is this
     rank's ``own`` trouble, such as its checkpoint) and end with status ``code``: returned, or at
@@ -262,7 +256,6 @@ def _end(item: str, engine, run: Run, code: int, text: str, own: bool = False) -
     if engine.launched:
         os._exit(code)
     return code
-
 
 
 def _abort_rank(item: str, engine, run: Run, error: Exception) -> None:
