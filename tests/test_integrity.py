@@ -42,19 +42,40 @@ def one_line_refusal(proc, *words):
     assert all(w in lines[0] for w in words), lines[0]
 
 
-def test_a_rerun_with_other_settings_is_refused_and_the_same_one_skips(tmp_path):
+@pytest.fixture
+def finished(tmp_path):
+    """An output folder holding the demo's finished run."""
     out = tmp_path / "out"
     run_demo(out)
+    return out
+
+
+def rerun(out, *args, check=True):
+    """The demo again into ``out``, whose records it leaves as they were, byte for byte."""
     before = (out / "records.jsonl").read_bytes()
-    changed = run_demo(out, "base_lr=0.02", check=False)
-    one_line_refusal(changed, "default/sgd seed 0", "other settings", "base_lr: 0.01 there, 0.02 here", "--out")
-    longer = run_demo(out, "epochs=3", check=False)
-    one_line_refusal(longer, "epochs: 2 there, 3 here")
-    same = run_demo(out)
-    assert "skip default/sgd seed 0" in same.stdout
-    relabelled = run_demo(out, "label=SGD")  # how a run is shown is not what it computed
-    assert "skip default/sgd seed 0" in relabelled.stdout
+    proc = run_demo(out, *args, check=check)
     assert (out / "records.jsonl").read_bytes() == before
+    return proc
+
+
+def test_a_rerun_with_another_setting_is_refused_in_one_line_naming_it(finished):
+    changed = rerun(finished, "base_lr=0.02", check=False)
+    one_line_refusal(changed, "default/sgd seed 0", "other settings", "base_lr: 0.01 there, 0.02 here", "--out")
+
+
+def test_a_rerun_for_more_epochs_is_refused_rather_than_extended(finished):
+    longer = rerun(finished, "epochs=3", check=False)
+    one_line_refusal(longer, "epochs: 2 there, 3 here")
+
+
+def test_the_same_command_again_skips_the_finished_run(finished):
+    same = rerun(finished)
+    assert "skip default/sgd seed 0" in same.stdout
+
+
+def test_another_label_is_the_same_run_and_skips(finished):
+    relabelled = rerun(finished, "label=SGD")  # how a run is shown is not what it computed
+    assert "skip default/sgd seed 0" in relabelled.stdout
 
 
 def test_an_interrupted_run_with_other_settings_is_not_continued(tmp_path):
@@ -151,21 +172,41 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
     assert "skip default/sgd seed 0" in after.stdout
 
 
+RUNNER_HELD_AFTER_ITS_FIRST_CHECKPOINT = textwrap.dedent("""
+    import sys, threading
+    from extrap import checkpoint
+    from reproduce import runner
+    write = checkpoint._write
+
+    def write_then_hold(data, path):  # in the writer's thread: the run can neither go on nor end
+        write(data, path)
+        threading.Event().wait()
+
+    checkpoint._write = write_then_hold
+    sys.exit(runner.main("demo", sys.argv[1:]))
+""")
+
+
 def test_ctrl_c_then_the_same_command_resumes(tmp_path):
+    """Ctrl-C once the first epoch's checkpoint is on disk: the run is held there until the signal
+    comes, so that it is always interrupted mid-run, never finished first."""
     out = tmp_path / "out"
-    cmd = demo_command(out, "epochs=60")
+    cmd = demo_command(out, script=RUNNER_HELD_AFTER_ITS_FIRST_CHECKPOINT)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpt = out / "demo" / "default" / "sgd" / "seed0" / "checkpoint.rank0.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not ckpt.exists():
-        time.sleep(0.05)
-    assert ckpt.exists()
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run ended before the interrupt reached it")
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not ckpt.exists():
+            time.sleep(0.05)
+        assert ckpt.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in 120 s"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # held for ever otherwise
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130 and len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
-    resumed = run_demo(out, "epochs=60")
+    resumed = run_demo(out)
     assert "resumed from" in resumed.stdout and len(load_records(out / "records.jsonl")) == 1
     assert os.path.exists(out / "records.jsonl")
 

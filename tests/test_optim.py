@@ -486,12 +486,6 @@ def test_weight_decay_groups_exclude_batchnorm_and_biases():
 
 # -- torch's optimizers underneath -----------------------------------------------------------------
 
-def test_the_optimizers_are_torchs():
-    params = list(small_model().parameters())
-    assert isinstance(ExtrapolatedSGD(params, lr=0.1), torch.optim.SGD)
-    assert isinstance(ExtrapolatedAdam(params, lr=1e-3), torch.optim.Adam)
-
-
 @pytest.mark.parametrize("kwargs, fused, foreach", [
     (dict(fused=True), True, None), (dict(foreach=True), False, True), (dict(foreach=False), False, False),
     (dict(), True, None),  # the default where torch has a fused kernel: one worker per tensor

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SHARED_DATA, find_mpirun, launcher_env
-from test_reproduce import _strip_times, records
+from run_records import records, strip_times
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "cifar10-subset").is_dir(),
                                 reason=f"needs the CIFAR-10 slice in {SHARED_DATA} (beside the checkout in CI)")
@@ -93,8 +93,8 @@ def test_three_kills_one_mid_checkpoint_then_the_same_records(tmp_path):
 
     done = finish(cmd)
     assert "skip default/sgd seed 0" in done.stdout  # finished cells are not run again
-    a = {r["cell"]: _strip_times(r) for r in records(whole)}
-    b = {r["cell"]: _strip_times(r) for r in records(killed)}
+    a = {r["cell"]: strip_times(r) for r in records(whole)}
+    b = {r["cell"]: strip_times(r) for r in records(killed)}
     assert sorted(a) == sorted(b) == ["extrap-sgd", "sgd"] and len(records(killed)) == 2, kills
     assert a == b, kills  # bit for bit on CPU
 

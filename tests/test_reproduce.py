@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT, SHARED_DATA, launcher_env
+from run_records import records, strip_times
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not present: the "
                                 "real dataset slices ship beside the project in CI only")
@@ -31,10 +32,6 @@ def run(cmd, timeout=1200, check=True):
     return proc
 
 
-def records(out):
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-
-
 def item(name, *args):
     return [sys.executable, "-m", f"reproduce.{name}", "--scale", "smoke", "--no-progress", *args]
 
@@ -50,8 +47,11 @@ def test_make_reproduce_table1_at_smoke_scale(tmp_path):
     recs = records(out)
     assert sorted((r["variant"], r["cell"]) for r in recs) == sorted(
         (v, c) for v in ("resnet20", "vgg11") for c in TABLE1_CELLS)
+    # its cost is counted, not timed (a slow machine is no failure): the shortened settings reach
+    # every run, which makes 512 images / B = 128 = 4 steps and 1 evaluation in its one epoch
     for r in recs:
         assert r["status"] == "completed" and r["workers"] == 2 and r["global_batch"] == 128
+        assert r["steps"] == 4 and len(r["curve"]) == 1, (r["variant"], r["cell"], r["steps"], len(r["curve"]))
         assert 0 <= r["final"]["test_top1"] <= 100 and r["curve"] and r["git"]["commit"]
         run_dir = out / "table1" / r["variant"] / r["cell"] / "seed0"
         provenance = json.loads((run_dir / "provenance.json").read_text())
@@ -62,7 +62,6 @@ def test_make_reproduce_table1_at_smoke_scale(tmp_path):
     assert "ResNet-20" in table and "extrap-SGD" in table and "(n=1)" in table
     assert (out / "table1.tex").exists() and (out / "table1.csv").exists()
     print(f"make reproduce-table1 SCALE=smoke WORKERS=2 ARGS=...: {elapsed:.0f} s")
-    assert elapsed < 5 * 60
 
 
 @needs_data
@@ -99,11 +98,6 @@ def test_mpirun_and_virtual_workers_end_the_same_cell_alike(tmp_path, mpirun):
     assert abs(a["final"]["train_loss"] - b["final"]["train_loss"]) <= 1e-3 * abs(b["final"]["train_loss"])
 
 
-def _strip_times(record):
-    return {**record, "curve": [{k: v for k, v in p.items() if k != "time_s"} for p in record["curve"]],
-            "time_s": None, "git": None}
-
-
 @needs_data
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_record(tmp_path):
@@ -125,7 +119,7 @@ def test_killed_run_resumes_to_the_same_record(tmp_path):
     resumed = run(cmd)
     assert "resumed from" in resumed.stdout
     (a,), (b,) = records(whole), records(killed)
-    assert _strip_times(a) == _strip_times(b)  # the same final record, bit for bit on CPU
+    assert strip_times(a) == strip_times(b)  # the same final record, bit for bit on CPU
     rerun = run(cmd)  # a finished cell is skipped
     assert "skip default/extrap-sgd seed 0" in rerun.stdout and len(records(killed)) == 1
 
