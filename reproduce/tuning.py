@@ -31,7 +31,7 @@ import itertools
 import json
 import math
 
-from results.protocol import point_label, point_name  # how the collator names a point too
+from results.protocol import point_key, point_label, point_name, stage_runs  # as the collator names and reads them
 
 __all__ = ["TuningError", "read_tuning", "point_name", "point_label", "next_points", "run_protocol"]
 
@@ -196,14 +196,10 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
                                    protocol={"stage": stage, "point": point, "panel": template.variant})
 
     def records_of(template, points: list[dict]) -> dict[str, list[dict]]:
+        """Each point's tuning records, read as the collator reads them (``stage_runs``)."""
         records = load_records(records_path) if records_path.exists() else []
-        names = {point_name(p): _key(p) for p in points}
-        by_point: dict[str, list[dict]] = {k: [] for k in names.values()}
-        for r in records:
-            if r.get("item") == item and r.get("cell") == template.cell and r.get("stage") == "tune" \
-                    and r.get("panel") == template.variant and point_name(r.get("point") or {}) in names:
-                by_point[names[point_name(r["point"])]].append(r)
-        return by_point
+        runs = stage_runs(records, item, "tune").get((template.variant, template.cell), {})
+        return {_key(p): runs.get(point_key(p), []) for p in points}
 
     chosen: dict[tuple[str, str], dict] = {}
     rates: dict[tuple[str, str], list] = {}

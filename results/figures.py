@@ -412,12 +412,13 @@ def _gamma_sensitivity(study, colors) -> Figure | None:
             for x, y, (_, r) in zip(xs, steps, values):
                 row[0].annotate(f"{len(r.steps(target))}/{len(r.records)}", (x, y if y == y else 0),
                                 fontsize="x-small", textcoords="offset points", xytext=(3, 3))
-        for (p2, c2), other in study.tuning.items():  # the method tuned without γ, at the same rates
+        for (p2, c2), other in study.tuning.items():  # a method tuned without γ, at a line's rate and trust
             if p2 != panel or c2 == cell:
                 continue
             for key, runs in other.items():
                 point = json.loads(key)
-                if "gamma_factor" in point or point.get("base_lr") not in rates:
+                if "gamma_factor" in point or point.get("base_lr") not in rates or \
+                        not any(all(dict(rest).get(k) == v for k, v in point.items()) for rest in lines):
                     continue
                 color = cmap(rates.index(point["base_lr"]) / max(len(rates) - 1, 1))
                 if runs.steps(target):
@@ -430,6 +431,7 @@ def _gamma_sensitivity(study, colors) -> Figure | None:
             ax.set_xticks(factors, labels=[f"{f:g}" for f in factors])
             ax.minorticks_off()
             _finish(ax, "gamma_factor (γ_t = factor · η_t · b/B)", ylabel,
-                    f"{study.method_labels[cell]} ({study.panel_text(panel)}); dotted: the other method at that rate")
-    fig.suptitle(f"{study.title}: how wide is the window where extrapolation helps? (tuning seeds {study.tuning_seeds})")
+                    f"{study.method_labels[cell]} ({study.panel_text(panel)})")
+    fig.suptitle(f"{study.title}: how wide is the window where extrapolation helps? (tuning seeds {study.tuning_seeds})\n"
+                 "dotted: the methods tuned without γ, at a line's rate and τ")
     return fig

@@ -25,10 +25,10 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .records import about_of, methods_of, variant_of
+from .records import about_of, canonical, methods_of, variant_of
 from .study import choose, finite, interval_text, loss_area, loss_key, steps_to_target, targets_of
 
-__all__ = ["TunedStudy", "build_tuned_study", "is_tuned", "point_name", "point_label"]
+__all__ = ["TunedStudy", "build_tuned_study", "is_tuned", "point_name", "point_label", "point_key", "stage_runs"]
 
 SHORT = {"base_lr": "lr", "trust": "trust", "gamma_factor": "gf", "lars_lookahead": "la", "momentum": "m"}
 LABELS = {"base_lr": "η_base", "trust": "τ", "gamma_factor": "γ factor", "lars_lookahead": "look-ahead trust",
@@ -54,8 +54,23 @@ def is_tuned(records: list[dict]) -> bool:
     return any(r.get("stage") in ("tune", "confirm") for r in records)
 
 
-def _point_key(record: dict) -> str:
-    return json.dumps(record.get("point") or {}, sort_keys=True)
+def point_key(point: dict | None) -> str:
+    """A grid point as the study compares points: its keys sorted and its numbers as a run's
+    identity compares them (12 significant digits), so a rate reached by arithmetic
+    (0.20000000000000004) is the rate written 0.2, whatever the order its keys were written in."""
+    return json.dumps(canonical(point or {}), sort_keys=True)
+
+
+def stage_runs(records: list[dict], item: str, stage: str) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """The runs of one stage (``tune`` or ``confirm``) of ``item``: (panel, cell) -> {point_key:
+    [records]}, one record per seed (the last one, as the runner keeps the last record of a run).
+    Tuning (``reproduce.tuning``) and the collator read the records through this one view."""
+    out: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in records:
+        if r.get("item") == item and r.get("stage") == stage and isinstance(r.get("cell"), str):
+            panel = str(r.get("panel", variant_of(r)))
+            out.setdefault((panel, r["cell"]), {}).setdefault(point_key(r.get("point")), {})[str(r.get("seed"))] = r
+    return {k: {key: list(seeds.values()) for key, seeds in points.items()} for k, points in out.items()}
 
 
 @dataclass
@@ -121,6 +136,7 @@ class TunedStudy:
     confirm: dict  # (panel, cell) -> (point key, Seeds)
     metric: dict = field(default_factory=dict)
     global_batch: dict = field(default_factory=dict)  # panel -> B
+    superseded: dict = field(default_factory=dict)  # (panel, cell, point key) -> Seeds: confirmed, not chosen
 
     @property
     def tuning_seeds(self) -> list:
@@ -183,6 +199,12 @@ class TunedStudy:
                                  interval_text(diff, 3) if diff else "—", interval_text(runs.final_losses(), 3), *steps,
                                  *([interval_text(runs.finals(metric), 2)] if metric else []),
                                  *([interval_text(runs.smoothness(), 2)] if probed else [])]))
+        if self.superseded:
+            out += ["", "Also in the records, not shown above: confirmation runs at a point tuning no longer "
+                    "chooses (an earlier choice, made before the tuning records it is chosen from were complete): "
+                    + "; ".join(f"{self.method_labels[cell]} ({self.panel_text(panel)}) at {_label(key)}, "
+                                f"{len(runs.records)} seeds, area {interval_text(runs.areas(), 3)}"
+                                for (panel, cell, key), runs in self.superseded.items()) + "."]
         out += ["", "### Tuning", "", "Every grid point: mean area over the tuning seeds (lower is better), and "
                 "the seeds reaching each target. ✓ marks the chosen point.", ""]
         for (panel, cell), points in self.tuning.items():
@@ -206,6 +228,7 @@ class TunedStudy:
                     *[f"steps_to_{t:g}" for t in self.targets]])
         rows = [("tune", p, c, k, s) for (p, c), points in self.tuning.items() for k, s in points.items()]
         rows += [("confirm", p, c, k, s) for (p, c), (k, s) in self.confirm.items()]
+        rows += [("superseded", p, c, k, s) for (p, c, k), s in self.superseded.items()]
         for stage, panel, cell, key, runs in rows:
             w.writerow([stage, panel, cell, key, int(key == self.chosen.get((panel, cell))),
                         ";".join(map(str, runs.seeds)), ";".join(repr(a) for a in runs.areas()), repr(runs.mean_area()),
@@ -225,23 +248,25 @@ def _sort_key(key: str) -> tuple:
 
 
 def build_tuned_study(records: list[dict], item: str) -> TunedStudy:
-    """The tuning and confirmation of ``item`` from its records (``is_tuned``)."""
+    """The tuning and confirmation of ``item`` from its records (``is_tuned``). Confirmation shows
+    each method's runs at the point tuning chooses from these records; confirmation runs at other
+    points (an earlier choice, before the tuning records changed) are named in ``superseded``."""
     records = [r for r in records if r.get("item") == item and r.get("stage") in ("tune", "confirm")]
     if not records:
         raise ValueError(f"item: no tuned-study records of {item!r}")
     about = about_of(records)
     methods, labels = methods_of(records)
     panels = list(dict.fromkeys(str(r.get("panel", variant_of(r))) for r in records))
-    tuning: dict = {}
-    confirm: dict = {}
-    for r in records:
-        panel = str(r.get("panel", variant_of(r)))
-        if r["stage"] == "tune":
-            tuning.setdefault((panel, r["cell"]), {}).setdefault(_point_key(r), Seeds()).records.append(r)
-        else:
-            key, runs = confirm.setdefault((panel, r["cell"]), (_point_key(r), Seeds()))
-            runs.records.append(r)
+    tuning = {k: {key: Seeds(runs) for key, runs in points.items()} for k, points in stage_runs(records, item, "tune").items()}
     chosen = {k: choose({key: s.records for key, s in points.items()}) for k, points in tuning.items()}
+    confirm: dict = {}
+    superseded: dict = {}
+    for k, points in stage_runs(records, item, "confirm").items():
+        # an untuned cell confirms as configured, at its one point; a tuned one at its chosen point
+        at = chosen.get(k, next(iter(points)) if len(points) == 1 and k not in tuning else None)
+        if at in points:
+            confirm[k] = (at, Seeds(points[at]))
+        superseded.update({(*k, key): Seeds(runs) for key, runs in points.items() if key != at})
     order = {m: i for i, m in enumerate(methods)}
     tuning = dict(sorted(tuning.items(), key=lambda kv: (panels.index(kv[0][0]), order[kv[0][1]])))
     metric = about["metric"] if isinstance(about.get("metric"), dict) and "key" in about["metric"] else {}
@@ -249,4 +274,4 @@ def build_tuned_study(records: list[dict], item: str) -> TunedStudy:
                if isinstance(r.get("global_batch"), int)}
     setting = about.get("setting", item)
     return TunedStudy(item, about.get("title", item), setting, targets_of(records[-1]), methods, labels, panels,
-                      tuning, chosen, confirm, metric, batches)
+                      tuning, chosen, confirm, metric, batches, superseded)

@@ -26,7 +26,7 @@ from pathlib import Path
 from .configs import read_config
 
 __all__ = ["load_records", "presentation", "methods_of", "variants_of", "about_of", "metric_of", "variant_of",
-           "record_key", "int_field", "unique_ints", "identity", "IDENTITY_EXCLUDES"]
+           "record_key", "int_field", "unique_ints", "identity", "canonical", "IDENTITY_EXCLUDES"]
 
 
 def presentation(cfg: dict, variants: list[str], variant: str, cell: str) -> dict:
@@ -193,16 +193,16 @@ def identity(settings) -> dict:
     runner refuses to resume or skip a run whose identity changed; the study compares arms by it."""
     if not isinstance(settings, dict):
         return {}
-    return {k: _canonical(v) for k, v in settings.items() if k not in IDENTITY_EXCLUDES}
+    return {k: canonical(v) for k, v in settings.items() if k not in IDENTITY_EXCLUDES}
 
 
-def _canonical(value):
+def canonical(value):
     """A setting as identity compares it: floats to 12 significant digits, so that a rate reached
     by arithmetic (0.1 · 0.1 / 0.05 = 0.20000000000000004) is the rate written 0.2."""
     if isinstance(value, float):
         return float(f"{value:.12g}")
     if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
+        return [canonical(v) for v in value]
     if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
+        return {k: canonical(v) for k, v in value.items()}
     return value

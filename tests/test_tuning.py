@@ -170,6 +170,36 @@ def test_loss_area_choice_and_paired_difference_by_hand(tmp_path):
     assert {"figure1.study.md", "figure1.study.csv", "figure1.study.png", "figure1.gamma.png"} <= written
 
 
+def test_the_study_reads_a_point_once_per_seed_and_confirms_only_the_chosen_point():
+    """Records from a protocol rerun after its grid changed: the same rate written 0.2 and reached
+    as 0.20000000000000004, with its keys in another order, is one point; a seed run twice counts
+    once (its last record, as the runner keeps it); confirmation runs of an earlier choice are set
+    apart, not averaged into the chosen point's."""
+    from results.protocol import build_tuned_study, point_key, stage_runs
+
+    assert point_key({"base_lr": 0.20000000000000004, "trust": 0.004}) == point_key({"trust": 0.004, "base_lr": 0.2})
+    records = [
+        _record("sgd", 100, [2.0, 1.0, 1.0], "tune", {"base_lr": 0.1}),  # area 1.25
+        _record("sgd", 100, [2.0, 2.0, 2.0], "tune", {"trust": 0.004, "base_lr": 0.20000000000000004}),  # 2.0, replaced
+        _record("sgd", 100, [2.0, 1.0, 0.6], "tune", {"base_lr": 0.2, "trust": 0.004}),  # area 1.15: chosen
+        *(_record("sgd", s, [2.0, 1.0, 1.0], "confirm", {"base_lr": 0.1}) for s in (0, 1)),  # an earlier choice
+        *(_record("sgd", s, [2.0, 1.0, 0.5], "confirm", {"base_lr": 0.2, "trust": 0.004}) for s in (0, 1, 2)),
+    ]
+    runs = stage_runs(records, "figure1", "tune")[("default", "sgd")]
+    assert sorted(len(v) for v in runs.values()) == [1, 1]
+    assert loss_area(runs[point_key({"base_lr": 0.2, "trust": 0.004})][0]) == pytest.approx((2 * 1.5 + 2 * 0.8) / 4)
+    study = build_tuned_study(records, "figure1")
+    assert json.loads(study.chosen[("default", "sgd")]) == {"base_lr": 0.2, "trust": 0.004}
+    key, confirmed = study.confirm[("default", "sgd")]
+    assert key == study.chosen[("default", "sgd")] and confirmed.seeds == [0, 1, 2]
+    [(where, earlier)] = study.superseded.items()
+    assert where == ("default", "sgd", point_key({"base_lr": 0.1})) and earlier.seeds == [0, 1]
+    md = study.to_markdown()
+    assert "| η_base 0.2, τ 0.004 ✓ | 1.150 |" in md and "| η_base 0.1 | 1.250 |" in md
+    assert "not shown above" in md and "at η_base 0.1, 2 seeds" in md
+    assert "superseded,default,sgd" in study.to_csv()
+
+
 def test_a_cell_tuned_around_another_takes_that_cells_next_rate_before_stepping_past():
     """extrap-SGD tuned at SGD's rates 0.025, 0.05, 0.1 (SGD also tried 0.2): its best at 0.1 takes
     SGD's 0.2 (no extension spent, the exact value SGD ran); at 0.2, one step past: 0.4, not
