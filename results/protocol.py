@@ -150,10 +150,11 @@ class TunedStudy:
         b = self.global_batch.get(panel)
         return f"B = {b:,}" if b else panel
 
-    def paired_difference(self, panel: str, cell: str) -> list[float]:
-        """Per confirmation seed, this method's loss area minus the first method's."""
-        first = next((m for m in self.methods if (panel, m) in self.confirm), None)
-        if first is None or first == cell or (panel, cell) not in self.confirm:
+    def paired_difference(self, panel: str, cell: str, against: str | None = None) -> list[float]:
+        """Per confirmation seed, this method's loss area minus ``against``'s (default: the first
+        method's)."""
+        first = against or next((m for m in self.methods if (panel, m) in self.confirm), None)
+        if first is None or first == cell or (panel, cell) not in self.confirm or (panel, first) not in self.confirm:
             return []
         base = {r.get("seed"): loss_area(r) for r in self.confirm[(panel, first)][1].records}
         out = []
@@ -199,6 +200,12 @@ class TunedStudy:
                                  interval_text(diff, 3) if diff else "—", interval_text(runs.final_losses(), 3), *steps,
                                  *([interval_text(runs.finals(metric), 2)] if metric else []),
                                  *([interval_text(runs.smoothness(), 2)] if probed else [])]))
+        pairs = [(panel, a, b) for panel in self.panels for i, a in enumerate(self.methods) if i
+                 for b in self.methods[i + 1:] if self.paired_difference(panel, b, a)]
+        if pairs:  # the differences the Δ column does not show: between the later methods
+            out += ["", "Δ area between the other methods, paired by seed:", ""]
+            out += [f"- {self.method_labels[b]} − {self.method_labels[a]} ({self.panel_text(panel)}): "
+                    f"{interval_text(self.paired_difference(panel, b, a), 3)}" for panel, a, b in pairs]
         if self.superseded:
             out += ["", "Also in the records, not shown above: confirmation runs at a point tuning no longer "
                     "chooses (an earlier choice, made before the tuning records it is chosen from were complete): "

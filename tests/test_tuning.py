@@ -132,7 +132,8 @@ def test_a_bad_tuning_section_is_one_line(item, tmp_path, capsys, monkeypatch):
 
 def _record(cell, seed, losses, stage, point, status="completed", every=2):
     return {"item": "figure1", "variant": json.dumps(point), "cell": cell, "seed": seed, "status": status, "stage": stage,
-            "point": point, "panel": "default", "global_batch": 1024, "order": ["sgd", "extrap-sgd"].index(cell),
+            "point": point, "panel": "default", "global_batch": 1024,
+            "order": ["sgd", "extrap-sgd", "sgd-no-momentum"].index(cell),
             "config": {"target_loss": [1.5, 1.0]},
             "trace": [{"step": every * (i + 1), "batch_loss": x, "train_loss_subset": 9.9, "train_loss_bn": x}
                       for i, x in enumerate(losses)]}
@@ -198,6 +199,20 @@ def test_the_study_reads_a_point_once_per_seed_and_confirms_only_the_chosen_poin
     assert "| η_base 0.2, τ 0.004 ✓ | 1.150 |" in md and "| η_base 0.1 | 1.250 |" in md
     assert "not shown above" in md and "at η_base 0.1, 2 seeds" in md
     assert "superseded,default,sgd" in study.to_csv()
+
+
+def test_the_later_methods_are_compared_with_each_other_too():
+    """Figure 7's question is also extrap without momentum against its control without momentum:
+    the study gives every pair of methods, paired by seed, not only each against the first."""
+    from results.protocol import build_tuned_study
+
+    records = [*(_record("sgd", s, [2.0, 1.0, 1.0], "confirm", {}) for s in (0, 1)),  # area 1.25
+               *(_record("extrap-sgd", s, [2.0, 1.2, 1.2 + 0.2 * s], "confirm", {}) for s in (0, 1)),  # 1.4, 1.45
+               *(_record("sgd-no-momentum", s, [2.0, 1.2, 1.0], "confirm", {}) for s in (0, 1))]  # 1.35
+    study = build_tuned_study(records, "figure1")
+    assert study.paired_difference("default", "sgd-no-momentum", "extrap-sgd") == pytest.approx([-0.05, -0.1])
+    assert study.paired_difference("default", "sgd-no-momentum") == pytest.approx([0.1, 0.1])
+    assert "- sgd-no-momentum − extrap-sgd (B = 1,024): -0.075 [" in study.to_markdown()
 
 
 def test_a_cell_tuned_around_another_takes_that_cells_next_rate_before_stepping_past():
