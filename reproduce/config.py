@@ -102,6 +102,9 @@ def parse_args(item: str | None, argv=None) -> argparse.Namespace:
     ap.add_argument("--variants", default=None,
                     help="variants to run, comma-separated (default: the scale's run_variants, else all)")
     ap.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 (default: the config's)")
+    ap.add_argument("--jobs", type=_positive_int, default=1,
+                    help="runs at once, each in a process of its own with its share of the CPU threads and its "
+                         "output in its folder's log.txt (default 1; not under a launcher)")
     ap.add_argument("--data-dir", default=None, help=f"the datasets' root (default: ${DATA_DIR_ENV}, else the config's: datasets/)")
     ap.add_argument("--out", default=None, help="results folder (default: runs/<scale>)")
     ap.add_argument("--config", default=None, metavar="FILE",

@@ -3,12 +3,12 @@ paper's tables and figures")::
 
     python -m reproduce.<item> [--scale paper|smoke] [--engine auto|processes|horovod|virtual|single]
                                [--workers K] [--only CELL[,CELL]] [--variants V[,V]] [--seeds N] [--data-dir DIR]
-                               [--out DIR] [key=value ...]
+                               [--out DIR] [--jobs N] [key=value ...]
 
 ``reproduce.config`` resolves and checks every run's settings before any work starts. For every
 (variant, cell, seed) not yet finished in ``<out>/records.jsonl``, one training run, in its own
-folder (``reproduce.rundir``). Rerunning the same command resumes an interrupted cell and skips
-finished ones.
+folder (``reproduce.rundir``), one after another or, with ``--jobs N``, N at a time in processes
+of their own. Rerunning the same command resumes an interrupted cell and skips finished ones.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _main(item: str | None, argv=None) -> int:
     git_info()  # the commit of the code this process imported, for every record it writes
     args = parse_args(item, argv)
     out = Path(args.out or f"runs/{args.scale}")
-    say = _refusal(item or "reproduce")
+    say = _refusal(item)
     try:
         if args.config is not None:
             item = own_item(args.config)
@@ -156,8 +156,11 @@ def _tune_and_confirm(item: str, args: argparse.Namespace, runs: list[Run], out:
         return say(e)
 
 
-def _refusal(item: str):
-    """A refusal printer: the main rank's line only (every rank of a launch refuses alike); returns 2."""
+def _refusal(item: str | None):
+    """A refusal printer: the main rank's line only (every rank of a launch refuses alike); returns 2.
+    Its lines begin ``reproduce.<item>:``, or ``reproduce:`` before an own item file is read."""
+    name = "reproduce" if item is None else f"reproduce.{item}"
+
     def say(error) -> int:
         try:
             from extrap.engines.launch import world_info_from_env
@@ -166,7 +169,7 @@ def _refusal(item: str):
         except ValueError:
             main = True
         if main:
-            print(f"reproduce.{item}: {error}", file=sys.stderr)
+            print(f"{name}: {error}", file=sys.stderr)
         return 2
     return say
 
@@ -211,39 +214,129 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
         say_resolved()
     records = out / "records.jsonl"
     for run in runs:
-        if run.key in done:
-            if engine.is_main:
-                print(f"skip {run.variant}/{run.cell} seed {run.seed}: already in {records}")
-            continue
+        if run.key in done and engine.is_main:
+            print(f"skip {run.variant}/{run.cell} seed {run.seed}: already in {records}")
+    runs = [run for run in runs if run.key not in done]
+    if args.jobs > 1:
+        if engine.launched:
+            return _refusal(item)(f"--jobs {args.jobs}: under a launcher each process is one worker of one run; "
+                                  "run without --jobs")
+        code = _run_parallel(item, args.jobs, runs, out, engine, say_resolved)
+        for e in engines.values():
+            e.close()
+        return code
+    for run in runs:
         run_engine = engine if engine.launched else engine_for(run.settings)
         try:
             record = execute(run, run_engine, out, progress=not args.no_progress, ready=say_resolved)
-        except (CheckpointError, DataError) as e:  # data or a checkpoint this run cannot use: one line
-            return _end(item, engine, run, 2, str(e), own=isinstance(e, CheckpointError))
-        except OSError as e:  # a full disk while saving: the checkpoints stand
-            if e.errno not in FULL_DISK:
-                if not engine.launched:
-                    raise
-                _abort_rank(item, engine, run, e)
-            return _end(item, engine, run, 1, f"cannot write {e.filename or 'a file'} ({e.strerror or e}); mend "
-                                              f"that and rerun the same command: the run resumes from its last checkpoint")
         except Exception as e:  # noqa: BLE001 - reported, then this rank ends
+            code = _failure(item, engine, run, e)
+            if code is not None:
+                return code
             if not engine.launched:
                 raise
             _abort_rank(item, engine, run, e)
-        if engine.is_main:
-            try:
-                append_line(records, record)
-            except OSError as e:
-                return _end(item, engine, run, 1, f"cannot append its record to {records} ({e.strerror or e}); "
-                                                  f"nothing was appended. Rerun the same command when that is "
-                                                  f"mended: the run resumes from its last checkpoint")
-            final = record["final"]
-            print(f"{run.variant}/{run.cell} seed {run.seed}: {record['status']}, "
-                  + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)), flush=True)
+        code = _keep(item, engine, run, record, records)
+        if code:
+            return code
     for e in engines.values():
         e.close()
     return 0
+
+
+def _keep(item: str, engine, run: Run, record: dict, records: Path) -> int:
+    """A finished run's record appended (the main rank) and its line printed; 0, or 1 when the
+    record cannot be written."""
+    if not engine.is_main:
+        return 0
+    try:
+        append_line(records, record)
+    except OSError as e:
+        return _end(item, engine, run, 1, f"cannot append its record to {records} ({e.strerror or e}); "
+                                          f"nothing was appended. Rerun the same command when that is "
+                                          f"mended: the run resumes from its last checkpoint")
+    final = record["final"]
+    print(f"{run.variant}/{run.cell} seed {run.seed}: {record['status']}, "
+          + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)), flush=True)
+    return 0
+
+
+def _failure(item: str, engine, run: Run, error: BaseException) -> int | None:
+    """The serial loop's answer to a run that raised: a status and its one line, or None (raise)."""
+    if isinstance(error, (CheckpointError, DataError)):  # data or a checkpoint this run cannot use
+        return _end(item, engine, run, 2, str(error), own=isinstance(error, CheckpointError))
+    if isinstance(error, OSError) and error.errno in FULL_DISK:  # a full disk while saving: the checkpoints stand
+        return _end(item, engine, run, 1, f"cannot write {error.filename or 'a file'} ({error.strerror or error}); "
+                                          f"mend that and rerun the same command: the run resumes from its last "
+                                          f"checkpoint")
+    return None
+
+
+def _in_own_process(run: Run, out: Path, threads: int | None) -> dict:
+    """One run of ``--jobs``, in a process of its own: its own engine, ``threads`` CPU threads,
+    and its output in its folder's ``log.txt``."""
+    from extrap.engines import make_engine
+
+    if threads:
+        torch.set_num_threads(threads)
+    directory = run_dir(out, run)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+        engine = make_engine(run.settings.get("engine", "auto"), run.settings.get("workers"))
+        try:
+            return execute(run, engine, out, progress=False)
+        except KeyboardInterrupt:  # Ctrl-C reaches the whole group: end now, the checkpoints stand
+            os._exit(130)  # (the pool would otherwise take this process's next run)
+        finally:
+            engine.close()
+
+
+def _run_parallel(item: str, jobs: int, runs: list[Run], out: Path, engine, say_resolved) -> int:
+    """``runs`` ``jobs`` at a time, each in a spawned process (``_in_own_process``); the records
+    appended here, in the order the runs finish. The CPU threads are shared out (``OMP_NUM_THREADS``,
+    where set, is each process's own). After a failure no further run starts; those running
+    finish and keep their records, then the failure is reported as the serial loop reports it."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    if not runs:
+        return 0
+    say_resolved()
+    threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, torch.get_num_threads() // jobs)
+    print(f"{len(runs)} runs, {min(jobs, len(runs))} at a time; each run's output is in its folder's log.txt "
+          f"({run_dir(out, runs[0]) / 'log.txt'}, ...)", flush=True)
+    records, failed = out / "records.jsonl", None
+    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_in_own_process, run, out, threads): run for run in runs}
+        try:
+            for future in cf.as_completed(futures):
+                run = futures[future]
+                if future.cancelled():
+                    continue
+                error = future.exception()
+                if error is None:
+                    if _keep(item, engine, run, future.result(), records):  # its record not written: said
+                        failed = failed or (run, None)
+                    continue
+                failed = failed or (run, error)
+                for other in futures:
+                    other.cancel()  # no further run starts; those running finish
+        except KeyboardInterrupt:
+            for other in futures:
+                other.cancel()  # the running ones end on their own Ctrl-C
+            raise
+    if failed is None:
+        return 0
+    run, error = failed
+    if error is None:
+        return 1  # a record that could not be written: said by _keep
+    if isinstance(error, cf.process.BrokenProcessPool):  # a process killed (out of memory?) or ended by Ctrl-C
+        return _end(item, engine, run, 1, "its process ended before the run did; rerun the same command: the "
+                                          "run resumes from its last checkpoint")
+    code = _failure(item, engine, run, error)
+    if code is None:
+        raise error
+    return code
 
 
 def _end(item: str, engine, run: Run, code: int, text: str, own: bool = False) -> int:
