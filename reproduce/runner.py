@@ -113,9 +113,12 @@ def _main(item: str | None, argv=None) -> int:
     try:
         from extrap.engines.launch import world_info_from_env
 
-        rank = world_info_from_env().rank
+        world = world_info_from_env()
     except ValueError as e:
         return say(e)
+    rank = world.rank
+    if args.jobs > 1 and world.world_size > 1:
+        return say(f"--jobs {args.jobs}: under a launcher each process is one worker of one run; run without --jobs")
     created = not out.exists()
     with contextlib.ExitStack() as stack:
         lock = None
@@ -217,14 +220,18 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
         if run.key in done and engine.is_main:
             print(f"skip {run.variant}/{run.cell} seed {run.seed}: already in {records}")
     runs = [run for run in runs if run.key not in done]
-    if args.jobs > 1:
-        if engine.launched:
-            return _refusal(item)(f"--jobs {args.jobs}: under a launcher each process is one worker of one run; "
-                                  "run without --jobs")
+    if args.jobs > 1:  # each run in a process of its own, with its own engine
         code = _run_parallel(item, args.jobs, runs, out, engine, say_resolved)
-        for e in engines.values():
-            e.close()
-        return code
+    else:
+        code = _run_in_turn(item, args, runs, out, engine, engine_for, say_resolved)
+    for e in engines.values():
+        e.close()
+    return code
+
+
+def _run_in_turn(item: str, args: argparse.Namespace, runs: list[Run], out: Path, engine, engine_for,
+                 say_resolved) -> int:
+    """``runs`` one after another in this process; 0, or the first failure's status."""
     for run in runs:
         run_engine = engine if engine.launched else engine_for(run.settings)
         try:
@@ -236,11 +243,9 @@ def _run_all(item: str, args: argparse.Namespace, runs: list[Run], out: Path, do
             if not engine.launched:
                 raise
             _abort_rank(item, engine, run, e)
-        code = _keep(item, engine, run, record, records)
+        code = _keep(item, engine, run, record, out / "records.jsonl")
         if code:
             return code
-    for e in engines.values():
-        e.close()
     return 0
 
 
@@ -262,7 +267,8 @@ def _keep(item: str, engine, run: Run, record: dict, records: Path) -> int:
 
 
 def _failure(item: str, engine, run: Run, error: BaseException) -> int | None:
-    """The serial loop's answer to a run that raised: a status and its one line, or None (raise)."""
+    """A run that raised, said in one line with its status where that is all it takes (a checkpoint
+    or data it cannot use, a full disk); None for anything else."""
     if isinstance(error, (CheckpointError, DataError)):  # data or a checkpoint this run cannot use
         return _end(item, engine, run, 2, str(error), own=isinstance(error, CheckpointError))
     if isinstance(error, OSError) and error.errno in FULL_DISK:  # a full disk while saving: the checkpoints stand
@@ -272,32 +278,61 @@ def _failure(item: str, engine, run: Run, error: BaseException) -> int | None:
     return None
 
 
-def _in_own_process(run: Run, out: Path, threads: int | None) -> dict:
-    """One run of ``--jobs``, in a process of its own: its own engine, ``threads`` CPU threads,
-    and its output in its folder's ``log.txt``."""
-    from extrap.engines import make_engine
+def _in_own_process(run: Run, out: Path, threads: int | None, parent: int, send) -> None:
+    """One run of ``--jobs``, in a process of its own: its own engine, ``threads`` CPU threads, its
+    output (Python's and the libraries') in its folder's ``log.txt``. Sends ``("ok", record)`` or
+    ``("error", exception, traceback)`` to the runner; ends at once on Ctrl-C, or when the runner
+    is gone (its checkpoints stand either way)."""
+    import threading
+    import traceback
 
+    def watch():  # a runner killed outright (SIGKILL) cannot end its runs: they end themselves
+        while os.getppid() == parent:
+            threading.Event().wait(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
     if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # also for a processes engine's own thread share
         torch.set_num_threads(threads)
     directory = run_dir(out, run)
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+    with open(directory / "log.txt", "a", encoding="utf-8") as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        from extrap.engines import make_engine
+
         engine = make_engine(run.settings.get("engine", "auto"), run.settings.get("workers"))
         try:
-            return execute(run, engine, out, progress=False)
-        except KeyboardInterrupt:  # Ctrl-C reaches the whole group: end now, the checkpoints stand
-            os._exit(130)  # (the pool would otherwise take this process's next run)
+            result = ("ok", execute(run, engine, out, progress=False))
         finally:
             engine.close()
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group
+        os._exit(130)
+    except Exception as e:  # noqa: BLE001 - the runner reports it as the serial loop would
+        traceback.print_exc()
+        result = ("error", e, traceback.format_exc())
+    sys.stdout.flush()
+    try:
+        send.send(result)
+    except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+        send.send(("error", RuntimeError(f"{type(result[1]).__name__}: {result[1]}"), result[2]))
+    send.close()
 
 
 def _run_parallel(item: str, jobs: int, runs: list[Run], out: Path, engine, say_resolved) -> int:
-    """``runs`` ``jobs`` at a time, each in a spawned process (``_in_own_process``); the records
-    appended here, in the order the runs finish. The CPU threads are shared out (``OMP_NUM_THREADS``,
-    where set, is each process's own). After a failure no further run starts; those running
-    finish and keep their records, then the failure is reported as the serial loop reports it."""
-    import concurrent.futures as cf
+    """``runs``, ``jobs`` at a time, each in a spawned process of its own (``_in_own_process``; it
+    imports the project as it starts, and its record names that commit); the records appended
+    here, in the order the runs end. The CPU threads are shared out (``OMP_NUM_THREADS``, where
+    set, is each process's own). After a run fails, or its record cannot be written, no further
+    run starts; those running finish and keep their records, then the first failure is reported
+    as the serial loop reports it. On Ctrl-C, or a signal to the runner alone, every run process
+    is ended at once, its checkpoints kept."""
     import multiprocessing
+    from multiprocessing.connection import wait
 
     if not runs:
         return 0
@@ -305,38 +340,55 @@ def _run_parallel(item: str, jobs: int, runs: list[Run], out: Path, engine, say_
     threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, torch.get_num_threads() // jobs)
     print(f"{len(runs)} runs, {min(jobs, len(runs))} at a time; each run's output is in its folder's log.txt "
           f"({run_dir(out, runs[0]) / 'log.txt'}, ...)", flush=True)
-    records, failed = out / "records.jsonl", None
-    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_in_own_process, run, out, threads): run for run in runs}
-        try:
-            for future in cf.as_completed(futures):
-                run = futures[future]
-                if future.cancelled():
-                    continue
-                error = future.exception()
-                if error is None:
-                    if _keep(item, engine, run, future.result(), records):  # its record not written: said
-                        failed = failed or (run, None)
-                    continue
-                failed = failed or (run, error)
-                for other in futures:
-                    other.cancel()  # no further run starts; those running finish
-        except KeyboardInterrupt:
-            for other in futures:
-                other.cancel()  # the running ones end on their own Ctrl-C
-            raise
-    if failed is None:
-        return 0
-    run, error = failed
-    if error is None:
-        return 1  # a record that could not be written: said by _keep
-    if isinstance(error, cf.process.BrokenProcessPool):  # a process killed (out of memory?) or ended by Ctrl-C
-        return _end(item, engine, run, 1, "its process ended before the run did; rerun the same command: the "
-                                          "run resumes from its last checkpoint")
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+    records, pending, running, first = out / "records.jsonl", list(runs), {}, None
+    try:
+        while running or (pending and first is None):  # after a failure: only those running
+            while pending and len(running) < jobs and first is None:
+                run = pending.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_in_own_process, args=(run, out, threads, os.getpid(), send),
+                                          name=f"{run.variant}/{run.cell} seed {run.seed}")
+                process.start()
+                send.close()  # the child holds the only sending end: its exit is an end of file here
+                running[receive] = (process, run)
+            for receive in wait(list(running)):
+                process, run = running.pop(receive)
+                try:
+                    result = receive.recv()
+                except EOFError:  # ended without a word: killed (out of memory?)
+                    result = ("lost",)
+                receive.close()
+                process.join()
+                if result[0] == "ok":
+                    if _keep(item, engine, run, result[1], records):  # said there
+                        first = first or (run, ("unwritten",), None)
+                else:
+                    first = first or (run, result, process.exitcode)
+    except KeyboardInterrupt:
+        for process, _ in running.values():
+            process.terminate()  # a signal to the runner alone: its runs end too
+        for process, _ in running.values():
+            process.join()
+        raise
+    return 0 if first is None else _failed_in_own_process(item, engine, *first)
+
+
+def _failed_in_own_process(item: str, engine, run: Run, result: tuple, exitcode: int | None) -> int:
+    """The first failure of ``--jobs``, said as the serial loop says it: one line where that is
+    all it takes, else the run process's traceback and a line naming the run (exit 1)."""
+    if result[0] == "unwritten":
+        return 1
+    if result[0] == "lost":
+        return _end(item, engine, run, 1, f"its process ended before the run did (exit status {exitcode}); "
+                                          "rerun the same command: the run resumes from its last checkpoint")
+    _, error, trace = result
     code = _failure(item, engine, run, error)
-    if code is None:
-        raise error
-    return code
+    if code is not None:
+        return code
+    print(trace, file=sys.stderr, end="")
+    return _end(item, engine, run, 1, f"failed: {type(error).__name__}: {error} (its log.txt has the rest; rerun "
+                                      "the same command to resume from the last checkpoint)")
 
 
 def _end(item: str, engine, run: Run, code: int, text: str, own: bool = False) -> int:

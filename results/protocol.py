@@ -269,8 +269,9 @@ def build_tuned_study(records: list[dict], item: str) -> TunedStudy:
     confirm: dict = {}
     superseded: dict = {}
     for k, points in stage_runs(records, item, "confirm").items():
-        # an untuned cell confirms as configured, at its one point; a tuned one at its chosen point
-        at = chosen.get(k, next(iter(points)) if len(points) == 1 and k not in tuning else None)
+        # a tuned cell confirms at its chosen point; an untuned one (or one whose tuning measured
+        # nothing to choose by) at its one point, as configured
+        at = chosen.get(k) or (next(iter(points)) if len(points) == 1 else None)
         if at in points:
             confirm[k] = (at, Seeds(points[at]))
         superseded.update({(*k, key): Seeds(runs) for key, runs in points.items() if key != at})

@@ -87,14 +87,15 @@ def loss_area(record: dict) -> float | None:
 
 def choose(by_point: dict) -> str | None:
     """The key of ``{key: [records]}`` whose records have the lowest mean ``loss_area`` (a
-    diverged seed makes it infinite); None when no key has a measured record."""
+    diverged seed makes it infinite), ties to the first key in sorted order whatever order the
+    records came in; None when no key has a measured record."""
     scores = {}
     for key, records in by_point.items():
         areas = [loss_area(r) for r in records]
         areas = [a for a in areas if a is not None]
         if areas:
             scores[key] = statistics.fmean(areas) if all(math.isfinite(a) for a in areas) else math.inf
-    return min(scores, key=lambda k: scores[k]) if scores else None
+    return min(scores, key=lambda k: (scores[k], k)) if scores else None
 
 
 def steps_to_target(record: dict, target: float) -> int | None:

@@ -81,12 +81,15 @@ def test_jobs_runs_several_at_once_and_computes_what_one_at_a_time_computes(tmp_
     assert again.returncode == 0 and again.stdout.count("skip ") == 4, again.stderr
 
 
-def test_jobs_reports_a_failed_run_as_one_line_and_keeps_the_others(tmp_path):
-    """A run that finds another run's checkpoint in its folder (K = 4 where K = 2 runs) fails in its
-    own process: the run started beside it finishes and keeps its record, and the failure is one
-    line, exit 2, as without --jobs."""
+def test_jobs_reports_a_failed_run_as_one_line_keeps_the_others_and_starts_no_more(tmp_path):
+    """Four runs, two at a time. The first finds another run's checkpoint in its folder (K = 4
+    where K = 2 runs) and fails in its own process while the slow second one trains: that one
+    finishes and keeps its record, the last two never start, and the failure is one line, exit 2,
+    as without --jobs."""
+    cells = {"sgd": {"perturbation": "none"}, "slow": {"perturbation": "none", "epochs": 15},
+             "third": {"perturbation": "extrap"}, "fourth": {"perturbation": "extrap"}}
     path = tmp_path / "my_study.yaml"
-    path.write_text(yaml.safe_dump(OWN))
+    path.write_text(yaml.safe_dump({**OWN, "cells": cells}, sort_keys=False))  # the runs in this order
     four = _reproduce("--config", path, "--scale", "smoke", "--out", tmp_path / "four", "--no-progress",
                       "--workers", 4, "--only", "sgd")
     assert four.returncode == 0, four.stderr
@@ -98,14 +101,17 @@ def test_jobs_reports_a_failed_run_as_one_line_and_keeps_the_others(tmp_path):
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("reproduce.my_study: default/sgd seed 0: ") and "holds another run's state" in line
-    assert sorted(_records(tmp_path / "out")) == [("extrap-sgd", 0)]
+    assert sorted(_records(tmp_path / "out")) == [("slow", 0)]
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("my_study/default/*/seed0")) == ["sgd", "slow"]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads the process table from /proc (Linux)")
-def test_jobs_ctrl_c_ends_every_process_at_once(tmp_path):
-    """Ctrl-C (SIGINT to the process group, as a terminal sends it) once both running runs have a
-    checkpoint: the runner and its run processes end within seconds, with the one-line message and
-    exit 130, no process left behind, and no run started after it."""
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c", "runner-alone"])
+def test_jobs_an_interrupt_ends_every_process_at_once(tmp_path, to_group):
+    """SIGINT, to the process group as a terminal's Ctrl-C sends it or to the runner alone, once two
+    runs are running at once (each has a checkpoint; neither can finish): the runner and its run
+    processes end within seconds, with the one-line message and exit 130, no process left behind,
+    and no run started after it."""
     import signal
     import time
 
@@ -122,7 +128,7 @@ def test_jobs_ctrl_c_ends_every_process_at_once(tmp_path):
         while time.time() < deadline and proc.poll() is None and len(checkpoints()) < 2:
             time.sleep(0.05)
         assert len(checkpoints()) == 2, proc.stderr.read() if proc.poll() is not None else "no checkpoints"
-        os.killpg(proc.pid, signal.SIGINT)
+        (os.killpg if to_group else os.kill)(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -6,6 +6,8 @@ import json
 import pytest
 import yaml
 
+from conftest import ROOT
+from results.protocol import point_label
 from results.records import load_records
 from results.study import choose, loss_area
 
@@ -240,3 +242,30 @@ def test_a_rate_reached_by_arithmetic_is_the_same_run_as_the_rate_written():
     assert identity({"base_lr": 0.20000000000000004, "trust": 0.0007999999999999999, "betas": [0.9, 0.98]}) == \
         identity({"base_lr": 0.2, "trust": 0.0008, "betas": (0.9, 0.98)})
     assert identity({"base_lr": 0.2}) != identity({"base_lr": 0.2001})
+
+
+@pytest.mark.parametrize("item", sorted(p.parent.name for p in (ROOT / "docs" / "laptop").glob("*/records.jsonl")
+                                        if p.parent.name != "untuned"))
+def test_the_collator_chooses_what_the_protocol_chose_in_the_committed_studies(item):
+    """Tuning chooses among its grid; the collator among every tuning record of the study. Replayed
+    on the committed records (nothing trains: every run the protocol asks for is looked up), each
+    method's choice is the one its study table shows, and a finished study needs no further run."""
+    from reproduce.config import parse_args, plan
+    from reproduce.rundir import finished_runs
+    from reproduce.tuning import run_protocol
+    from results.protocol import build_tuned_study
+
+    out = ROOT / "docs" / "laptop" / item
+    args = parse_args(item, ["--scale", "laptop", "--out", str(out)])
+    said: list[str] = []
+    done = finished_runs(out / "records.jsonl")
+    code = run_protocol(item, args, plan(item, args), out, lambda runs: 3 if any(r.key not in done for r in runs) else 0,
+                        say=said.append)
+    chosen = {line.split(": ", 1)[0].removeprefix("chosen for "): set(line.split(": ", 1)[1].split(", "))
+              for line in said if line.startswith("chosen for ")}
+    study = build_tuned_study(load_records(out / "records.jsonl"), item)
+    shown = {(cell if panel == "default" else f"{cell} ({panel})"): set(point_label(json.loads(key)).split(", "))
+             for (panel, cell), key in study.chosen.items() if key is not None}
+    assert chosen and all(shown[name] == point for name, point in chosen.items()), (chosen, shown)
+    if code == 0:
+        assert set(shown) == set(chosen) and any(line.startswith("confirming") for line in said)
