@@ -105,6 +105,17 @@ def test_jobs_reports_a_failed_run_as_one_line_keeps_the_others_and_starts_no_mo
     assert sorted(p.parent.name for p in (tmp_path / "out").glob("my_study/default/*/seed0")) == ["sgd", "slow"]
 
 
+def test_jobs_under_a_launcher_is_refused_in_one_line_before_any_work(tmp_path):
+    path = tmp_path / "my_study.yaml"
+    path.write_text(yaml.safe_dump(OWN))
+    proc = subprocess.run([sys.executable, "-m", "reproduce", "--config", str(path), "--scale", "smoke", "--out",
+                           str(tmp_path / "out"), "--jobs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**launcher_env(), "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "reproduce.my_study: --jobs 2: under a launcher each process is one worker of one run; run without --jobs"]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads the process table from /proc (Linux)")
 @pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c", "runner-alone"])
 def test_jobs_an_interrupt_ends_every_process_at_once(tmp_path, to_group):
