@@ -337,8 +337,9 @@ def _run_parallel(item: str, jobs: int, runs: list[Run], out: Path, engine, say_
     if not runs:
         return 0
     say_resolved()
-    threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, torch.get_num_threads() // jobs)
-    print(f"{len(runs)} runs, {min(jobs, len(runs))} at a time; each run's output is in its folder's log.txt "
+    at_once = min(jobs, len(runs))  # a stage of one run (an extended grid's point) gets every thread
+    threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, torch.get_num_threads() // at_once)
+    print(f"{len(runs)} runs, {at_once} at a time; each run's output is in its folder's log.txt "
           f"({run_dir(out, runs[0]) / 'log.txt'}, ...)", flush=True)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     records, pending, running, first = out / "records.jsonl", list(runs), {}, None
