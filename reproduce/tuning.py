@@ -101,7 +101,7 @@ def _extended(values: list, at) -> object | None:
 
 
 def next_points(points: list[dict], axes: dict, best: dict, extensions: dict, extend: int,
-                known: dict | None = None) -> list[dict]:
+                known: dict | None = None, capped: list | None = None) -> list[dict]:
     """The points to add so that ``best`` is inside its grid along every axis, on the line through
     it (the other coordinates held at best's): a grid extended along one axis leaves the new
     point's other axes untried, and a point is only chosen once its line has been tried too.
@@ -111,7 +111,7 @@ def next_points(points: list[dict], axes: dict, best: dict, extensions: dict, ex
     cell is tuned around already tried), or, past them all, one geometric step beyond (at most
     ``extend`` such steps per axis, counted in ``extensions``); the new value joins ``axes``. Along
     any other axis (``lars_lookahead``): every value the line lacks. Returns them (none: ``best``
-    is inside)."""
+    is inside, or at an edge whose axis has spent its ``extend`` steps: that axis joins ``capped``)."""
     tried = {_key(p) for p in points}
     added: list[dict] = []
 
@@ -143,6 +143,8 @@ def next_points(points: list[dict], axes: dict, best: dict, extensions: dict, ex
                     extensions[key] += 1
                     values.append(beyond)
                     add(key, beyond)
+            elif len(ordered) >= 2 and capped is not None and key not in capped:
+                capped.append(key)
     return added
 
 
@@ -232,8 +234,13 @@ def run_protocol(item: str, args, runs: list, out, execute_runs, say=print) -> i
                 best_point = json.loads(best)
                 known = ({"base_lr": rates[(panel, grid["around"])]}  # neighbours 0: the rate stays fixed
                          if grid["around"] is not None and grid["neighbours"] > 0 else None)
-                grown = next_points(points, axes, best_point, extensions, tuning["extend"], known)
+                capped: list = []
+                grown = next_points(points, axes, best_point, extensions, tuning["extend"], known, capped)
                 if not grown:
+                    if capped:  # chosen all the same, and said: the grid may not hold the best setting
+                        say(f"tuning {cell}: the best point ({point_label(best_point)}) lies at an edge of its line "
+                            f"along {', '.join(capped)}, which has grown by tuning.extend = {tuning['extend']} steps "
+                            "already; raise tuning.extend to look further")
                     break
                 say(f"tuning {cell}: the best point ({point_label(best_point)}) lies at an edge of its line; "
                     "adding " + "; ".join(point_label(p) for p in grown))

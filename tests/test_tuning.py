@@ -269,3 +269,18 @@ def test_the_collator_chooses_what_the_protocol_chose_in_the_committed_studies(i
     assert chosen and all(shown[name] == point for name, point in chosen.items()), (chosen, shown)
     if code == 0:
         assert set(shown) == set(chosen) and any(line.startswith("confirming") for line in said)
+
+
+def test_a_best_point_at_an_edge_past_the_extension_limit_is_named():
+    """η_base grown twice already (extend = 2) and the best still at its top: nothing is added, and
+    the axis is named, so that the protocol can say the grid may not hold the best rate."""
+    from reproduce.tuning import next_points
+
+    points = [{"base_lr": v} for v in (0.00025, 0.0005, 0.001, 0.002, 0.004)]
+    capped: list = []
+    assert next_points(points, {"base_lr": [p["base_lr"] for p in points]}, {"base_lr": 0.004},
+                       {"base_lr": 2}, 2, capped=capped) == []
+    assert capped == ["base_lr"]
+    inside: list = []
+    assert next_points(points, {"base_lr": [p["base_lr"] for p in points]}, {"base_lr": 0.002},
+                       {"base_lr": 2}, 2, capped=inside) == [] and inside == []
