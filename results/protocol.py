@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 from .records import about_of, canonical, methods_of, variant_of
-from .study import choose, finite, interval_text, loss_area, loss_key, steps_to_target, targets_of
+from .study import BN_LOSS, choose, finite, interval_text, loss_area, loss_key, steps_to_target, targets_of
 
 __all__ = ["TunedStudy", "build_tuned_study", "is_tuned", "point_name", "point_label", "point_key", "stage_runs"]
 
@@ -167,9 +167,13 @@ class TunedStudy:
     def to_markdown(self) -> str:
         line = lambda texts: "| " + " | ".join(str(t).replace("|", "\\|") for t in texts) + " |"  # noqa: E731
         targets = ", ".join(f"{t:g}" for t in self.targets)
-        out = [f"**{self.title}, tuned and confirmed.** {self.setting}. The loss is the training loss at x_t "
-               f"on a fixed training subset with BatchNorm statistics re-estimated at x_t; its area is the mean "
-               f"loss along the run (trapezoids over the trace, per step); targets {targets}.", "",
+        runs = [r for points in self.tuning.values() for s in points.values() for r in s.records] + \
+               [r for _, s in self.confirm.values() for r in s.records]
+        bn = any(loss_key(r) == BN_LOSS for r in runs)  # models without BatchNorm have nothing to re-estimate
+        stage = "tuned and confirmed" if self.confirm else "tuned; confirmation not yet run"
+        out = [f"**{self.title}, {stage}.** {self.setting}. The loss is the training loss at x_t on a fixed "
+               f"training subset{' with BatchNorm statistics re-estimated at x_t' if bn else ''}; its area is the "
+               f"mean loss along the run (trapezoids over the trace, per step); targets {targets}.", "",
                f"Tuning seeds {self.tuning_seeds}; confirmation seeds {self.confirm_seeds} (never used for "
                f"tuning). Each method's setting is the grid point with the lowest mean area over the tuning seeds.", ""]
         out += ["### What each method was given", "",
