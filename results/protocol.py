@@ -204,12 +204,12 @@ class TunedStudy:
                                  interval_text(diff, 3) if diff else "—", interval_text(runs.final_losses(), 3), *steps,
                                  *([interval_text(runs.finals(metric), 2)] if metric else []),
                                  *([interval_text(runs.smoothness(), 2)] if probed else [])]))
-        pairs = [(panel, a, b) for panel in self.panels for i, a in enumerate(self.methods) if i
-                 for b in self.methods[i + 1:] if self.paired_difference(panel, b, a)]
+        pairs = [(panel, a, b, diff) for panel in self.panels for i, a in enumerate(self.methods) if i
+                 for b in self.methods[i + 1:] for diff in [self.paired_difference(panel, b, a)] if diff]
         if pairs:  # the differences the Δ column does not show: between the later methods
             out += ["", "Δ area between the other methods, paired by seed:", ""]
             out += [f"- {self.method_labels[b]} − {self.method_labels[a]} ({self.panel_text(panel)}): "
-                    f"{interval_text(self.paired_difference(panel, b, a), 3)}" for panel, a, b in pairs]
+                    f"{interval_text(diff, 3)}" for panel, a, b, diff in pairs]
         if self.superseded:
             out += ["", "Also in the records, not shown above: confirmation runs at a point tuning no longer "
                     "chooses (an earlier choice, made before the tuning records it is chosen from were complete): "
