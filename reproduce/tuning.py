@@ -84,9 +84,9 @@ def read_tuning(section, cells: list[str]) -> dict:
 
 
 def _key(point: dict) -> str:
-    """A point of this grid as the protocol holds it: its values as written, so that the point it
-    decodes to keeps the spelling its runs' folder names come from. Records are matched to it by
-    ``point_key``, which also equates 0.2 and 0.20000000000000004."""
+    """A point of this grid as the protocol holds it: its values as written, not rounded, so that
+    the best point decoded from it, and the points grown from that, keep the values (and so the
+    run names) tuning gave them. Records are matched to it by ``point_key``, which rounds."""
     return json.dumps(point, sort_keys=True)
 
 
