@@ -16,6 +16,8 @@ bytes than DDP's would mean extrap-SGD communicates more than mini-batch SGD. Ab
 
 from __future__ import annotations
 
+import gc
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -87,6 +89,11 @@ def measure(sz: dict) -> dict | None:
         opt.step()
     out["ddp"] = _per_step(counter, steps)
     is_main, world = engine.is_main, engine.world_size
+    # the DDP models' reducers hold the process group: let them go, and let every rank get here,
+    # before the group is shut down (a rank that tore down early aborted once in a test)
+    del workers, model, ddp, opt, hooked, step
+    gc.collect()
+    engine.barrier()
     engine.close()
     if not is_main:
         return None
